@@ -1,0 +1,191 @@
+"""Mutual-information clustering objectives (IIC), as pure functions of tensors.
+
+Notation: ``k`` clusters; ``P`` the joint distribution of the cluster assignments of two views, a symmetric
+``[k, k]`` matrix summing to 1; ``P_i = sum_j P_ij`` and ``P_j = sum_i P_ij`` its marginals (equal, as ``P`` is
+symmetric).
+
+The loss is ``L = -sum_ij P_ij (log P_ij - lamb log P_i - lamb log P_j)``.
+With ``H`` the entropy in nats, ``L = H(P) - lamb (H(P_i) + H(P_j)) = -I(y; y') - (lamb - 1) (H(P_i) + H(P_j))``.
+
+**Range (why the loss is negative; IIC issues #14, #18, #29).** ``I(y; y') = H(y) - H(y | y')`` lies in
+``[0, log k]``, so with ``lamb = 1`` the loss lies in ``[-log k, 0]``: it is never positive, it is 0 for a
+degenerate one-cluster or independent-view solution, and it reaches ``-log k`` when both views agree on ``k``
+equally used clusters (``P = diag(1/k)``). With ``lamb > 1`` the marginal entropy is rewarded more and the minimum is
+``-(2 lamb - 1) log k`` (same diagonal ``P``). A loss that stalls near 0 means collapse (marginal entropy ~ 0) or
+disagreement (conditional entropy ~ marginal entropy): :func:`information_terms` separates the two.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+# IIC clamps with Python's float epsilon (2.2e-16) whatever the tensor dtype; values that small are multiplied by
+# themselves in the loss, so the clamp only keeps log() finite and does not change the value.
+EPS = sys.float_info.epsilon
+
+__all__ = [
+    "EPS",
+    "iic_joint",
+    "iic_loss",
+    "iic_segmentation_loss",
+    "information_loss",
+    "information_terms",
+    "segmentation_joint",
+]
+
+
+def _symmetrise_and_normalise(joint: torch.Tensor) -> torch.Tensor:
+    """``[..., k, k]`` non-negative counts -> symmetric joint(s) summing to 1 over the last two dims."""
+    joint = (joint + joint.transpose(-1, -2)) / 2
+    return joint / joint.sum(dim=(-1, -2), keepdim=True)
+
+
+def iic_joint(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Joint cluster distribution of two views: ``P = sym(sum_n p1_n p2_n^T) / Z``.
+
+    Args:
+        p1, p2: ``[N, k]`` per-sample cluster probabilities (softmax outputs) of the two views.
+
+    Returns:
+        ``[k, k]`` symmetric, non-negative, summing to 1.
+    """
+    if p1.shape != p2.shape or p1.dim() != 2:
+        raise ValueError(f"iic_joint expects two [N, k] tensors of equal shape, got {tuple(p1.shape)} and {tuple(p2.shape)}")
+    return _symmetrise_and_normalise(p1.transpose(0, 1) @ p2)
+
+
+def segmentation_joint(
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    displacement: int = 10,
+    collapsed: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Joint of per-pixel cluster assignments over all pixels ``u`` and displacements ``t in [-T, T]^2``.
+
+    ``J_t = sum_{b, u} p1[b, :, u] p2[b, :, u + t]^T`` with zero padding outside the image (a pixel near the border
+    contributes fewer pairs). ``collapsed=True`` returns ``sym(sum_t J_t) / Z``; ``collapsed=False`` returns every
+    ``sym(J_t) / Z_t`` stacked.
+
+    Cost: the collapsed joint is one box-sum of ``p2`` over the ``(2T+1)^2`` window (a sum-pooling, ``O(BkHW)``)
+    and one ``[k, BHW] x [BHW, k]`` product -- not ``(2T+1)^2`` products. The uncollapsed joints are one
+    convolution of ``p1`` (clusters as batch, images as channels) by ``p2`` (an ``H x W`` kernel) with padding
+    ``T``, which gives every ``J_t`` at once (the formulation of IIC), without a Python loop over shifts.
+
+    Args:
+        p1, p2: ``[B, k, H, W]`` per-pixel cluster probabilities of the two views.
+        displacement: ``T >= 0``.
+        collapsed: one joint for all displacements, or one per displacement.
+        mask: optional ``[B, H, W]`` (or ``[B, 1, H, W]``) weights in {0, 1}; masked pixels contribute no pairs.
+
+    Returns:
+        ``[k, k]`` if collapsed else ``[(2T+1)^2, k, k]`` (row-major over ``(t_y, t_x)``).
+    """
+    if p1.shape != p2.shape or p1.dim() != 4:
+        raise ValueError(
+            f"segmentation_joint expects two [B, k, H, W] tensors of equal shape, got {tuple(p1.shape)} and "
+            f"{tuple(p2.shape)}"
+        )
+    if displacement < 0:
+        raise ValueError(f"displacement must be >= 0, got {displacement}")
+    if mask is not None:
+        m = mask.reshape(p1.shape[0], 1, *p1.shape[2:]).to(p1.dtype)
+        p1, p2 = p1 * m, p2 * m
+    t = int(displacement)
+    k = p1.shape[1]
+    if collapsed:
+        if t == 0:
+            window = p2
+        else:
+            # Sum (not mean) over the window; zero padding = pairs that leave the image are dropped.
+            window = F.avg_pool2d(p2, 2 * t + 1, stride=1, padding=t, count_include_pad=True, divisor_override=1)
+        joint = torch.einsum("bihw,bjhw->ij", p1, window)
+        return _symmetrise_and_normalise(joint)
+    # conv2d(input [k, B, H, W], weight [k, B, H, W], padding T)[i, j, a, b] = sum_{n,u} p1[n,i,u+t] p2[n,j,u]
+    # with t = (a - T, b - T); symmetrising makes the direction of t irrelevant after averaging over +-t.
+    joints = F.conv2d(p1.transpose(0, 1), p2.transpose(0, 1), padding=t)
+    joints = joints.permute(2, 3, 0, 1).reshape(-1, k, k)
+    return _symmetrise_and_normalise(joints)
+
+
+def information_loss(joint: torch.Tensor, lamb: float = 1.0) -> torch.Tensor:
+    """``L = -sum_ij P_ij (log P_ij - lamb log P_i - lamb log P_j)``, averaged over leading dims.
+
+    Args:
+        joint: ``[k, k]`` or ``[D, k, k]`` symmetric joint(s) summing to 1 (see :func:`iic_joint`,
+            :func:`segmentation_joint`).
+        lamb: weight of the marginal entropies (1 = mutual information; > 1 pushes harder against collapse).
+
+    Returns:
+        scalar; in ``[-(2 lamb - 1) log k, 0]`` (see the module docstring).
+    """
+    p_i = joint.sum(dim=-1, keepdim=True).clamp(min=EPS)  # [..., k, 1]
+    p_j = joint.sum(dim=-2, keepdim=True).clamp(min=EPS)  # [..., 1, k]
+    p = joint.clamp(min=EPS)
+    per_joint = -(joint * (p.log() - lamb * p_i.log() - lamb * p_j.log())).sum(dim=(-1, -2))
+    return per_joint.mean()
+
+
+def information_terms(joint: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mutual information and the two entropies it is made of, in nats, for logging (no gradient).
+
+    ``H(y) = -sum_i P_i log P_i`` (marginal entropy: low = collapse onto few clusters),
+    ``H(y | y') = H(P) - H(P_j)`` (conditional entropy: high = the views disagree),
+    ``I(y; y') = H(y) - H(y | y')`` in ``[0, log k]``. Averaged over leading dims of ``[D, k, k]`` joints.
+    """
+    with torch.no_grad():
+        p = joint.clamp(min=EPS)
+        h_joint = -(joint * p.log()).sum(dim=(-1, -2))
+        p_i = joint.sum(dim=-1)
+        p_j = joint.sum(dim=-2)
+        h_i = -(p_i * p_i.clamp(min=EPS).log()).sum(dim=-1)
+        h_j = -(p_j * p_j.clamp(min=EPS).log()).sum(dim=-1)
+        conditional = h_joint - h_j
+        return {
+            "mutual_information": (h_i + h_j - h_joint).mean(),
+            "marginal_entropy": h_i.mean(),
+            "conditional_entropy": conditional.mean(),
+        }
+
+
+def iic_loss(p1: torch.Tensor, p2: torch.Tensor, lamb: float = 1.0) -> torch.Tensor:
+    """Image-level IIC loss: :func:`information_loss` of :func:`iic_joint`.
+
+    Args:
+        p1, p2: ``[N, k]`` softmax outputs of two views of the same N samples.
+        lamb: marginal-entropy weight.
+
+    Returns:
+        scalar ``-sum P (log P - lamb log P_i - lamb log P_j)``; ``-I(y; y')`` when ``lamb = 1``.
+    """
+    return information_loss(iic_joint(p1, p2), lamb)
+
+
+def iic_segmentation_loss(
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    displacement: int = 10,
+    lamb: float = 1.0,
+    collapsed: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pixel-level IIC loss with local spatial invariance.
+
+    ``collapsed=True``: :func:`information_loss` of the joint summed over displacements ``t in [-T, T]^2``;
+    ``collapsed=False``: the loss of each displacement's own normalised joint, averaged over the ``(2T+1)^2``
+    displacements (the IIC setting).
+
+    Args:
+        p1, p2: ``[B, k, H, W]`` per-pixel softmax outputs of the two views (aligned pixel grids).
+        displacement: ``T``.
+        lamb: marginal-entropy weight.
+        collapsed: see above.
+        mask: optional ``[B, H, W]`` {0, 1} pixels to use (IIC ignores pixels outside the chosen classes).
+
+    Returns:
+        scalar loss (range: module docstring).
+    """
+    return information_loss(segmentation_joint(p1, p2, displacement, collapsed, mask), lamb)

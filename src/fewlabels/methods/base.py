@@ -1,0 +1,92 @@
+"""The contract between a method and the training engine.
+
+A method is a recipe: which model to build, which training sources to draw batches from, how one training step
+turns batches into a loss, how to evaluate and predict. The engine (``fewlabels.engine``) owns everything else:
+devices, distribution, mixed precision, accumulation, checkpoints, resume, logging, the NaN guard.
+
+Distributed rule: ``training_step`` receives the *wrapped* model (DDP under torchrun) and must only call its
+``forward``; a method whose step needs several sub-networks puts that logic in the module's forward (e.g.
+``model(images, mode="train")``), so gradients are synchronised correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fewlabels.config import RunConfig
+from fewlabels.data.base import FewDataset
+
+
+@dataclass
+class Source:
+    """A training data source: a dataset and the global number of examples it contributes per micro-step."""
+
+    dataset: FewDataset
+    batch_size: int
+
+
+@dataclass
+class StepOutput:
+    """What a training step returns: the scalar loss to back-propagate and extra scalars to log."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of every method. Subclasses set the class attributes and implement the hooks."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[RunConfig]] = RunConfig
+    #: validation metric used to select the best checkpoint, and whether higher is better
+    metric: ClassVar[str] = "loss"
+    metric_mode: ClassVar[str] = "max"
+    #: DDP option for models whose forward leaves some parameters unused in a step
+    find_unused_parameters: ClassVar[bool] = False
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    # --- model and data -------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__}.build_model")
+
+    def train_sources(self) -> dict[str, Source]:
+        """Named training sources; each micro-step draws one batch from every source."""
+        raise NotImplementedError(f"{type(self).__name__}.train_sources")
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (default: every trainable parameter at the base lr).
+
+        A group may carry ``lr_scale`` (multiplied with ``train.lr``), e.g. 0.1 for a pretrained backbone.
+        """
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    # --- training -------------------------------------------------------------------------------------------
+    def training_step(
+        self, model: nn.Module, batch: dict[str, dict[str, Any]], step: int, total_steps: int
+    ) -> StepOutput:
+        raise NotImplementedError(f"{type(self).__name__}.training_step")
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Hook after each optimizer step (unwrapped model), e.g. to re-project weights."""
+
+    # --- evaluation and inference ---------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Metrics on the validation split (unwrapped model in eval mode). Must contain ``self.metric``."""
+        return {}
+
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
+        """Write predictions for ``inputs`` into ``out_dir`` and return the written files."""
+        raise NotImplementedError(f"{self.name}: predict is not available for this method")
+
+    def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
+        """Qualitative figures for ``fewlabels report`` (title -> PNG path)."""
+        return {}
