@@ -74,9 +74,11 @@ def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             # Passing a file object keeps numpy from appending ".npz" to the temporary name.
-            np.savez(handle, **arrays)
+            payload: dict[str, Any] = dict(arrays)
+            np.savez(handle, **payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a shared cache folder should stay readable
         os.replace(tmp_name, path)
     except BaseException:
         try:

@@ -1,24 +1,24 @@
 """Text classification/regression readers: GLUE TSV files, generic CSV/JSONL, Hugging Face datasets on disk.
 
-Every reader returns :class:`TextExample` rows (``text``, optional ``text_pair``, ``label``: a class index, or a
-float for regression). Errors name the file and the 1-based line (a missing column, an unknown label, a score that
-is not a number), since a silently skipped row changes a few-sample benchmark.
+Every reader returns :class:`TextExample` rows (``text``, optional ``text_pair``, ``label``: a class index, or
+a float for regression). Errors name the file and the 1-based line (a missing column, an unknown label, a
+score that is not a number), since a silently skipped row changes a few-sample benchmark.
 
 GLUE layouts (the original ``glue_data/<Task>/`` downloads; ``root`` may be ``glue_data`` or the task folder):
 
-===========  =====================================================================  ========================
-task         columns (0-based or header names)                                      labels
-===========  =====================================================================  ========================
-cola         no header: source, label, original label, sentence                     0 / 1
-sst2         header ``sentence label``                                              0 / 1
-mrpc         header ``Quality #1 ID #2 ID #1 String #2 String``                     0 / 1 (Quality)
-stsb         header ``... sentence1 sentence2 score``                               float score 0-5
-qqp          header ``id qid1 qid2 question1 question2 is_duplicate``               0 / 1
-mnli(-mm)    header ``... sentence1 sentence2 ... gold_label`` (dev_(mis)matched)   entailment/neutral/contradiction
-qnli         header ``index question sentence label``                               entailment/not_entailment
-rte          header ``index sentence1 sentence2 label``                             entailment/not_entailment
-wnli         header ``index sentence1 sentence2 label``                             0 / 1
-===========  =====================================================================  ========================
+=========  ================================================================  =========================
+task       columns (0-based, or header names)                                labels
+=========  ================================================================  =========================
+cola       no header: source, label, original label, sentence                0 / 1
+sst2       ``sentence label``                                                0 / 1
+mrpc       ``Quality #1 ID #2 ID #1 String #2 String``                       0 / 1 (Quality)
+stsb       ``... sentence1 sentence2 score``                                 float score 0-5
+qqp        ``id qid1 qid2 question1 question2 is_duplicate``                 0 / 1
+mnli(-mm)  ``... sentence1 sentence2 ... gold_label`` (dev_(mis)matched)     entailment/neutral/contra.
+qnli       ``index question sentence label``                                 entailment/not_entailment
+rte        ``index sentence1 sentence2 label``                               entailment/not_entailment
+wnli       ``index sentence1 sentence2 label``                               0 / 1
+=========  ================================================================  =========================
 Label indices follow the Hugging Face ``glue`` dataset (e.g. MNLI: entailment 0, neutral 1, contradiction 2).
 GLUE TSVs are read without quote processing (``csv.QUOTE_NONE``): sentences contain unbalanced quotes.
 """
@@ -238,12 +238,14 @@ def read_text_file(
     labels: Sequence[str] | None = None,
     regression: bool = False,
 ) -> list[TextExample]:
-    """Read a generic ``.csv`` (header line; ``,`` or tab for ``.tsv``) or ``.jsonl`` file (one object per line).
+    """Read a generic ``.csv`` (header line; ``,`` or tab for ``.tsv``) or ``.jsonl`` file (one object per
+    line).
 
     Args:
         path: the file; its suffix picks the format (``.csv``, ``.tsv``, ``.jsonl``/``.json``).
         text_column, pair_column, label_column: column (key) names; ``pair_column=None`` for single sentences.
-        labels: label names in index order; when None labels must be class indices (or numbers if ``regression``).
+        labels: label names in index order; when None labels must be class indices (or numbers if
+        ``regression``).
         regression: labels are float scores.
     """
     p = Path(path).expanduser()

@@ -81,6 +81,7 @@ GLYPH_SPLITS: dict[str, tuple[str, ...]] = {
 # Homoglyphs are removed from the later script in this order (novel and val keep theirs over base).
 _DEDUP_PRIORITY = ("latin", "greek", "georgian", "cyrillic", "armenian")
 _SCRIPT_NAMES = tuple(SCRIPTS)
+_GENERATOR_VERSION = 2  # bump whenever the output for given arguments changes
 _SPLIT_CODES = {"base": 0, "val": 1, "novel": 2}
 _DEDUP_SIZE = 32
 _IDENTICAL = 1e-4  # mean squared difference below which two renders count as identical
@@ -142,7 +143,9 @@ def render_glyph(char: str, size: int, face: str | Path | None = None, centred: 
         if rows.size:
             dy = (size - 1 - rows[-1] - rows[0]) // 2
             dx = (size - 1 - cols[-1] - cols[0]) // 2
-            canvas = canvas.transform(canvas.size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.NEAREST)
+            canvas = canvas.transform(
+                canvas.size, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy), Image.Resampling.NEAREST
+            )
     else:
         font = _font(path, max(1, round(_FONT_SCALE * size)))
         draw.text((size / 2, _BASELINE * size), char, fill=255, font=font, anchor="ms")
@@ -229,6 +232,7 @@ def generate_glyphs(
     image_size, per_class, seed = int(image_size), int(per_class), int(seed)
     faces = dejavu_faces()
     params = {
+        "generator": _GENERATOR_VERSION,
         "split": split,
         "image_size": image_size,
         "per_class": per_class,
@@ -264,7 +268,10 @@ def generate_glyphs(
                 if f not in masters:
                     masters[f] = Image.fromarray(render_glyph(chr(code), big, faces[f]))
                 warped = masters[f].transform(
-                    (big, big), Image.AFFINE, _affine_inverse(affine[i], big), Image.BILINEAR
+                    (big, big),
+                    Image.Transform.AFFINE,
+                    _affine_inverse(affine[i], big),
+                    Image.Resampling.BILINEAR,
                 )
                 images[i] = np.asarray(warped.reduce(2))
         labels = np.repeat(np.arange(len(codes), dtype=np.int64), per_class)

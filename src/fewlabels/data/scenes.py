@@ -5,14 +5,15 @@ Every image is a composition of real photographic textures shipped with scikit-i
 - three *stuff* classes fill the canvas: ``grass`` (``skimage.data.grass()``), ``gravel`` (``gravel()``) and
   ``brick`` (``brick()``). The canvas is cut into 2 or 3 regions by random wavy lines (parallel bands, or one
   line with a second one splitting one side), and each region shows a random crop of a distinct stuff texture;
-- then 1-3 *thing* objects are pasted on top, later ones occluding earlier ones: ``disc`` (ellipses filled with
-  the stained tissue of ``immunohistochemistry()``), ``triangle`` (filled with the printed text of ``page()``)
-  and ``letter`` (silhouettes of DejaVu Sans Bold capitals, filled with the galaxies of ``hubble_deep_field()``).
+- then 1-3 *thing* objects are pasted on top, later ones occluding earlier ones: ``disc`` (ellipses filled
+  with the stained tissue of ``immunohistochemistry()``), ``triangle`` (filled with the printed text of
+  ``page()``) and ``letter`` (silhouettes of DejaVu Sans Bold capitals, filled with the galaxies of
+  ``hubble_deep_field()``).
 
-Grayscale textures are tinted with a per-class colour blended at 35%, and every region and object gets a random
-brightness gain in [0.75, 1.25]: colour helps but does not decide, so a model has to use texture and shape too.
-Textures are resampled so that one image spans the same physical extent at any ``size`` (``size / 192`` of the
-512-pixel originals).
+Grayscale textures are tinted with a per-class colour blended at 35%, and every region and object gets a
+random brightness gain in [0.75, 1.25]: colour helps but does not decide, so a model has to use texture and
+shape too. Textures are resampled so that one image spans the same physical extent at any ``size``
+(``size / 192`` of the 512-pixel originals).
 
 Class indices: 0 grass, 1 gravel, 2 brick (stuff), 3 disc, 4 triangle, 5 letter (things). Code that needs a
 single background class (e.g. an objects-vs-background view of CCT's weak labels) uses
@@ -22,13 +23,13 @@ in padding added by augmentation.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import skimage
 import torch
 from PIL import Image
 
@@ -51,7 +52,7 @@ SCENE_THING_CLASSES: tuple[int, ...] = (3, 4, 5)
 #: The class used when one background class is needed: the first stuff class.
 SCENE_BACKGROUND_INDEX = 0
 
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2  # bump whenever the output for given (n, size, seed) changes
 _STUFF = (0, 1, 2)
 _TINT_STRENGTH = 0.35
 # RGB tints (scaled to unit mean so brightness is kept). Stuff: green, warm grey, red; triangles: blue.
@@ -99,12 +100,12 @@ def _textures(size: int) -> tuple[np.ndarray, ...]:
             rgb = raw[:, :, :3]
         scale = max(size / _SPAN, (2 * size + 1) / min(rgb.shape[:2]))
         h, w = (max(1, round(s * scale)) for s in rgb.shape[:2])
-        out.append(np.asarray(Image.fromarray(rgb).resize((w, h), Image.LANCZOS)))
+        out.append(np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.LANCZOS)))
     return tuple(out)
 
 
 def _region_maps(u: np.ndarray, size: int) -> np.ndarray:
-    """Region index (0..2) of every pixel for a chunk of images, from per-image uniform draws ``u [n, 10]``."""
+    """Region index (0..2) of each pixel of a chunk of images, from per-image uniform draws ``u [n, 10]``."""
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
     yy, xx = coords[None, :, None], coords[None, None, :]
 
@@ -172,7 +173,10 @@ def _paste(
     return int(sel.sum())
 
 
-def _render_chunk(draws: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_chunk(
+    draws: dict[str, np.ndarray], size: int, things: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and masks of a chunk of scenes from their draws (``things=False``: the stuff layer only)."""
     textures = _textures(size)
     letter_face = str(dejavu_faces()[0])
     n = draws["regions"].shape[0]
@@ -180,26 +184,28 @@ def _render_chunk(draws: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, 
     stuff_of_region = np.argsort(draws["stuff_order"], axis=1)  # a random permutation of the 3 stuff classes
     masks = np.take_along_axis(stuff_of_region, region.reshape(n, -1).astype(np.int64), axis=1)
     masks = masks.reshape(n, size, size).astype(np.uint8)
-    gain = (0.75 + 0.5 * draws["stuff_gain"]).astype(np.float32)[
-        np.arange(n)[:, None, None], region
-    ]  # per region [n, H, W]
-    images = np.zeros((n, size, size, 3), np.float32)
+    # Each stuff class fills exactly one region, so a per-class brightness gain is a per-region gain. Gains
+    # are in 1/128 fixed point: integer multiply-adds blend several times faster than masked copies.
+    gain = np.round(128 * (0.75 + 0.5 * draws["stuff_gain"])).astype(np.uint16)  # [n, 3]
+    acc = np.zeros((n, size, size, 3), np.uint16)
     for cls in _STUFF:
         tex = textures[cls]
         windows = np.lib.stride_tricks.sliding_window_view(tex, (size, size), axis=(0, 1))  # [y, x, 3, H, W]
         oy = (draws["stuff_offset"][:, cls, 0] * (tex.shape[0] - size + 1)).astype(np.int64)
         ox = (draws["stuff_offset"][:, cls, 1] * (tex.shape[1] - size + 1)).astype(np.int64)
         crops = windows[oy, ox].transpose(0, 2, 3, 1)  # one random crop per image, [n, H, W, 3]
-        np.copyto(images, crops, where=(masks == cls)[..., None])
-    images = np.clip(images * gain[..., None], 0, 255).astype(np.uint8)
+        weight = (masks == cls).astype(np.uint16) * gain[:, cls, None, None]
+        acc += crops * weight[..., None]
+    images = np.minimum(acc >> 7, 255).astype(np.uint8)
 
-    things = draws["things"]  # [n, MAX_THINGS, 10] uniform draws
+    if not things:
+        return images, masks
     for i in range(n):
         count = 1 + int(draws["thing_count"][i] * _MAX_THINGS)
         for j in range(min(count, _MAX_THINGS)):
-            p = things[i, j]
+            p = draws["things"][i, j]  # 11 uniform draws per object
             cls = SCENE_THING_CLASSES[min(int(p[0] * 3), 2)]
-            side = max(4, int(round(size * (0.28 + 0.22 * p[1]))))
+            side = max(4, int(round(size * (0.32 + 0.26 * p[1]))))
             cy = int(size * (0.1 + 0.8 * p[2]))
             cx = int(size * (0.1 + 0.8 * p[3]))
             tex = textures[cls]
@@ -240,8 +246,8 @@ def generate_scenes(n: int, size: int = 96, seed: int = 0) -> dict[str, np.ndarr
 
     Returns:
         ``{"images": uint8 [n, size, size, 3], "masks": uint8 [n, size, size]}`` with mask values in 0..5
-        (see :data:`SCENE_CLASSES`); identical for identical ``(n, size, seed)``, and the first ``m`` images of
-        a larger ``n`` equal those of ``n = m``.
+        (see :data:`SCENE_CLASSES`); identical for identical ``(n, size, seed)``, and the first ``m`` images
+        of a larger ``n`` equal those of ``n = m``.
     """
     if int(n) <= 0:
         raise DataError(f"n must be a positive number of scenes, got {n}")
@@ -253,7 +259,7 @@ def generate_scenes(n: int, size: int = 96, seed: int = 0) -> dict[str, np.ndarr
         "size": size,
         "seed": seed,
         "generator": _GENERATOR_VERSION,
-        "skimage": skimage.__version__,
+        "skimage": importlib.metadata.version("scikit-image"),
         "letter_face": dejavu_faces()[0].name,
     }
 

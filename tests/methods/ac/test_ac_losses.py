@@ -15,6 +15,15 @@ from fewlabels.methods.ac.losses import information_loss, information_terms, seg
 GOLDEN = Path(__file__).resolve().parents[3] / ".." / "shared" / "golden" / "iic.npz"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and immune to oversubscribed shared CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def golden() -> dict[str, np.ndarray]:
     if not GOLDEN.is_file():
@@ -74,7 +83,8 @@ def test_loss_range_and_terms_at_the_optimum_and_at_collapse():
     collapsed = torch.zeros(8, k, dtype=torch.float64)
     collapsed[:, 0] = 1
     assert iic_loss(collapsed, collapsed).item() == pytest.approx(0.0, abs=1e-12)
-    # independent views: MI = 0, the loss with lamb = 1 is 0 and the conditional entropy equals the marginal one
+    # independent views: MI = 0, the loss with lamb = 1 is 0 and the conditional entropy equals the marginal
+    # one
     joint = torch.full((k, k), 1.0 / k**2, dtype=torch.float64)
     assert information_loss(joint, 1.0).item() == pytest.approx(0.0, abs=1e-12)
     t = information_terms(joint)

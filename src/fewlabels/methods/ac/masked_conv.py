@@ -1,15 +1,17 @@
 """Causal (masked) layers for the canonical ordering ``tl_row`` without a blind spot.
 
 Why not the plain PixelCNN mask: stacking 3x3 convolutions whose kernel keeps the row above and the left
-neighbour leaves an upper-right wedge that no layer ever reaches (the "blind spot" of van den Oord et al. 2016).
-The gated PixelCNN cures it with a vertical stack (sees every row above) feeding a horizontal stack (sees the current
-row up to the pixel). We keep one stream of ordinary 3x3 convolutions and give each channel a *type* instead:
+neighbour leaves an upper-right wedge that no layer ever reaches (the "blind spot" of van den Oord et al.
+2016). The gated PixelCNN cures it with a vertical stack (sees every row above) feeding a horizontal stack
+(sees the current row up to the pixel). We keep one stream of ordinary 3x3 convolutions and give each channel
+a *type* instead:
 
 - a **V** channel at ``(y, x)`` depends only on rows ``< y`` (any column within reach);
-- an **H** channel at ``(y, x)`` depends on rows ``< y`` and on row ``y`` up to column ``x`` (the pixel included).
+- an **H** channel at ``(y, x)`` depends on rows ``< y`` and on row ``y`` up to column ``x`` (the pixel
+included).
 
-The network input is H-typed (a pixel sees itself). A kernel tap at offset ``(dy, dx)`` from an input channel of
-type ``a`` to an output channel of type ``b`` is kept iff the output stays within its type:
+The network input is H-typed (a pixel sees itself). A kernel tap at offset ``(dy, dx)`` from an input channel
+of type ``a`` to an output channel of type ``b`` is kept iff the output stays within its type:
 
     V -> V, V -> H : dy <= 0                (V at row y + dy <= y only sees rows < y)
     H -> H         : dy < 0 or (dy = 0 and dx <= 0)
@@ -17,15 +19,15 @@ type ``a`` to an output channel of type ``b`` is kept iff the output stays withi
 
 After ``L`` such 3x3 layers an H channel sees the whole causal half of the ``(2L+1) x (2L+1)`` window (rows
 ``y-L .. y-1`` over columns ``x-L .. x+L`` through the V channels, row ``y`` over ``x-L .. x`` through the H
-channels): no blind spot. With masking off, the same weights form a plain CNN (the types only drive the masks).
-The tests check both properties by autograd for all 8 orderings.
+channels): no blind spot. With masking off, the same weights form a plain CNN (the types only drive the
+masks). The tests check both properties by autograd for all 8 orderings.
 
-Masked weights are zeroed at construction, multiplied by the mask buffer in every masked forward (so they receive no
-gradient) and re-zeroed by :func:`zero_masked_weights` after each optimizer step, so they stay exactly zero under
-weight decay, momentum and Adam.
+Masked weights are zeroed at construction, multiplied by the mask buffer in every masked forward (so they
+receive no gradient) and re-zeroed by :func:`zero_masked_weights` after each optimizer step, so they stay
+exactly zero under weight decay, momentum and Adam.
 
-BatchNorm in training mode shares batch statistics across positions; that is a global coupling, not a path from a
-later pixel's value, and causality is defined (and tested) with the statistics fixed (eval mode).
+BatchNorm in training mode shares batch statistics across positions; that is a global coupling, not a path
+from a later pixel's value, and causality is defined (and tested) with the statistics fixed (eval mode).
 """
 
 from __future__ import annotations
@@ -58,8 +60,11 @@ def channel_types(channels: int, vertical_fraction: float = 0.5) -> torch.Tensor
     return types
 
 
-def causal_kernel_mask(in_vertical: torch.Tensor, out_vertical: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """``[C_out, C_in, k, k]`` float mask (1 = kept tap) for the ``tl_row`` ordering (rules in the module doc).
+def causal_kernel_mask(
+    in_vertical: torch.Tensor, out_vertical: torch.Tensor, kernel_size: int
+) -> torch.Tensor:
+    """``[C_out, C_in, k, k]`` float mask (1 = kept tap) for the ``tl_row`` ordering (rules in the module
+    doc).
 
     Args:
         in_vertical: ``[C_in]`` bool channel types of the input (True = V).
@@ -84,9 +89,9 @@ def causal_kernel_mask(in_vertical: torch.Tensor, out_vertical: torch.Tensor, ke
 class MaskedConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weight is multiplied by a causal mask buffer while ``masked`` is True.
 
-    ``y = conv2d(x, W * M) + b`` with ``M = causal_kernel_mask(in_types, out_types, k)``; with ``masked = False``,
-    ``y = conv2d(x, W) + b`` (a plain convolution). Shapes: ``[B, C_in, H, W] -> [B, C_out, H, W]`` (stride 1,
-    "same" padding).
+    ``y = conv2d(x, W * M) + b`` with ``M = causal_kernel_mask(in_types, out_types, k)``; with ``masked =
+    False``, ``y = conv2d(x, W) + b`` (a plain convolution). Shapes: ``[B, C_in, H, W] -> [B, C_out, H, W]``
+    (stride 1, "same" padding).
     """
 
     def __init__(
@@ -109,7 +114,9 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def _conv(in_c: int, out_c: int, k: int, in_types: torch.Tensor | None, out_types: torch.Tensor | None) -> nn.Conv2d:
+def _conv(
+    in_c: int, out_c: int, k: int, in_types: torch.Tensor | None, out_types: torch.Tensor | None
+) -> nn.Conv2d:
     """A masked conv when channel types are given, else a plain one (same parametrisation)."""
     if in_types is None or out_types is None:
         return nn.Conv2d(in_c, out_c, k, padding=k // 2, bias=False)
@@ -135,11 +142,15 @@ class MaskedResidualBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = _conv(out_channels, out_channels, 3, out_types, out_types)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        same_types = in_types is None or (in_types.shape == out_types.shape and bool((in_types == out_types).all()))
+        same_types = in_types is None or (
+            in_types.shape == out_types.shape and bool((in_types == out_types).all())
+        )
         if in_channels == out_channels and same_types:
             self.skip: nn.Module = nn.Identity()
         else:
-            self.skip = nn.Sequential(_conv(in_channels, out_channels, 1, in_types, out_types), nn.BatchNorm2d(out_channels))
+            self.skip = nn.Sequential(
+                _conv(in_channels, out_channels, 1, in_types, out_types), nn.BatchNorm2d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -152,8 +163,8 @@ class CausalSelfAttention(nn.Module):
 
     ``y = x + W_o softmax(Q K^T / sqrt(d) + M) V`` over the ``H W`` tokens of each image (row-major), with
     ``M[p, q] = -inf`` for ``q`` after ``p`` (each position attends to itself and the positions before it);
-    LayerNorm is per token (no mixing across positions). Shapes ``[B, C, H, W] -> [B, C, H, W]``. The output mixes
-    all channels, so it is H-typed: place it after the last masked convolution.
+    LayerNorm is per token (no mixing across positions). Shapes ``[B, C, H, W] -> [B, C, H, W]``. The output
+    mixes all channels, so it is H-typed: place it after the last masked convolution.
     """
 
     def __init__(self, channels: int, heads: int = 4) -> None:
@@ -169,7 +180,9 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C], row-major = canonical order
-        q, k, v = self.qkv(self.norm(tokens)).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = (
+            self.qkv(self.norm(tokens)).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        )
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.masked)  # [B, heads, HW, C/heads]
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)

@@ -15,9 +15,9 @@ The optional causal self-attention block closes the ordered part. Heads: 1x1 con
 ``k_over`` for the over-clustering head), bilinear upsampling to the input size, softmax over clusters.
 
 Two views in one pass: :meth:`ACNet.forward` with ``orderings=(o1, o2)`` runs the unmasked part once, maps its
-output into each ordering's canonical view, stacks the views along the batch dimension and runs the ordered part
-once (orderings whose views have different shapes -- a transposed and a plain view of a non-square map -- run as
-separate passes).
+output into each ordering's canonical view, stacks the views along the batch dimension and runs the ordered
+part once (orderings whose views have different shapes -- a transposed and a plain view of a non-square map --
+run as separate passes).
 """
 
 from __future__ import annotations
@@ -133,30 +133,36 @@ class ACNet(nn.Module):
         return self.mask_from != "none"
 
     # -- forward -------------------------------------------------------------------------------------------
-    def _ordered_views(self, features: torch.Tensor, orderings: Sequence[str]) -> torch.Tensor:
-        """``[B, C, h, w]`` -> ``[V B, C', h, w]``: the ordered part under each of the V orderings."""
-        views = [to_canonical(features, o) for o in orderings]
+    def _ordered_views(self, features: torch.Tensor, orderings: Sequence[str], stacked: bool) -> torch.Tensor:
+        """``[B, C, h, w]`` (or ``[V B, ...]`` when ``stacked``) -> ``[V B, C', h, w]``: the ordered part
+        under each of the V orderings (view ``v`` reads chunk ``v`` of a stacked input)."""
+        chunks = features.chunk(len(orderings)) if stacked else [features] * len(orderings)
+        views = [to_canonical(c, o) for c, o in zip(chunks, orderings)]
         if all(v.shape == views[0].shape for v in views):
             outs = self.ordered(torch.cat(views)).chunk(len(orderings))
         else:
             outs = tuple(self.ordered(v) for v in views)
         return torch.cat([from_canonical(out, o) for out, o in zip(outs, orderings)])
 
-    def forward(self, images: torch.Tensor, orderings: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, orderings: Sequence[str] | None = None, stacked_views: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Cluster probabilities of every view.
 
         Args:
-            images: ``[B, C_in, H, W]``.
+            images: ``[B, C_in, H, W]``, or ``[V B, C_in, H, W]`` with ``stacked_views`` (one input per view,
+                e.g. differently jittered images; the unmasked part then runs on all of them).
             orderings: V ordering names (see :data:`ORDERINGS`); None = the canonical view only (with masking
                 off: the plain CNN). Ignored by ``mask_from='none'``.
+            stacked_views: whether ``images`` already holds one chunk per ordering.
 
         Returns:
-            ``{"main": [V B, k, H, W]}`` (+ ``"over": [V B, k_over, H, W]``) softmax probabilities, views major
-            (rows ``v B .. (v+1) B - 1`` belong to ordering ``v``).
+            ``{"main": [V B, k, H, W]}`` (+ ``"over": [V B, k_over, H, W]``) softmax probabilities, views
+            major (rows ``v B .. (v+1) B - 1`` belong to ordering ``v``).
         """
         features = self.unmasked(images)
         if orderings and self.uses_orderings:
-            features = self._ordered_views(features, orderings)
+            features = self._ordered_views(features, orderings, stacked_views)
         else:
             features = self.ordered(features)
         size = images.shape[-2:]

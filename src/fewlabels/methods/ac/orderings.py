@@ -1,11 +1,11 @@
 """The 8 raster-scan orderings of AC as flips/transposes of one canonical ordering.
 
 The canonical ordering ``tl_row`` starts at the top-left pixel and scans rows left to right, top to bottom:
-``q`` comes before ``p`` iff ``q_y < p_y`` or (``q_y = p_y`` and ``q_x < p_x``). Every other ordering is a view of
-the image in which the canonical scan is the wanted scan: flip vertically (start at the bottom), flip horizontally
-(start at the right), then transpose (column-major). A masked stack built for ``tl_row`` runs on
-``to_canonical(x, o)`` and its output is mapped back with ``from_canonical`` (this file's two functions), so one
-set of masks serves all 8 orderings (paper: "4 corners x 2 directions").
+``q`` comes before ``p`` iff ``q_y < p_y`` or (``q_y = p_y`` and ``q_x < p_x``). Every other ordering is a
+view of the image in which the canonical scan is the wanted scan: flip vertically (start at the bottom), flip
+horizontally (start at the right), then transpose (column-major). A masked stack built for ``tl_row`` runs on
+``to_canonical(x, o)`` and its output is mapped back with ``from_canonical`` (this file's two functions), so
+one set of masks serves all 8 orderings (paper: "4 corners x 2 directions").
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ __all__ = [
     "abce_threshold",
     "batched_consistency_loss",
     "consistency_weight",
+    "pairwise_variance_loss",
     "softmax_js_loss",
     "softmax_kl_loss",
     "softmax_mse_loss",
@@ -119,6 +120,22 @@ def batched_consistency_loss(
             raise ValueError("the JS consistency loss has no confidence threshold; use mse or kl")
         return softmax_js_loss(aux_logits, target_probs)
     raise ValueError(f"unknown consistency loss {kind!r}; valid choices: mse, kl, js")
+
+
+def pairwise_variance_loss(aux_logits: Tensor, num_decoders: int = 8) -> Tensor:
+    """Disagreement among auxiliary decoders (the reference's "pair-wise" constraint).
+
+    ``num_decoders`` of the K outputs are drawn at random (torch's global RNG); with ``p_k = softmax(aux_k)`` and
+    ``p_bar`` their mean, ``L = mean over pixels of sum_c mean_k (p_k - p_bar)^2``.
+
+    Shapes: ``aux_logits [K, B, C, ...]`` (class dim 2) -> scalar.
+    """
+    k = aux_logits.shape[0]
+    if k < 2:
+        return aux_logits.sum() * 0.0
+    chosen = torch.randperm(k, device=aux_logits.device)[: min(num_decoders, k)]
+    probs = F.softmax(aux_logits.index_select(0, chosen), dim=2)
+    return probs.var(dim=0, unbiased=False).sum(dim=1).mean()
 
 
 def consistency_weight(step: int, rampup_steps: int, final_weight: float = 30.0) -> float:

@@ -49,30 +49,35 @@ def vat_direction(
     z: Tensor,
     decoder: Callable[[Tensor], Tensor],
     n: int,
-    xi: float = 0.1,
+    xi: float = 1e-4,
     iterations: int = 1,
     init: Tensor | None = None,
 ) -> Tensor:
     """I-VAT adversarial directions: unit-norm ``r`` per decoder and sample, ``[n, B, D, h, w]``.
 
     ``d ~ U(-0.5, 0.5)`` normalised per sample; ``p = softmax(g(z))`` (no gradient); then ``iterations`` times
-    ``d <- normalize(grad_d KL(p || softmax(g(z + xi * d))))``. The caller outputs ``g(z + eps * r)``, so that
-    ``||eps * r|| = eps`` per sample.
+    ``d <- normalize(grad_d KL(p || softmax(g(z + xi * max(||z_b||, 1) * d))))``. The caller outputs
+    ``g(z + eps * r)``, so that ``||eps * r|| = eps`` per sample.
 
     ``decoder`` maps ``[n, B, D, h, w]`` to logits whose class dimension is -3 (any spatial layout); it is the
-    stack of the ``n`` VAT decoders. The reference used ``xi = 1e-6``: in float32 the KL between two predictions
-    that close rounds to noise and its gradient vanishes, leaving a perturbation of norm ~0.006 instead of ``eps``.
-    With ``xi`` around 1e-1 the finite difference is well above rounding.
+    stack of the ``n`` VAT decoders. ``init`` replaces the random start ``d`` (``[n, B, D, h, w]``, for tests).
+
+    The finite-difference step is relative to the per-sample feature norm. The reference used an absolute
+    ``xi = 1e-6``: in float32 the KL between two predictions that close is rounding noise and its gradient
+    vanishes (perturbation norm ~0.006 instead of ``eps``, and a random direction). A relative step of 1e-4 is far
+    above float32 rounding and small enough for the decoder to be locally linear, whatever the feature scale of
+    the encoder (a 4x4 small-CNN map or a 40x40x512 PSP output).
     """
     z = z.detach()
     zs = _repeat(z, n)
     with torch.no_grad():
         target = F.softmax(decoder(zs), dim=-3)
+    step = xi * z.flatten(1).norm(dim=1).clamp(min=1.0).view(1, -1, 1, 1, 1)
     d = l2_normalize(init.to(zs) if init is not None else torch.rand_like(zs) - 0.5)
     for _ in range(iterations):
         d.requires_grad_(True)
         with torch.enable_grad():
-            log_q = F.log_softmax(decoder(zs + xi * d), dim=-3)
+            log_q = F.log_softmax(decoder(zs + step * d), dim=-3)
             kl = F.kl_div(log_q, target, reduction="sum")
             (grad,) = torch.autograd.grad(kl, d)
         d = l2_normalize(grad.detach())

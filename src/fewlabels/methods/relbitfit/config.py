@@ -16,14 +16,17 @@ class RelBitFitModelConfig:
     """Which pretrained encoder, and which of its parameters are fine-tuned."""
 
     path: str = field(
-        default="", metadata={"help": "pretrained BERT/RoBERTa directory (empty: the packaged MiniLM-L6 BERT)"}
+        default="",
+        metadata={"help": "pretrained BERT/RoBERTa directory (empty: the packaged MiniLM-L6 BERT)"},
     )
     variant: Literal["full", "bitfit", "relbitfit"] = field(
         default="relbitfit", metadata={"help": "full fine-tuning, BitFit (biases + head) or RelBitFit"}
     )
     pt: bool = field(default=False, metadata={"help": "RelBitFit: one relative table shared by all layers"})
     lr: bool = field(default=False, metadata={"help": "RelBitFit: low-rank key table R = E U (rank below)"})
-    clip: bool = field(default=False, metadata={"help": "RelBitFit: only l_max distances get their own entry"})
+    clip: bool = field(
+        default=False, metadata={"help": "RelBitFit: only l_max distances get their own entry"}
+    )
     rank: int = field(default=64, metadata={"help": "d' of the low-rank table", "min": 1})
     l_max: int = field(default=32, metadata={"help": "N under clip", "min": 1})
     relative_index: Literal["absolute", "signed"] = field(
@@ -43,7 +46,8 @@ class TextTaskConfig:
     """The text task: where the examples come from and how they are tokenised."""
 
     dataset: Literal["rotten-tomatoes", "glue", "csv", "jsonl", "hf-disk"] = field(
-        default="rotten-tomatoes", metadata={"help": "rotten-tomatoes (embedded), glue TSVs, csv, jsonl, hf-disk"}
+        default="rotten-tomatoes",
+        metadata={"help": "rotten-tomatoes (embedded), glue TSVs, csv, jsonl, hf-disk"},
     )
     task: str = field(
         default="sst2", metadata={"help": "GLUE task (cola sst2 mrpc stsb qqp mnli mnli-mm qnli rte wnli)"}
@@ -54,20 +58,30 @@ class TextTaskConfig:
     train_split: str = field(default="train", metadata={"help": "hf-disk: training split name"})
     eval_split: str = field(default="validation", metadata={"help": "hf-disk: evaluation split name"})
     text_column: str = field(default="text", metadata={"help": "csv/jsonl/hf-disk: first sentence column"})
-    pair_column: str = field(default="", metadata={"help": "csv/jsonl/hf-disk: second sentence column ('' = none)"})
+    pair_column: str = field(
+        default="", metadata={"help": "csv/jsonl/hf-disk: second sentence column ('' = none)"}
+    )
     label_column: str = field(default="label", metadata={"help": "csv/jsonl/hf-disk: label column"})
     label_names: list[str] = field(
-        default_factory=list, metadata={"help": "csv/jsonl: label names in index order (empty: integer labels)"}
+        default_factory=list,
+        metadata={"help": "csv/jsonl: label names in index order (empty: integer labels)"},
     )
     num_labels: int = field(default=0, metadata={"help": "csv/jsonl/hf-disk: classes (0 = infer)", "min": 0})
     regression: bool = field(default=False, metadata={"help": "csv/jsonl/hf-disk: float targets (MSE loss)"})
     n_train: int = field(
-        default=2000, metadata={"help": "few-sample N: training examples drawn with the seed (0 = all)", "min": 0}
+        default=2000,
+        metadata={"help": "few-sample N: training examples drawn with the seed (0 = all)", "min": 0},
     )
     sample_seed: int = field(default=-1, metadata={"help": "seed of the N-example draw (-1: the run seed)"})
-    max_eval: int = field(default=0, metadata={"help": "evaluate on the first K examples (0 = all)", "min": 0})
-    rt_test_size: int = field(default=2000, metadata={"help": "rotten-tomatoes: held-out test examples", "min": 1})
-    max_length: int = field(default=128, metadata={"help": "tokens per example (truncated), also N", "min": 2})
+    max_eval: int = field(
+        default=0, metadata={"help": "evaluate on the first K examples (0 = all)", "min": 0}
+    )
+    rt_test_size: int = field(
+        default=2000, metadata={"help": "rotten-tomatoes: held-out test examples", "min": 1}
+    )
+    max_length: int = field(
+        default=128, metadata={"help": "tokens per example (truncated), also N", "min": 2}
+    )
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size", "min": 1})
 
     def validate(self) -> None:
@@ -89,8 +103,8 @@ class TextTaskConfig:
 class RelBitFitConfig(RunConfig):
     """Few-sample fine-tuning of a pretrained BERT/RoBERTa: RelBitFit, BitFit or full fine-tuning.
 
-    Training defaults follow the BitFit recipe: AdamW without weight decay, constant lr 1e-3 (use 1e-5 for full
-    fine-tuning), batch 8, gradient clipping 1.0, max length 128.
+    Training defaults follow the BitFit recipe: AdamW without weight decay, constant lr 1e-3 (use 1e-5 for
+    full fine-tuning), batch 8, gradient clipping 1.0, max length 128.
     """
 
     method: str = "relbitfit"

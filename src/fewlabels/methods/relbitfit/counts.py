@@ -1,9 +1,9 @@
 """Trainable-parameter counts of every fine-tuning variant, for any BERT/RoBERTa config (the thesis table).
 
 The counts come from the real code path, not from a formula: the sequence-classification model is built on the
-``meta`` device (shapes only, no memory, no initialisation cost), patched and frozen exactly as in training, and its
-trainable parameters are summed. For roberta-base with a 2-class head this gives 124,647,170 (full), 694,274
-(BitFit), 1,883,138 (RelBitFit), 784,898 (+PT), 760,834 (+LR), 984,578 (+Clip), 736,642 (+PT+LR+Clip).
+``meta`` device (shapes only, no memory, no initialisation cost), patched and frozen exactly as in training,
+and its trainable parameters are summed. For roberta-base with a 2-class head this gives 124,647,170 (full),
+694,274 (BitFit), 1,883,138 (RelBitFit), 784,898 (+PT), 760,834 (+LR), 984,578 (+Clip), 736,642 (+PT+LR+Clip).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def format_parameter_table(
     total, bitfit = counts["full"], counts["bitfit"]
     name = getattr(config, "model_type", "model")
     lines = [
-        f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads, "
+        f"{name}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_attention_heads} heads, "
         f"{config.num_labels} labels; N={num_positions}, d'={rank}, L_max={l_max}",
         f"{'variant':<22}{'trainable':>14}{'% of full':>11}{'vs BitFit':>11}",
     ]

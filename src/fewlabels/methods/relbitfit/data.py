@@ -1,8 +1,9 @@
 """Text data of RelBitFit runs: load a task's examples, draw the few-sample training set, tokenise once.
 
-Examples are tokenised once when the dataset is built and padded to ``max_length`` so that the engine's default
-collation stacks them; ``training_step`` trims each batch to its longest example (right padding is masked, and the
-relative index of the kept positions does not change), so short sentences do not pay for 128 positions.
+Examples are tokenised once when the dataset is built and padded to ``max_length`` so that the engine's
+default collation stacks them; ``training_step`` trims each batch to its longest example (right padding is
+masked, and the relative index of the kept positions does not change), so short sentences do not pay for 128
+positions.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class TaskData:
 def few_sample_indices(total: int, n: int, seed: int) -> list[int]:
     """Indices of the few-sample training set: ``n`` of ``total`` drawn without replacement (all if n == 0).
 
-    A pure function of ``(total, n, seed)``, sorted ascending; for one seed a smaller draw is contained in a larger one.
+    A pure function of ``(total, n, seed)``, sorted ascending; for one seed a smaller draw is contained in a
+    larger one.
     """
     if n == 0 or n == total:
         return list(range(total))
@@ -67,7 +69,9 @@ def load_task(cfg: TextTaskConfig) -> TaskData:
         if spec.name == "mnli":
             # MNLI models are evaluated on both dev sets; the matched one selects the checkpoint.
             evals["dev_mm"] = read_glue(cfg.root, "mnli-mm", "dev")
-        return TaskData(read_glue(cfg.root, spec.name, "train"), evals, spec.num_labels, spec.is_regression, spec.name)
+        return TaskData(
+            read_glue(cfg.root, spec.name, "train"), evals, spec.num_labels, spec.is_regression, spec.name
+        )
     pair = cfg.pair_column or None
     if cfg.dataset == "hf-disk":
         read = [
@@ -103,8 +107,8 @@ def position_limit(model_config: Any) -> int:
 class TokenizedTextDataset(FewDataset):
     """Examples tokenised once into fixed-size int64 arrays.
 
-    ``sample`` returns ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the tokenizer makes them), each
-    [max_length], plus ``labels`` (int64 class, or float32 score for regression).
+    ``sample`` returns ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the tokenizer makes
+    them), each [max_length], plus ``labels`` (int64 class, or float32 score for regression).
     """
 
     def __init__(

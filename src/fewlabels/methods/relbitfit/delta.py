@@ -1,11 +1,12 @@
 """Save and restore a fine-tuned model as a delta: only its trainable tensors, on top of the base weights.
 
-The file is a safetensors archive holding every trainable tensor (biases, relative tables, the whole task head) plus
-any frozen tensor that the base checkpoint does not hold (``extra``: e.g. a pooler that ``from_pretrained``
-initialised randomly), and JSON metadata with the :class:`FineTuning`, the label count and the base model's type.
-Restoring rebuilds the base model, applies the same patch and loads the delta, and refuses a delta that misses any
-trainable tensor of the rebuilt model: peft silently dropped biases (peft #3306) and heads (peft #310, #577) on save.
-For a BERT-base-size model BitFit/RelBitFit deltas are a few MB (fp32), against ~440 MB for the full weights.
+The file is a safetensors archive holding every trainable tensor (biases, relative tables, the whole task
+head) plus any frozen tensor that the base checkpoint does not hold (``extra``: e.g. a pooler that
+``from_pretrained`` initialised randomly), and JSON metadata with the :class:`FineTuning`, the label count and
+the base model's type. Restoring rebuilds the base model, applies the same patch and loads the delta, and
+refuses a delta that misses any trainable tensor of the rebuilt model: peft silently dropped biases
+(peft #3306) and heads (peft #310, #577) on save. For a BERT-base-size model BitFit/RelBitFit deltas are a few
+MB (fp32), against ~440 MB for the full weights.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def load_delta(model: nn.Module, path: str | Path, prepare: bool = True) -> nn.M
         prepare: apply the stored :class:`FineTuning` (patch + requires_grad) before loading.
 
     Raises:
-        ValueError: the delta misses a trainable tensor of the prepared model, names an unknown tensor, or a shape
+        ValueError: the delta misses a trainable tensor of the prepared model, names an unknown tensor, or a
+        shape
             differs.
     """
     info = read_delta_metadata(path)
@@ -128,7 +130,8 @@ def load_delta(model: nn.Module, path: str | Path, prepare: bool = True) -> nn.M
 def restore_fine_tuned(
     path: str | Path, base_dir: str | Path, attn_implementation: str = "sdpa", **overrides: Any
 ) -> nn.Module:
-    """Rebuild the fine-tuned sequence classifier from a delta file and the base model directory ``base_dir``."""
+    """Rebuild the fine-tuned sequence classifier from a delta file and the base model directory
+    ``base_dir``."""
     from transformers import AutoModelForSequenceClassification
 
     info = read_delta_metadata(path)

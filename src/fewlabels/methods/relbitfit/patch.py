@@ -1,21 +1,22 @@
 """Relative-position attention terms for Hugging Face BERT and RoBERTa self-attention (the RelBitFit patch).
 
-For head ``h`` with query ``q_i`` (which already contains the query bias ``b_q``) and key ``k_j`` the patched score is
+For head ``h`` with query ``q_i`` (which already contains the query bias ``b_q``) and key ``k_j`` the patched
+score is
 
     score(i, j) = (q_i . k_j + q_i . R_{r(i,j)}[h] + s_{r(i,j), h}) / sqrt(d_head)
 
-where ``R`` (``N x d_model``, one ``d_head`` slice per head) and ``s`` (``N x n_heads``) are per-layer tables and
-``r(i, j)`` indexes the relative position: ``min(|i - j|, N - 1)`` (``absolute``, N entries) or
-``clamp(j - i, -(N-1), N-1) + N - 1`` (``signed``, 2N - 1 entries). Options: one table shared by all layers (PT),
-``R = E U`` with ``E`` (entries x rank) and ``U`` (rank x d_model) shared by all layers (LR), and ``N = L_max``
-(Clip, distances >= L_max share the last entry).
+where ``R`` (``N x d_model``, one ``d_head`` slice per head) and ``s`` (``N x n_heads``) are per-layer tables
+and ``r(i, j)`` indexes the relative position: ``min(|i - j|, N - 1)`` (``absolute``, N entries) or
+``clamp(j - i, -(N-1), N-1) + N - 1`` (``signed``, 2N - 1 entries). Options: one table shared by all layers
+(PT), ``R = E U`` with ``E`` (entries x rank) and ``U`` (rank x d_model) shared by all layers (LR), and
+``N = L_max`` (Clip, distances >= L_max share the last entry).
 
-The terms are added to the additive attention mask that the model passes to its attention function, so both the
-``eager`` and the ``sdpa`` implementations work unchanged (other implementations cannot take a dense bias and are
-rejected). Only the self-attention *instances* of the patched model get a new ``forward``; the classes, and so
-every model that was not patched, are untouched. Tables start at zero, so a freshly patched model computes the
-pretrained model's function; in LR only ``E`` is zero (``U`` is random) because ``E = U = 0`` would be a saddle
-point where neither factor ever receives a gradient.
+The terms are added to the additive attention mask that the model passes to its attention function, so both
+the ``eager`` and the ``sdpa`` implementations work unchanged (other implementations cannot take a dense bias
+and are rejected). Only the self-attention *instances* of the patched model get a new ``forward``; the
+classes, and so every model that was not patched, are untouched. Tables start at zero, so a freshly patched
+model computes the pretrained model's function; in LR only ``E`` is zero (``U`` is random) because
+``E = U = 0`` would be a saddle point where neither factor ever receives a gradient.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ __all__ = [
 SUPPORTED_SELF_ATTENTIONS: tuple[type[nn.Module], ...] = (BertSelfAttention, RobertaSelfAttention)
 #: attention implementations that accept a dense additive float bias through the attention mask
 _DENSE_BIAS_IMPLEMENTATIONS = ("eager", "sdpa")
-#: name of the tables module attached to the base model (parameter names start with ``<prefix>.relative_attention``)
+#: name of the tables module attached to the base model (parameter names start with
+#: ``<prefix>.relative_attention``)
 TABLES_NAME = "relative_attention"
 
 
@@ -52,7 +54,8 @@ class RelativeBiasOptions:
     """Shape of the relative tables.
 
     Attributes:
-        num_positions: N, the number of distances with their own entry (``max_length``, or ``L_max`` for Clip).
+        num_positions: N, the number of distances with their own entry (``max_length``, or ``L_max`` for
+        Clip).
         relative_index: ``absolute`` (N entries, ``min(|i-j|, N-1)``) or ``signed`` (2N - 1 entries).
         tie_layers: PT, one ``R`` and one ``s`` shared by all layers.
         rank: LR when > 0: ``R = E U`` with inner size ``rank``, shared across layers (``s`` stays per layer).
@@ -86,9 +89,9 @@ def relative_positions(
     """Table row used by every (query i, key j) pair.
 
     Returns:
-        ``(index, lo, hi)``: ``index`` [q_len, k_len] int64 holds ``r(i, j) - lo``, and rows ``lo .. hi - 1`` of the
-        table are the only ones used, so callers slice the table to them (for N = 128 and a 40-token batch this
-        skips two thirds of the ``q . R`` products).
+        ``(index, lo, hi)``: ``index`` [q_len, k_len] int64 holds ``r(i, j) - lo``, and rows ``lo .. hi - 1``
+        of the table are the only ones used, so callers slice the table to them (for N = 128 and a 40-token
+        batch this skips two thirds of the ``q . R`` products).
     """
     n = options.num_positions
     i = torch.arange(q_len, device=device)[:, None]
@@ -105,7 +108,8 @@ def relative_positions(
 class RelativeAttentionBias(nn.Module):
     """The trainable relative tables of a whole model.
 
-    Parameters (T = 1 with PT, else the number of layers; E = ``options.num_entries``; D = d_model; H = heads):
+    Parameters (T = 1 with PT, else the number of layers; E = ``options.num_entries``; D = d_model; H =
+    heads):
         ``key_table`` [T, E, D] (full rank) or ``key_factor`` [E, rank] and ``key_basis`` [rank, D] (LR);
         ``score_table`` [T, E, H].
     """
@@ -124,7 +128,8 @@ class RelativeAttentionBias(nn.Module):
         entries = options.num_entries
         if options.rank > 0:
             self.key_factor = nn.Parameter(torch.zeros(entries, options.rank))
-            # U is random and E zero (LoRA-style): R = E U = 0 at the start, and E gets a gradient R_grad U^T != 0.
+            # U is random and E zero (LoRA-style): R = E U = 0 at the start, and E gets a gradient R_grad U^T
+            # != 0.
             basis = torch.empty(options.rank, hidden_size)
             nn.init.normal_(basis, std=options.rank**-0.5)
             self.key_basis = nn.Parameter(basis)
@@ -163,7 +168,8 @@ class RelativeAttentionBias(nn.Module):
         b, h, q_len, d_head = query.shape
         index, lo, hi = relative_positions(q_len, k_len, self.options, query.device)
         rows = self.key_rows(layer, lo, hi).to(query.dtype).view(hi - lo, h, d_head)
-        # [B, H, Lq, d] @ [H, d, n] -> [B, H, Lq, n]: every query against every used distance, then pick r(i, j).
+        # [B, H, Lq, d] @ [H, d, n] -> [B, H, Lq, n]: every query against every used distance, then pick r(i,
+        # j).
         q_dot_r = torch.matmul(query, rows.permute(1, 2, 0))
         q_dot_r = q_dot_r.gather(-1, index.expand(b, h, q_len, k_len))
         scores = self.score_rows(layer, lo, hi).to(query.dtype)[index].permute(2, 0, 1)  # [H, Lq, Lk]
@@ -186,7 +192,8 @@ def relative_attention_bias(model: nn.Module) -> RelativeAttentionBias | None:
 def _merge_mask(mask: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
     """Additive float mask = attention mask + relative bias.
 
-    ``mask`` is None (no padding), a boolean keep-mask (sdpa) or an additive float mask (eager), [B, 1, Lq, Lk].
+    ``mask`` is None (no padding), a boolean keep-mask (sdpa) or an additive float mask (eager), [B, 1, Lq,
+    Lk].
     """
     if mask is None:
         return bias
@@ -241,9 +248,9 @@ def _relative_self_attention_forward(
 def add_relative_attention_bias(model: nn.Module, options: RelativeBiasOptions) -> RelativeAttentionBias:
     """Patch every BERT/RoBERTa self-attention of ``model`` in place and return the (zero) tables.
 
-    The tables are registered once, as ``<base model>.relative_attention``, so ``state_dict``/DDP/``.to`` see each
-    parameter exactly once even when PT shares it between layers. Each attention instance keeps an unregistered
-    reference to them and its layer index.
+    The tables are registered once, as ``<base model>.relative_attention``, so ``state_dict``/DDP/``.to`` see
+    each parameter exactly once even when PT shares it between layers. Each attention instance keeps an
+    unregistered reference to them and its layer index.
 
     Raises:
         ValueError: the model has no supported self-attention, or is already patched.
@@ -263,7 +270,8 @@ def add_relative_attention_bias(model: nn.Module, options: RelativeBiasOptions) 
     base = getattr(model, "base_model", model)
     base.add_module(TABLES_NAME, tables)
     for layer, attention in enumerate(attentions):
-        # object.__setattr__ keeps the shared tables out of this module's children (no duplicate state_dict keys).
+        # object.__setattr__ keeps the shared tables out of this module's children (no duplicate state_dict
+        # keys).
         object.__setattr__(attention, "_relative_tables", tables)
         attention._relative_layer = layer
         attention.forward = types.MethodType(_relative_self_attention_forward, attention)

@@ -1,9 +1,9 @@
 """Which parameters each fine-tuning variant trains: full, BitFit, RelBitFit (+PT, +LR, +Clip).
 
 - ``full``: every parameter.
-- ``bitfit``: every bias of the pretrained encoder (attention q/k/v/output, FFN, LayerNorm betas incl. the embedding
-  LayerNorm, pooler bias) plus the whole task head (parameters outside the base model, e.g. BERT's ``classifier`` or
-  RoBERTa's ``classifier.dense`` + ``classifier.out_proj``), which is always trainable.
+- ``bitfit``: every bias of the pretrained encoder (attention q/k/v/output, FFN, LayerNorm betas incl. the
+  embedding LayerNorm, pooler bias) plus the whole task head (parameters outside the base model, e.g. BERT's
+  ``classifier`` or RoBERTa's ``classifier.dense`` + ``classifier.out_proj``), which is always trainable.
 - ``relbitfit``: ``bitfit`` without the key biases ``b_k`` (they cancel in the row softmax:
   ``z_i W_q b_k^T + b_q b_k^T`` does not depend on j) plus the relative tables of :mod:`.patch`.
 """
@@ -60,12 +60,14 @@ class FineTuning:
 
     @classmethod
     def parse(cls, spec: str, **defaults: Any) -> FineTuning:
-        """``"relbitfit+pt+lr+clip"`` -> FineTuning(variant="relbitfit", pt=True, lr=True, clip=True, **defaults)."""
+        """``"relbitfit+pt+lr+clip"`` -> FineTuning(variant="relbitfit", pt=True, lr=True, clip=True,
+        **defaults)."""
         variant, *options = spec.strip().lower().split("+")
         unknown = [o for o in options if o not in _OPTIONS]
         if variant not in VARIANTS or unknown:
             raise ValueError(
-                f"unknown variant {spec!r}: write full, bitfit or relbitfit[+pt][+lr][+clip] (options: {_OPTIONS})"
+                f"unknown variant {spec!r}: write full, bitfit or relbitfit[+pt][+lr][+clip] "
+                f"(options: {_OPTIONS})"
             )
         return cls(variant=variant, **{o: True for o in options}, **defaults)  # type: ignore[arg-type]
 

@@ -1,0 +1,203 @@
+"""Time one CCT training step at K = 30 and K = 1 auxiliary decoders, for the stacked implementation and for a
+straightforward one-decoder-at-a-time loop (K separate UpsampleDecoder modules, K separate loss calls).
+
+Usage::
+
+    python benchmarks/cct_step.py                       # resnet18 OS8 + PSP, 21 classes, batch 2+2 at 128x128, CPU
+    python benchmarks/cct_step.py --encoder resnet50 --deep-stem   # the reference model (slow on CPU)
+    python benchmarks/cct_step.py --device cuda --batch 8 --size 320
+
+A step is: forward (labeled + unlabeled), CE + w_u * L_u, backward, SGD update. The four configurations are run
+interleaved (machines are noisy), ``--repeats`` times each after a warm-up, and the median is reported. Peak memory:
+``torch.cuda.max_memory_allocated`` on a GPU; on the CPU, where torch's allocations are invisible to tracemalloc,
+the growth of the resident set over one step, measured in a forked child process per configuration.
+The last stdout line is a JSON object with ``k30_over_k1`` and ``loop_k30_over_k1`` among others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewlabels.methods.cct.config import PerturbationsConfig
+from fewlabels.methods.cct.losses import softmax_mse_loss
+from fewlabels.methods.cct.model import CCTModel
+from fewlabels.methods.cct.perturbations import (
+    context_masking,
+    feature_drop,
+    feature_noise,
+    foreground_mask,
+    guided_cutout,
+    object_masking,
+    vat_direction,
+)
+from fewlabels.models import SegmentationNet, UpsampleDecoder, build_segmentation_model
+
+K1 = PerturbationsConfig(vat=0, dropout=1, cutout=0, context_mask=0, object_mask=0, feature_drop=0, feature_noise=0)
+K30 = PerturbationsConfig()  # 2 + 6 + 6 + 2 + 2 + 6 + 6
+
+
+class LoopCCT(nn.Module):
+    """The reference's structure: a list of K decoder modules, each perturbing ``z`` and decoding on its own, and
+    K separate loss calls. Same perturbation functions (``n = 1``) and same losses as :class:`CCTModel`."""
+
+    def __init__(self, net: SegmentationNet, cfg: PerturbationsConfig, background: tuple[int, ...] = (0,)) -> None:
+        super().__init__()
+        self.net, self.cfg, self.background = net, cfg, background
+        self.kinds = [name for name, count in cfg.counts.items() for _ in range(count)]
+        d, c, up = net.feature_channels, net.num_classes, net.output_stride
+        self.aux = nn.ModuleList(UpsampleDecoder(d, c, up) for _ in self.kinds)
+
+    def _perturb(self, kind: str, dec: nn.Module, z: Tensor, fg: Tensor) -> Tensor:
+        cfg = self.cfg
+        if kind == "vat":
+            r = vat_direction(z, lambda x: dec(x[0]).unsqueeze(0), 1, cfg.vat_xi, cfg.vat_iterations)[0]
+            return z + cfg.vat_eps * r
+        if kind == "dropout":
+            return F.dropout2d(z, cfg.dropout_rate, training=True)
+        if kind == "cutout":
+            return guided_cutout(z, fg, 1, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)[0]
+        if kind == "context_mask":
+            return context_masking(z, fg, 1)[0]
+        if kind == "object_mask":
+            return object_masking(z, fg, 1)[0]
+        if kind == "feature_drop":
+            return feature_drop(z, 1, tuple(cfg.feature_drop_gamma))[0]  # type: ignore[arg-type]
+        return feature_noise(z, 1, cfg.feature_noise_range)[0]
+
+    def forward(self, images_l: Tensor, images_u: Tensor) -> dict[str, Tensor]:
+        logits_l = self.net.decode(self.net.encode(images_l))
+        z = self.net.encode(images_u)
+        with torch.no_grad():
+            target = F.softmax(self.net.decode(z), dim=1)
+        fg = foreground_mask(target, tuple(z.shape[-2:]), self.background)
+        losses = [softmax_mse_loss(dec(self._perturb(kind, dec, z, fg)), target) for kind, dec in zip(self.kinds, self.aux)]
+        return {"logits_l": logits_l, "loss_u": sum(losses) / len(losses)}
+
+
+def build(args: argparse.Namespace, impl: str, cfg: PerturbationsConfig, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    net = build_segmentation_model(
+        args.encoder, args.classes, output_stride=8, psp=not args.no_psp, deep_stem=args.deep_stem
+    )
+    model = CCTModel(net, cfg) if impl == "stacked" else LoopCCT(net, cfg)
+    return model.to(device).train()
+
+
+def make_step(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+    g = torch.Generator().manual_seed(1)
+    x_l = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
+    x_u = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
+    y = torch.randint(0, args.classes, (args.batch, args.size, args.size), generator=g).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        out = model(x_l, x_u)
+        loss = F.cross_entropy(out["logits_l"], y, ignore_index=255) + 30.0 * out["loss_u"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_step_memory_mb(step: Callable[[], None], device: torch.device) -> float:
+    """Peak memory of one step beyond what is held before it (model, optimizer state, inputs)."""
+    if device.type == "cuda":
+        step()
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    step()  # optimizer state and allocator caches exist after a first step
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: ru_maxrss is the child's own peak
+        os.close(read)
+        before = rss_mb()
+        step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        os.write(write, f"{peak - before:.3f}".encode())
+        os._exit(0)
+    os.close(write)
+    data = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    return float(data)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoder", default="resnet18", help="small_cnn, resnet18, resnet34, resnet50")
+    p.add_argument("--deep-stem", action="store_true")
+    p.add_argument("--no-psp", action="store_true")
+    p.add_argument("--classes", type=int, default=21)
+    p.add_argument("--batch", type=int, default=2, help="labeled and unlabeled images each")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--skip-loop", action="store_true", help="only the stacked implementation")
+    p.add_argument("--no-memory", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    impls = ["stacked"] if args.skip_loop else ["stacked", "loop"]
+    configs = {(impl, k): cfg for impl in impls for k, cfg in ((30, K30), (1, K1))}
+    steps = {key: make_step(build(args, key[0], cfg, device), args, device) for key, cfg in configs.items()}
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
+    for step in steps.values():  # warm-up (allocator, thread pools, autograd graph caches)
+        step()
+    sync(device)
+    for _ in range(args.repeats):
+        for key, step in steps.items():  # interleaved, so that machine noise hits every configuration alike
+            t0 = time.perf_counter()
+            step()
+            sync(device)
+            times[key].append(time.perf_counter() - t0)
+    med = {key: statistics.median(v) for key, v in times.items()}
+    result: dict[str, float] = {}
+    print(f"device={device} encoder={args.encoder} psp={not args.no_psp} classes={args.classes} "
+          f"batch={args.batch}+{args.batch} size={args.size} threads={torch.get_num_threads()} repeats={args.repeats}")
+    for (impl, k), t in med.items():
+        spread = f"[{min(times[(impl, k)]):.3f}..{max(times[(impl, k)]):.3f}]"
+        line = f"{impl:8s} K={k:2d}: median {t:.3f} s/step {spread}"
+        result[f"{impl}_k{k}_s"] = round(t, 4)
+        if not args.no_memory:
+            mb = peak_step_memory_mb(steps[(impl, k)], device)
+            result[f"{impl}_k{k}_peak_mb"] = round(mb, 1)
+            line += f", peak step memory {mb:.0f} MB"
+        print(line)
+    result["k30_over_k1"] = round(med[("stacked", 30)] / med[("stacked", 1)], 4)
+    if not args.skip_loop:
+        result["loop_k30_over_k1"] = round(med[("loop", 30)] / med[("loop", 1)], 4)
+        result["loop_k30_over_stacked_k30"] = round(med[("loop", 30)] / med[("stacked", 30)], 4)
+    sys.stdout.flush()
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

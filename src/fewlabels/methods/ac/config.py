@@ -1,0 +1,150 @@
+"""Configuration of AC runs (and of the IIC baseline: the same method with ``model.mask_from=none``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fewlabels.config import RunConfig, TrainConfig, fail
+
+__all__ = ["ACConfig", "ACDataConfig", "ACLossConfig", "ACModelConfig", "ACViewsConfig", "DATASET_CLASSES"]
+
+#: classes (= clusters of the main head) of each dataset kind; 0 = read from the data (folder).
+DATASET_CLASSES: dict[str, int] = {
+    "scenes": 6,
+    "cocostuff3": 3,
+    "cocostuff15": 15,
+    "potsdam3": 3,
+    "potsdam6": 6,
+    "folder": 0,
+}
+
+
+@dataclass
+class ACModelConfig:
+    mask_from: Literal["input", "features", "decoder", "none"] = field(
+        default="features",
+        metadata={
+            "help": "where the orderings apply: input (F1), features (F2, default), decoder (F3), "
+            "none (F4 = the IIC baseline, views from augmentations)"
+        },
+    )
+    widths: list[int] = field(
+        default_factory=lambda: [32, 64], metadata={"help": "encoder residual block widths"}
+    )
+    decoder_blocks: int = field(default=1, metadata={"help": "residual blocks after the encoder", "min": 0})
+    k: int = field(
+        default=0, metadata={"help": "clusters of the main head (0 = the dataset's classes)", "min": 0}
+    )
+    k_over: int = field(default=0, metadata={"help": "over-clustering head clusters (0 = none)", "min": 0})
+    attention: bool = field(
+        default=False, metadata={"help": "causal self-attention block after the masked part"}
+    )
+    attention_heads: int = field(default=4, metadata={"min": 1})
+    vertical_fraction: float = field(
+        default=0.5, metadata={"help": "share of V (rows-above) channels in masked layers", "gt": 0, "max": 1}
+    )
+    inference: Literal["ensemble", "plain"] = field(
+        default="ensemble",
+        metadata={"help": "evaluation/prediction: mean over the 8 orderings, or one unmasked pass"},
+    )
+
+    def validate(self) -> None:
+        if not self.widths or any(w < 2 for w in self.widths):
+            fail("model.widths", f"at least one width, each >= 2 (V and H channels), got {self.widths}")
+        if self.attention and self.widths[-1] % self.attention_heads:
+            fail(
+                "model.attention_heads",
+                f"must divide the last width {self.widths[-1]}, got {self.attention_heads}",
+            )
+
+
+@dataclass
+class ACLossConfig:
+    displacement: int = field(
+        default=10, metadata={"help": "T: pixel pairs within [-T, T]^2 (IIC: 10, 5)", "min": 0}
+    )
+    lamb: float = field(default=1.0, metadata={"help": "marginal-entropy weight (IIC: 1.0-1.5)", "min": 1.0})
+    collapsed: bool = field(
+        default=False,
+        metadata={"help": "one joint over all displacements (True) or one per displacement (IIC)"},
+    )
+    ignore_unlabelled: bool = field(
+        default=False,
+        metadata={
+            "help": "drop pixels whose label is the ignore index from the loss (IIC's COCO-Stuff protocol: "
+            "pixels outside the chosen classes); uses the masks of the training images"
+        },
+    )
+
+
+@dataclass
+class ACViewsConfig:
+    jitter: float = field(
+        default=0.0, metadata={"help": "photometric jitter strength applied to each view (0 = off)", "min": 0}
+    )
+    flip: bool = field(
+        default=False, metadata={"help": "randomly flip the second view (undone on its output)"}
+    )
+
+
+@dataclass
+class ACDataConfig:
+    dataset: Literal["scenes", "cocostuff3", "cocostuff15", "potsdam3", "potsdam6", "folder"] = "scenes"
+    root: str = field(default="", metadata={"help": "dataset folder (not needed for scenes)"})
+    input_size: int = field(
+        default=96, metadata={"help": "square crop side (IIC: 128 COCO, 200 Potsdam)", "min": 8}
+    )
+    scale: float = field(
+        default=1.0, metadata={"help": "image rescale before cropping (IIC COCO: 0.33)", "gt": 0}
+    )
+    split: str = field(
+        default="",
+        metadata={"help": "train/eval split: COCO train2017|val2017, Potsdam list name; '' = default"},
+    )
+    eval_split: str = field(default="", metadata={"help": "evaluation split ('' = the training images: IID)"})
+    eval_images: int = field(
+        default=0, metadata={"help": "evaluate on the first N images (0 = all)", "min": 0}
+    )
+    eval_batch_size: int = field(default=16, metadata={"min": 1})
+    scenes_n: int = field(default=600, metadata={"help": "scenes: generated images", "min": 2})
+    scenes_size: int = field(default=96, metadata={"min": 16})
+
+    def validate(self) -> None:
+        if self.dataset != "scenes" and not self.root:
+            fail(
+                "data.root",
+                f"dataset {self.dataset!r} needs data.root=/path/to/{self.dataset.rstrip('0123456789')}",
+            )
+
+
+@dataclass
+class ACConfig(RunConfig):
+    """AC: two raster-scan orderings of the same image are two views; maximise their pixel-wise mutual
+    information. ``model.mask_from=none`` with ``views.jitter``/``views.flip`` is the IIC baseline."""
+
+    method: str = "ac"
+    model: ACModelConfig = field(default_factory=ACModelConfig)
+    loss: ACLossConfig = field(default_factory=ACLossConfig)
+    views: ACViewsConfig = field(default_factory=ACViewsConfig)
+    data: ACDataConfig = field(default_factory=ACDataConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=300, batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant"
+        )
+    )
+
+    def validate(self) -> None:
+        classes = DATASET_CLASSES[self.data.dataset]
+        if self.model.k and classes and self.model.k != classes:
+            fail(
+                "model.k",
+                f"{self.data.dataset} has {classes} classes; Hungarian matching needs k = {classes} "
+                f"(use model.k_over for over-clustering), got {self.model.k}",
+            )
+        if self.model.mask_from == "none" and self.views.jitter == 0 and not self.views.flip:
+            fail(
+                "views.jitter",
+                "model.mask_from=none (IIC baseline) takes its two views from augmentations: "
+                "set views.jitter > 0 and/or views.flip=true",
+            )

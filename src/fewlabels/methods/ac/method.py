@@ -1,0 +1,307 @@
+"""AC as a :class:`~fewlabels.methods.base.Method`, and the IIC baseline as its ``mask_from=none`` variant.
+
+One training step (``mask_from != none``): draw two different orderings (torch's global RNG, which the engine
+seeds and checkpoints), compute both views' per-pixel cluster distributions in one batched forward (the
+unmasked stem of F2 runs once for both views), and minimise ``iic_segmentation_loss`` between them. With
+``mask_from=none`` (F4, the IIC baseline) the two views are photometric jitter and a random horizontal flip of
+the same images (the flip is undone on the second view's output so that pixels stay aligned); same network,
+same loss, same budget. We register the baseline as this method with ``model.mask_from=none`` rather than as a
+second name, so that both share every line of data, evaluation and prediction code.
+
+Over-clustering (IIC): with ``model.k_over > 0`` the over-clustering head is trained on odd steps and the main
+head on even steps (IIC alternates per epoch; per step keeps both heads moving at any run length).
+
+Evaluation (IIC protocol): labels are used only here. The ``k x k`` vote matrix between clusters and classes
+over the evaluation images is matched one-to-one (Hungarian), then pixel accuracy and mIoU are computed on
+labelled pixels. The matching is stored in the model (buffer ``cluster_to_class``) so that ``predict`` colours
+clusters by class.
+
+Our choices where the paper is silent (documented in docs): the V/H channel-type masking (``masked_conv``),
+the network (``model``), the per-step head alternation, and inference by the mean over the 8 orderings
+(``model.inference=ensemble``): masked taps are held at exactly zero during training, so the unmasked network
+(``plain``) equals the ``tl_row`` view and would only see the pixels before each pixel; the ensemble sees the
+whole neighbourhood.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.optimize
+import torch
+from torch import nn
+
+from fewlabels.data.base import DataError
+from fewlabels.methods.ac.config import ACConfig
+from fewlabels.methods.ac.losses import information_loss, information_terms, segmentation_joint
+from fewlabels.methods.ac.masked_conv import zero_masked_weights
+from fewlabels.methods.ac.model import ACNet
+from fewlabels.methods.ac.orderings import ORDERINGS
+from fewlabels.methods.base import Method, Source, StepOutput
+from fewlabels.registry import register_method
+
+__all__ = ["ACMethod", "ACModel", "hungarian_from_votes", "photometric_jitter", "sample_orderings"]
+
+
+class ACModel(ACNet):
+    """:class:`ACNet` plus the cluster -> class matching found by the last evaluation (-1 = not matched
+    yet)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("cluster_to_class", torch.full((self.k,), -1, dtype=torch.long))
+
+
+def sample_orderings(count: int = 2) -> tuple[str, ...]:
+    """``count`` different orderings drawn uniformly from torch's global RNG (seeded/checkpointed by the
+    engine)."""
+    return tuple(ORDERINGS[int(i)] for i in torch.randperm(len(ORDERINGS))[:count])
+
+
+def photometric_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-image random brightness, contrast and saturation, any channel count (Potsdam has RGB+IR).
+
+    ``x' = clip(mean_c + s (m + c (x - m) + b - mean_c), 0, 1)`` with ``b ~ U(-a, a)``, ``c, s ~ U(1-a,
+    1+a)``, ``m`` the image mean, ``mean_c`` the channel mean per pixel and ``a = strength``. ``[B, C, H, W]``
+    in [0, 1]. Randomness from torch's global RNG on the images' device.
+    """
+    b = images.shape[0]
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(b, 1, 1, 1, device=images.device, dtype=images.dtype) * (hi - lo) + lo
+
+    brightness, contrast, saturation = (
+        uniform(-strength, strength),
+        uniform(1 - strength, 1 + strength),
+        uniform(1 - strength, 1 + strength),
+    )
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    out = mean + contrast * (images - mean) + brightness
+    grey = out.mean(dim=1, keepdim=True)
+    return (grey + saturation * (out - grey)).clamp(0, 1)
+
+
+def hungarian_from_votes(votes: torch.Tensor) -> torch.Tensor:
+    """One-to-one cluster -> class map maximising agreement, from ``votes[y, c]`` (rows class, cols cluster).
+
+    Same matching as :func:`fewlabels.metrics.hungarian_match`, but from an accumulated ``[K, K]`` matrix so
+    that evaluation never holds every pixel of the dataset. Returns ``[K]`` int64, ``m[c]`` = class of cluster
+    ``c``.
+    """
+    rows, cols = scipy.optimize.linear_sum_assignment(votes.T.cpu().numpy(), maximize=True)
+    mapping = torch.empty(votes.shape[0], dtype=torch.long)
+    mapping[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
+    return mapping
+
+
+@register_method
+class ACMethod(Method):
+    """Autoregressive clustering (orderings as views + mutual information); ``mask_from=none`` = IIC
+    baseline."""
+
+    name = "ac"
+    description = (
+        "AC: unsupervised segmentation, orderings as views + mutual information (mask_from=none: IIC)"
+    )
+    config_class = ACConfig
+    metric = "pixel_accuracy"
+    metric_mode = "max"
+    config: ACConfig
+
+    # --- data and model -------------------------------------------------------------------------------------
+    @cached_property
+    def data(self) -> Any:
+        from fewlabels.data.unsupervised import build_unsupervised_data
+
+        d = self.config.data
+        return build_unsupervised_data(
+            d.dataset,
+            d.root,
+            d.split,
+            d.eval_split,
+            d.input_size,
+            d.scale,
+            d.scenes_n,
+            d.scenes_size,
+            self.config.seed,
+        )
+
+    @property
+    def k(self) -> int:
+        """Clusters of the main head: ``model.k``, else the dataset's number of classes."""
+        k = self.config.model.k or self.data.num_classes
+        if not k:
+            raise DataError(
+                f"{self.config.data.dataset}: the number of classes is unknown (no classes.txt or masks); set "
+                "model.k to the number of clusters"
+            )
+        return int(k)
+
+    def build_model(self) -> nn.Module:
+        m = self.config.model
+        return ACModel(
+            in_channels=self.data.in_channels,
+            widths=tuple(m.widths),
+            decoder_blocks=m.decoder_blocks,
+            mask_from=m.mask_from,
+            k=self.k,
+            k_over=m.k_over,
+            attention=m.attention,
+            attention_heads=m.attention_heads,
+            vertical_fraction=m.vertical_fraction,
+        )
+
+    def train_sources(self) -> dict[str, Source]:
+        return {"images": Source(self.data.train, self.config.train.batch_size)}
+
+    # --- training -------------------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, batch: dict, step: int, total_steps: int) -> StepOutput:
+        cfg = self.config
+        data = batch["images"]
+        images = data["image"]
+        views = cfg.views
+        stacked = views.jitter > 0 or views.flip
+        flip = None
+        if stacked:
+            second = images
+            if views.flip:
+                flip = torch.rand(images.shape[0], device=images.device) < 0.5
+                second = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            first = images
+            if views.jitter > 0:
+                first, second = (
+                    photometric_jitter(images, views.jitter),
+                    photometric_jitter(second, views.jitter),
+                )
+            inputs = torch.cat([first, second])
+        else:
+            inputs = images
+        orderings = sample_orderings(2) if cfg.model.mask_from != "none" else None
+        out = model(inputs, orderings=orderings, stacked_views=stacked)
+
+        def aligned_views(head: str) -> tuple[torch.Tensor, torch.Tensor]:
+            first_view, second_view = out[head].float().chunk(2)
+            if flip is not None:  # undo the flip so that pixel u of both views shows the same image point
+                second_view = torch.where(flip.view(-1, 1, 1, 1), second_view.flip(-1), second_view)
+            return first_view, second_view
+
+        heads = ["main"] + (["over"] if "over" in out else [])
+        active = heads[step % len(heads)]
+        p1, p2 = aligned_views(active)
+        valid = None
+        if cfg.loss.ignore_unlabelled and "mask" in data:
+            valid = data["mask"] != self.data.ignore_index
+        joint = segmentation_joint(p1, p2, cfg.loss.displacement, cfg.loss.collapsed, valid)
+        loss = information_loss(joint, cfg.loss.lamb)
+        for other in heads:
+            if other != active:
+                # keeps the idle head in the graph with a zero gradient, so DDP sees every parameter used
+                loss = loss + 0.0 * out[other].sum()
+        # Logged every step for the main head with the same keys (the engine averages each key over a window):
+        # the collapsed joint, a cheap O(B k H W) sum, so the numbers mean the same with either loss form.
+        with torch.no_grad():
+            m1, m2 = (p1, p2) if active == "main" else aligned_views("main")
+            logged = segmentation_joint(m1.detach(), m2.detach(), cfg.loss.displacement, True, valid)
+        return StepOutput(loss, dict(information_terms(logged)))
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        # Masked taps get no gradient, but weight decay on restored/perturbed weights must not revive them.
+        zero_masked_weights(model)
+
+    # --- evaluation -----------------------------------------------------------------------------------------
+    def _probabilities(self, model: ACModel, images: torch.Tensor) -> torch.Tensor:
+        return model.cluster_probabilities(images, self.config.model.inference)
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        from fewlabels.metrics import iou, miou, pixel_accuracy
+
+        assert isinstance(model, ACModel)
+        dataset, k = self.data.eval, self.k
+        n = (
+            len(dataset)
+            if not self.config.data.eval_images
+            else min(self.config.data.eval_images, len(dataset))
+        )
+        votes = torch.zeros(k, k, dtype=torch.long, device=device)  # [class, cluster]
+        usage = torch.zeros(k, dtype=torch.float64, device=device)
+        bs = self.config.data.eval_batch_size
+        for start in range(0, n, bs):
+            items = [dataset[i] for i in range(start, min(n, start + bs))]
+            if "mask" not in items[0]:
+                raise DataError(
+                    "evaluation needs ground-truth masks (labels are used only to match clusters)"
+                )
+            images = torch.stack([it["image"] for it in items]).to(device)
+            target = torch.stack([it["mask"] for it in items]).to(device)
+            pred = self._probabilities(model, images).argmax(1)
+            keep = target != self.data.ignore_index
+            votes += torch.bincount(target[keep] * k + pred[keep], minlength=k * k).view(k, k)
+            usage += torch.bincount(pred.flatten(), minlength=k).double()
+        mapping = hungarian_from_votes(votes)
+        model.cluster_to_class.copy_(mapping)
+        matched = torch.zeros_like(votes)
+        matched.index_add_(1, mapping.to(device), votes)  # column c -> column m(c)
+        usage = usage / usage.sum().clamp(min=1)
+        entropy = float(-(usage * usage.clamp(min=1e-12).log()).sum())
+        out = {"pixel_accuracy": pixel_accuracy(matched), "miou": miou(matched), "cluster_entropy": entropy}
+        for c, v in enumerate(iou(matched).tolist()):
+            if not np.isnan(v):
+                out[f"iou/{self.data.class_names[c]}"] = float(v)
+        return out
+
+    # --- inference ------------------------------------------------------------------------------------------
+    def _colour_map(self, model: ACModel, clusters: torch.Tensor) -> tuple[np.ndarray, int]:
+        """Cluster map -> (labels to colour, palette size): matched classes when known, else raw clusters."""
+        mapping = model.cluster_to_class.to(clusters.device)
+        if bool((mapping >= 0).all()):
+            return mapping[clusters].cpu().numpy().astype(np.uint8), self.k
+        return clusters.cpu().numpy().astype(np.uint8), self.k
+
+    def predict(
+        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
+    ) -> list[Path]:
+        """For each image: ``<stem>_clusters.png`` (cluster indices 0..k-1) and ``<stem>_colour.png``
+        (coloured by the matched class when an evaluation has matched clusters, else by cluster index)."""
+        from PIL import Image
+
+        from fewlabels.data.unsupervised import find_inputs, read_input_image
+        from fewlabels.viz import colorize
+
+        assert isinstance(model, ACModel)
+        model.eval()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for path in find_inputs(inputs):
+            image = read_input_image(path, self.data.in_channels, self.config.data.scale)
+            with torch.no_grad():
+                x = image.unsqueeze(0).to(device)
+                clusters = self._probabilities(model, x).argmax(1)[0]
+            cluster_path = out_dir / f"{path.stem}_clusters.png"
+            Image.fromarray(clusters.cpu().numpy().astype(np.uint8)).save(cluster_path)
+            labels, n = self._colour_map(model, clusters)
+            colour_path = out_dir / f"{path.stem}_colour.png"
+            Image.fromarray(colorize(labels, n)).save(colour_path)
+            written += [cluster_path, colour_path]
+        return written
+
+    def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
+        from fewlabels.viz import colorize, save_image_grid
+
+        assert isinstance(model, ACModel)
+        model.eval()
+        rows = []
+        for i in range(min(4, len(self.data.eval))):
+            item = self.data.eval[i]
+            with torch.no_grad():
+                clusters = self._probabilities(model, item["image"].unsqueeze(0).to(device)).argmax(1)[0]
+            rgb = (item["image"][:3].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            labels, n = self._colour_map(model, clusters)
+            rows.append([rgb, colorize(item["mask"].numpy(), n), colorize(labels, n)])
+        path = save_image_grid(
+            out_dir / "ac_clusters.png", rows, ["image", "ground truth", "clusters (matched)"]
+        )
+        return {"evaluation images: image / ground truth / clusters": path}

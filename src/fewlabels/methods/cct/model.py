@@ -1,0 +1,203 @@
+"""The CCT network: shared encoder, main decoder(s), and K perturbed auxiliary decoders stacked in one module.
+
+The whole training computation lives in :meth:`CCTModel.forward` (``mode="train"``) so that the engine's
+DDP-wrapped model sees one forward per step and every gradient is synchronised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewlabels.methods.cct.config import PerturbationsConfig
+from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
+from fewlabels.methods.cct.losses import batched_consistency_loss, pairwise_variance_loss
+from fewlabels.methods.cct.perturbations import (
+    context_masking,
+    feature_drop,
+    feature_noise,
+    foreground_mask,
+    guided_cutout,
+    object_masking,
+    spatial_dropout,
+    vat_direction,
+)
+from fewlabels.models import SegmentationNet, UpsampleDecoder, reflect_pad_to_multiple
+
+__all__ = ["CCTLossSettings", "CCTModel"]
+
+
+@dataclass(frozen=True)
+class CCTLossSettings:
+    """The parts of the loss computed inside the forward (weights are applied by the method)."""
+
+    unsupervised: str = "mse"
+    conf_threshold: float | None = None
+    pairwise: bool = False
+    pairwise_decoders: int = 8
+    ignore_index: int = 255
+
+
+class CCTModel(nn.Module):
+    """Encoder ``h`` + main decoder ``g`` (one per domain) + K auxiliary decoders ``g_a^k`` on perturbed features.
+
+    Args:
+        net: a :class:`~fewlabels.models.SegmentationNet` (normalisation, encoder, optional PSP, decoder); its
+            decoder is the main decoder of domain 0 and ``net`` alone is a deployable segmentation model.
+        perturbations: counts and parameters of the perturbations (K = ``perturbations.total``).
+        background_classes: classes that are not objects (G-Cutout, Con-Msk, Obj-Msk).
+        losses: which consistency distance, confidence threshold and pair-wise term the forward computes.
+        num_domains: main decoders (multi-domain CCT: shared encoder and aux decoders, one main decoder each).
+    """
+
+    def __init__(
+        self,
+        net: SegmentationNet,
+        perturbations: PerturbationsConfig,
+        background_classes: Sequence[int] = (0,),
+        losses: CCTLossSettings | None = None,
+        num_domains: int = 1,
+    ) -> None:
+        super().__init__()
+        if num_domains < 1:
+            raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        self.net = net
+        self.perturbations = perturbations
+        self.background_classes = tuple(int(c) for c in background_classes)
+        self.losses = losses or CCTLossSettings()
+        self.num_domains = num_domains
+        self.num_classes = net.num_classes
+        d, c, up = net.feature_channels, net.num_classes, net.output_stride
+        self.domain_decoders = nn.ModuleList(UpsampleDecoder(d, c, up) for _ in range(num_domains - 1))
+        self.aux = StackedUpsampleDecoders(perturbations.total, d, c, up)
+        # Decoder index ranges per perturbation type, in the order of PerturbationsConfig.counts.
+        self.groups: dict[str, slice] = {}
+        start = 0
+        for name, count in perturbations.counts.items():
+            self.groups[name] = slice(start, start + count)
+            start += count
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The backbone (trained at a lower learning rate when pretrained)."""
+        return self.net.encoder
+
+    # --- pieces ---------------------------------------------------------------------------------------------
+    def main_decode(self, z: Tensor, domains: Tensor | None = None) -> Tensor:
+        """Main-decoder logits ``[B, C, H, W]`` of features ``z [B, D, h, w]``; ``domains [B]`` picks the decoder.
+
+        With several domains every main decoder runs on the whole batch and each sample keeps its domain's output:
+        no data-dependent indexing, hence no host synchronisation (the main decoders are cheap).
+        """
+        logits = self.net.decode(z)
+        if self.num_domains == 1 or domains is None:
+            return logits
+        outs = torch.stack([logits, *(dec(z) for dec in self.domain_decoders)])  # [domains, B, C, H, W]
+        return outs[domains.long(), torch.arange(z.shape[0], device=z.device)]
+
+    def perturbed_features(self, z: Tensor, target: Tensor) -> Tensor:
+        """The K perturbed copies of ``z [B, D, h, w]``, ``[K, B, D, h, w]``, given the main prediction ``target``
+        ``[B, C, H, W]`` (used by G-Cutout and the masking perturbations)."""
+        cfg = self.perturbations
+        h, w = z.shape[-2:]
+        parts: list[Tensor] = []
+        if cfg.vat:
+            sl = self.groups["vat"]
+            r = vat_direction(
+                z, lambda x: self.aux.forward_subpixel(x, sl), cfg.vat, cfg.vat_xi, cfg.vat_iterations
+            )
+            parts.append(z.unsqueeze(0) + cfg.vat_eps * r)
+        if cfg.dropout:
+            parts.append(spatial_dropout(z, cfg.dropout, cfg.dropout_rate))
+        fg = None
+        if cfg.cutout or cfg.context_mask or cfg.object_mask:
+            fg = foreground_mask(target, (h, w), self.background_classes)
+        if cfg.cutout:
+            assert fg is not None
+            parts.append(
+                guided_cutout(z, fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)
+            )
+        if cfg.context_mask:
+            assert fg is not None
+            parts.append(context_masking(z, fg, cfg.context_mask))
+        if cfg.object_mask:
+            assert fg is not None
+            parts.append(object_masking(z, fg, cfg.object_mask))
+        if cfg.feature_drop:
+            parts.append(feature_drop(z, cfg.feature_drop, tuple(cfg.feature_drop_gamma)))  # type: ignore[arg-type]
+        if cfg.feature_noise:
+            parts.append(feature_noise(z, cfg.feature_noise, cfg.feature_noise_range))
+        return torch.cat(parts, dim=0)
+
+    def _check_training_size(self, images: Tensor) -> None:
+        os_ = self.net.output_stride
+        if images.shape[-2] % os_ or images.shape[-1] % os_:
+            raise ValueError(
+                f"training images must have H and W multiples of the output stride {os_}, got "
+                f"{tuple(images.shape[-2:])}: use a crop size that is a multiple of {os_}"
+            )
+
+    # --- forward --------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        images_l: Tensor,
+        images_u: Tensor | None = None,
+        mode: str = "train",
+        pseudo_labels: Tensor | None = None,
+        domains_l: Tensor | None = None,
+        domains_u: Tensor | None = None,
+    ) -> dict[str, Tensor] | Tensor:
+        """Run one of three computations.
+
+        * ``mode="predict"``: ``images_l [B, 3, H, W]`` (any size, reflect-padded to the stride) -> main logits
+          ``[B, C, H, W]``.
+        * ``mode="train"``: returns a dict with ``logits_l [B_l, C, H, W]`` (main decoder, labeled images) and, when
+          ``images_u [B_u, 3, H, W]`` is given, ``loss_u`` = ``1/K sum_k d(softmax(g(z)).detach(), g_a^k(p_k(z)))``
+          (scalar), ``loss_w`` = mean CE of the aux outputs against ``pseudo_labels [B_u, H, W]`` (if given) and
+          ``loss_pair`` (the pair-wise variance, if enabled). Only the encoder and the aux decoders get gradient
+          from these terms: the main prediction is computed without a graph.
+        * ``mode="aux"``: as ``train`` but also returns ``target [B_u, C, H, W]`` (main probabilities) and
+          ``aux_logits [K, B_u, C, H, W]`` in image layout (inspection and figures; slower).
+        """
+        if mode == "predict":
+            h, w = images_l.shape[-2:]
+            z = self.net.encode(reflect_pad_to_multiple(images_l, self.net.output_stride))
+            return self.main_decode(z, domains_l)[..., :h, :w]
+        if mode not in ("train", "aux"):
+            raise ValueError(f"unknown mode {mode!r}; valid modes: train, aux, predict")
+        self._check_training_size(images_l)
+        out: dict[str, Tensor] = {"logits_l": self.main_decode(self.net.encode(images_l), domains_l)}
+        if images_u is None:
+            return out
+        self._check_training_size(images_u)
+        # Labeled and unlabeled images go through the encoder separately, as in the reference: BatchNorm statistics
+        # are those of each batch.
+        z = self.net.encode(images_u)
+        with torch.no_grad():
+            target = F.softmax(self.main_decode(z, domains_u).float(), dim=1)
+        aux_sub = self.aux.forward_subpixel(self.perturbed_features(z, target))  # [K, B, C, S, hw]
+        target_sub = self.aux.to_subpixel_layout(target)
+        s = self.losses
+        out["loss_u"] = batched_consistency_loss(aux_sub.float(), target_sub, s.unsupervised, s.conf_threshold)
+        if pseudo_labels is not None:
+            k, b, c = aux_sub.shape[:3]
+            labels_sub = self.aux.to_subpixel_layout(pseudo_labels.long()).unsqueeze(0).expand(k, -1, -1, -1)
+            ce = F.cross_entropy(
+                aux_sub.float().reshape(k * b, c, *aux_sub.shape[3:]),
+                labels_sub.reshape(k * b, *labels_sub.shape[2:]),
+                ignore_index=s.ignore_index,
+                reduction="sum",
+            )
+            # sum / count rather than "mean": an all-ignored batch gives 0, not NaN (and the count stays on device).
+            out["loss_w"] = ce / (labels_sub != s.ignore_index).sum().clamp(min=1)
+        if s.pairwise:
+            out["loss_pair"] = pairwise_variance_loss(aux_sub.float(), s.pairwise_decoders)
+        if mode == "aux":
+            h, w = z.shape[-2:]
+            out["target"] = target
+            out["aux_logits"] = self.aux.from_subpixel_layout(aux_sub, h, w)
+        return out

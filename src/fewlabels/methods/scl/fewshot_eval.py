@@ -1,0 +1,362 @@
+"""Episodic few-shot evaluation: a linear probe per episode on frozen, L2-normalised features.
+
+Protocol (RFS / SCL): for each N-way K-shot episode, fit a multinomial logistic regression (L2, ``C = 1``) on the
+support features of each feature type -- the globally pooled vector ``[D]`` and the 2x2 max-pooled spatial map
+``[4D]`` -- and sum the predicted query probabilities. Report the mean accuracy over episodes with its 95% Student-t
+confidence half-width, in percent.
+
+Fast path (default): every test image's features (and a fixed number of augmented copies for support augmentation)
+are extracted once, then the classifiers of all episodes are solved together by :func:`batched_logistic_regression`
+(batched Newton in the span of the support features, float64). Exact path (``exact=True``): scikit-learn's
+``LogisticRegression(C=1)`` per episode on the same features. :func:`reference_protocol_evaluate` additionally re-runs
+the backbone on every episode, as the reference did (used by ``benchmarks/fewshot_eval.py`` for comparison).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewlabels.data.base import FewDataset
+from fewlabels.methods.scl.augment import build_view
+from fewlabels.methods.scl.episodes import EpisodeSampler
+
+FEATURE_TYPES: tuple[str, ...] = ("pooled", "spatial")
+
+
+@dataclass
+class EvalFeatures:
+    """Per-type features ``{type: [1 + copies, N, F]}`` (copy 0 unaugmented) and the labels ``[N]``."""
+
+    features: dict[str, Tensor]
+    labels: np.ndarray
+
+
+@dataclass
+class LinearSolution:
+    """Per-episode multinomial classifier ``logits = x @ weight + bias``: ``weight [E, F, W]``, ``bias [E, W]``."""
+
+    weight: Tensor
+    bias: Tensor
+    iterations: int
+
+    def logits(self, x: Tensor) -> Tensor:
+        """``x [E, q, F] -> [E, q, W]``."""
+        return torch.baddbmm(self.bias[:, None, :], x.to(self.weight.dtype), self.weight)
+
+
+def embed(spatial: Tensor, pooled: Tensor) -> dict[str, Tensor]:
+    """Evaluation features: L2-normalised ``pooled [B, D]`` and 2x2 max-pooled ``spatial`` ``[B, 4D]``."""
+    return {
+        "pooled": F.normalize(pooled.float(), dim=1),
+        "spatial": F.normalize(F.adaptive_max_pool2d(spatial.float(), 2).flatten(1), dim=1),
+    }
+
+
+def _labels_of(dataset: FewDataset) -> np.ndarray:
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = [int(dataset[i]["label"]) for i in range(len(dataset))]
+    return np.asarray(labels, dtype=np.int64).reshape(-1)
+
+
+@torch.no_grad()
+def _embed_images(model: nn.Module, images: Tensor) -> dict[str, Tensor]:
+    spatial, pooled = model(images, mode="features")
+    return embed(spatial, pooled)
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    dataset: FewDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+    augment_copies: int = 0,
+    augment_view: str = "standard",
+    seed: int = 0,
+) -> EvalFeatures:
+    """Run the backbone once over ``dataset`` (plus ``augment_copies`` augmented passes, seeded by ``seed``)."""
+    device = torch.device(device)
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    chunks: dict[str, list[list[Tensor]]] = {t: [[] for _ in range(1 + augment_copies)] for t in FEATURE_TYPES}
+    view: nn.Module | None = None
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            if view is None and augment_copies:
+                view = build_view(augment_view, images.shape[-1]).to(device)
+            for copy in range(1 + augment_copies):
+                x = images if copy == 0 else view(images).clamp(0.0, 1.0)  # type: ignore[misc]
+                for t, f in _embed_images(model, x).items():
+                    chunks[t][copy].append(f.cpu())
+    features = {t: torch.stack([torch.cat(c) for c in copies]) for t, copies in chunks.items()}
+    return EvalFeatures(features, _labels_of(dataset))
+
+
+def _logsumexp(logits: Tensor) -> Tensor:
+    # torch.logsumexp over a short last dimension is several times slower on CPU than this direct form.
+    top = logits.amax(dim=-1, keepdim=True)
+    return (logits - top).exp().sum(dim=-1).log() + top.squeeze(-1)
+
+
+def _objective(design: Tensor, theta: Tensor, onehot: Tensor, penalty: Tensor) -> Tensor:
+    """``sum_i CE(design_i @ theta, y_i) + 1/2 sum penalty * theta^2`` per episode: ``[E]``."""
+    logits = design @ theta
+    ce = _logsumexp(logits) - (logits * onehot).sum(dim=2)
+    return ce.sum(dim=1) + 0.5 * (penalty[:, :, None] * theta.square()).sum(dim=(1, 2))
+
+
+def _hessian_product(design: Tensor, p: Tensor, penalty: Tensor, v: Tensor) -> Tensor:
+    """``H v`` for the Hessian of :func:`_objective` at probabilities ``p [E, n, W]``; ``v [E, d, W]``.
+
+    ``H v = X^T (p * u - p * <p, u>) + penalty * v`` with ``u = X v``: two batched products, no ``(dW)^2`` matrix.
+    """
+    u = design @ v
+    pu = p * u
+    return design.transpose(1, 2) @ (pu - p * pu.sum(dim=2, keepdim=True)) + penalty[:, :, None] * v
+
+
+def _conjugate_gradient(
+    design: Tensor, p: Tensor, penalty: Tensor, rhs: Tensor, max_iter: int, rel_tol: float = 1e-20
+) -> Tensor:
+    """Solve ``H x = rhs`` for every episode by conjugate gradients (H symmetric positive semi-definite).
+
+    With L2-normalised features the Hessian is well conditioned (eigenvalues between the penalty ``1/C`` and about
+    ``1/C + n/4``); its only null direction, a constant shift of the biases, is orthogonal to the gradient, so CG
+    stays in the range and converges in a few tens of iterations without forming or factorising ``H``.
+    ``rel_tol`` bounds the squared residual relative to the squared right-hand side.
+    """
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    d = r.clone()
+    rr = r.square().sum(dim=(1, 2))
+    stop = rel_tol * rr
+    for _ in range(max_iter):
+        active = rr > stop
+        if not bool(active.any()):
+            break
+        hd = _hessian_product(design, p, penalty, d)
+        dhd = (d * hd).sum(dim=(1, 2))
+        alpha = torch.where(active & (dhd > 0), rr / dhd.clamp(min=1e-300), torch.zeros_like(rr))
+        x = x + alpha[:, None, None] * d
+        r = r - alpha[:, None, None] * hd
+        rr_new = r.square().sum(dim=(1, 2))
+        beta = torch.where(active, rr_new / rr.clamp(min=1e-300), torch.zeros_like(rr))
+        d = r + beta[:, None, None] * d
+        rr = torch.where(active, rr_new, rr)
+    return x
+
+
+def _newton(design: Tensor, onehot: Tensor, penalty: Tensor, max_iter: int, tol: float) -> tuple[Tensor, int]:
+    """Minimise :func:`_objective` over ``theta [E, d, W]`` by Newton-CG with backtracking (Armijo)."""
+    e, n, d = design.shape
+    w = onehot.shape[2]
+    theta = design.new_zeros(e, d, w)
+    f0 = _objective(design, theta, onehot, penalty)
+    it = 0
+    for it in range(1, max_iter + 1):
+        p = (design @ theta).softmax(dim=2)
+        grad = design.transpose(1, 2) @ (p - onehot) + penalty[:, :, None] * theta
+        if float(grad.abs().amax()) < tol:
+            it -= 1
+            break
+        direction = _conjugate_gradient(design, p, penalty, grad, max_iter=2 * d * w)
+        slope = (grad * direction).sum(dim=(1, 2))
+        # Full Newton steps almost always pass; halve only the episodes that fail the Armijo condition.
+        step = torch.ones(e, dtype=design.dtype, device=design.device)
+        for _ in range(30):
+            trial = theta - step[:, None, None] * direction
+            value = _objective(design, trial, onehot, penalty)
+            failed = value > f0 - 1e-4 * step * slope
+            if not bool(failed.any()):
+                break
+            step = torch.where(failed, step * 0.5, step)
+        theta, f0 = trial, value
+    return theta, it
+
+
+def batched_logistic_regression(
+    x: Tensor, y: Tensor, n_classes: int, C: float = 1.0, max_iter: int = 100, tol: float = 1e-8,
+    max_hessian_bytes: int = 256 * 2**20,
+) -> LinearSolution:
+    """Multinomial L2 logistic regression for ``E`` episodes at once, with scikit-learn's semantics.
+
+    Minimises ``sum_i CE(W^T x_i + b, y_i) + ||W||^2 / (2C)`` (bias unpenalised) for each episode, with
+    ``x [E, n, F]``, ``y [E, n]`` in ``0..n_classes-1``. By the representer theorem ``W`` lies in the span of the
+    episode's ``n`` support vectors, so the problem is solved exactly in an orthonormal basis of that span
+    (eigenvectors of the Gram matrix ``x x^T``, dimension ``n`` instead of ``F``) by Newton's method in float64,
+    converging to ``max |gradient| < tol``. Returns ``weight [E, F, W]``, ``bias [E, W]``.
+    """
+    e, n, f = x.shape
+    xd = x.to(torch.float64)
+    onehot = F.one_hot(y.long(), n_classes).to(xd)
+    d = n + 1
+    per_episode = 8 * (d * n_classes) ** 2 * 3
+    chunk = max(1, int(max_hessian_bytes // per_episode))
+    weights, biases, iters = [], [], 0
+    for start in range(0, e, chunk):
+        xc, yc = xd[start : start + chunk], onehot[start : start + chunk]
+        evals, evecs = torch.linalg.eigh(xc @ xc.transpose(1, 2))  # [E, n], [E, n, n]
+        # Directions with (numerically) zero variance carry no information: dropping them is exact.
+        keep = evals > 1e-10 * evals.amax(dim=1, keepdim=True).clamp(min=1e-30)
+        sqrt = evals.clamp(min=0).sqrt() * keep
+        basis = evecs * sqrt[:, None, :]  # coordinates of the support vectors in the span: U S, [E, n, n]
+        design = torch.cat([basis, torch.ones_like(basis[:, :, :1])], dim=2)
+        penalty = torch.cat([torch.full_like(sqrt, 1.0 / C), torch.zeros_like(sqrt[:, :1])], dim=1)
+        theta, it = _newton(design, yc, penalty, max_iter, tol)
+        iters = max(iters, it)
+        # back to feature space: W = x^T U S^-1 Z (zero where a direction was dropped)
+        inv = torch.where(keep, 1.0 / sqrt.clamp(min=1e-300), torch.zeros_like(sqrt))
+        weights.append(xc.transpose(1, 2) @ (evecs * inv[:, None, :]) @ theta[:, :n])
+        biases.append(theta[:, n])
+    return LinearSolution(torch.cat(weights), torch.cat(biases), iters)
+
+
+def nearest_centroid_proba(xs: Tensor, ys: Tensor, xq: Tensor, n_classes: int) -> Tensor:
+    """ProtoNet classifier: ``softmax(-||x_q - c_k||^2)`` with class means ``c_k``; ``[E, q, W]``."""
+    onehot = F.one_hot(ys.long(), n_classes).to(xs.dtype)
+    centroids = onehot.transpose(1, 2) @ xs / onehot.sum(dim=1)[:, :, None]
+    return (-torch.cdist(xq, centroids).square()).softmax(dim=2)
+
+
+def _sklearn_proba(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray, C: float) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    # No `multi_class=` argument: scikit-learn >= 1.8 rejects it (a defect of the reference); the lbfgs solver is
+    # multinomial for more than two classes.
+    clf = LogisticRegression(C=C, max_iter=1000)
+    clf.fit(xs, ys)
+    return clf.predict_proba(xq)
+
+
+def _episode_sets(
+    feats: Tensor, support: np.ndarray, query: np.ndarray, copies: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Support ``[E, (1+copies) W S, F]`` with labels, query ``[E, W Q, F]`` with labels."""
+    e, w, s = support.shape
+    q = query.shape[2]
+    sup = torch.as_tensor(support.reshape(e, -1))
+    xs = torch.cat([feats[c][sup] for c in range(1 + copies)], dim=1)
+    ys = torch.arange(w).repeat_interleave(s).repeat(1 + copies).expand(e, -1)
+    xq = feats[0][torch.as_tensor(query.reshape(e, -1))]
+    yq = torch.arange(w).repeat_interleave(q).expand(e, -1)
+    return xs, ys, xq, yq
+
+
+def episode_accuracies(
+    features: EvalFeatures,
+    support: np.ndarray,
+    query: np.ndarray,
+    classifier: Literal["lr", "nc"] = "lr",
+    exact: bool = False,
+    support_augment: int = 0,
+    feature_types: Sequence[str] = FEATURE_TYPES,
+    C: float = 1.0,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Accuracy ``[E]`` of each episode (``support [E, W, S]``, ``query [E, W, Q]`` dataset indices)."""
+    e, w = support.shape[:2]
+    proba: Tensor | None = None
+    yq: Tensor | None = None
+    for t in feature_types:
+        xs, ys, xq, yq = _episode_sets(features.features[t], support, query, support_augment)
+        if classifier == "nc":
+            p = nearest_centroid_proba(xs.to(device), ys.to(device), xq.to(device), w).cpu().double()
+        elif exact:
+            p = torch.from_numpy(
+                np.stack([_sklearn_proba(xs[i].numpy(), ys[i].numpy(), xq[i].numpy(), C) for i in range(e)])
+            )
+        else:
+            sol = batched_logistic_regression(xs.to(device), ys.to(device), w, C=C)
+            p = sol.logits(xq.to(device)).softmax(dim=2).cpu()
+        proba = p if proba is None else proba + p
+    assert proba is not None and yq is not None
+    return (proba.argmax(dim=2) == yq).double().mean(dim=1).numpy()
+
+
+def _summary(accs: np.ndarray) -> tuple[float, float]:
+    from fewlabels.metrics import mean_confidence_interval
+
+    mean, half = mean_confidence_interval(torch.from_numpy(accs * 100.0))
+    return float(mean), float(half)
+
+
+def fewshot_evaluate(
+    model: nn.Module,
+    dataset: FewDataset,
+    shots: Sequence[int] = (1, 5),
+    ways: int = 5,
+    queries: int = 15,
+    episodes: int = 600,
+    seed: int = 0,
+    classifier: Literal["lr", "nc"] = "lr",
+    exact: bool = False,
+    device: torch.device | str | None = None,
+    support_augment: int = 0,
+    batch_size: int = 128,
+    C: float = 1.0,
+) -> dict[str, Any]:
+    """Mean accuracy (percent) and 95% CI half-width of ``ways``-way episodes for each number of ``shots``.
+
+    ``model(images, mode="features")`` must return ``(spatial [B, D, h, w], pooled [B, D])``. Episodes are seeded
+    by ``seed`` (the same episodes for every model). Returns ``{"acc_{K}shot", "ci95_{K}shot"}`` per shot, plus
+    ``episodes``, ``ways``, ``queries``, ``classifier``, ``exact`` and ``seconds``.
+    """
+    start = time.perf_counter()
+    if device is None:
+        device = next(model.parameters()).device
+    labels = _labels_of(dataset)
+    samplers = {k: EpisodeSampler(labels, ways, k, queries, episodes, seed) for k in shots}  # validate first
+    feats = extract_features(model, dataset, device, batch_size, support_augment, seed=seed)
+    out: dict[str, Any] = {}
+    for k, sampler in samplers.items():
+        _, support, query = sampler.as_arrays()
+        accs = episode_accuracies(feats, support, query, classifier, exact, support_augment, C=C, device=device)
+        out[f"acc_{k}shot"], out[f"ci95_{k}shot"] = _summary(accs)
+    out.update(episodes=episodes, ways=ways, queries=queries, classifier=classifier, exact=exact,
+               seconds=time.perf_counter() - start)
+    return out
+
+
+@torch.no_grad()
+def reference_protocol_evaluate(
+    model: nn.Module,
+    dataset: FewDataset,
+    shot: int = 1,
+    ways: int = 5,
+    queries: int = 15,
+    episodes: int = 600,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    C: float = 1.0,
+) -> np.ndarray:
+    """The reference loop: for every episode, run the backbone on its images and fit scikit-learn per feature type.
+
+    Same episodes as :func:`fewshot_evaluate` with the same seed; returns the per-episode accuracies ``[E]``.
+    Kept for comparison and timing (it is what the fast path replaces).
+    """
+    model.eval()
+    labels = _labels_of(dataset)
+    sampler = EpisodeSampler(labels, ways, shot, queries, episodes, seed)
+    accs = []
+    ys = np.repeat(np.arange(ways), shot)
+    yq = np.repeat(np.arange(ways), queries)
+    for ep in sampler:
+        def load(idx: np.ndarray) -> Tensor:
+            return torch.stack([dataset[int(i)]["image"] for i in idx.reshape(-1)]).to(device)
+
+        fs, fq = _embed_images(model, load(ep.support)), _embed_images(model, load(ep.query))
+        proba = sum(_sklearn_proba(fs[t].cpu().numpy(), ys, fq[t].cpu().numpy(), C) for t in FEATURE_TYPES)
+        accs.append(float((np.asarray(proba).argmax(axis=1) == yq).mean()))
+    return np.asarray(accs)

@@ -1,0 +1,51 @@
+"""``fewlabels report RUN_DIR``: training curves, the metrics table and qualitative figures in ``report.md``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fewlabels.engine.monitor import read_metrics
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def metrics_table(metrics: dict[str, Any]) -> list[str]:
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items()]
+    return lines
+
+
+def build_report(run_dir: str | Path, device: str = "auto") -> Path:
+    """Write ``RUN_DIR/report.md`` (+ PNGs in ``RUN_DIR/report/``) and return its path."""
+    from fewlabels.engine import load_run
+    from fewlabels.viz import plot_curves
+
+    run = load_run(run_dir, device=device)
+    out = run.run_dir / "report"
+    out.mkdir(exist_ok=True)
+    records = read_metrics(run.run_dir / "metrics.jsonl")
+    lines = [f"# Report: {run.run_dir.name}", "", f"Method: **{run.config.method}** "
+             f"({run.method.description}); weights: `{run.weights.name}`.", ""]
+    if records:
+        curves = plot_curves(run.run_dir / "metrics.jsonl", out / "curves.png")
+        train_rows = [r for r in records if r["split"] == "train"]
+        lines += ["## Training", "", f"{train_rows[-1]['step'] if train_rows else 0} steps; "
+                  f"final training loss {train_rows[-1]['loss']:.4f}." if train_rows else "", "",
+                  f"![training curves]({curves.relative_to(run.run_dir)})", ""]
+    best_path = run.run_dir / "best.json"
+    if best_path.is_file():
+        best = json.loads(best_path.read_text())
+        lines += [f"## Best checkpoint (step {best.get('step')}, selected on `{run.method.metric}`)", ""]
+        lines += metrics_table({k: v for k, v in best.items() if k != "step"}) + [""]
+    figures = run.method.report_figures(run.model, out, run.device)
+    if figures:
+        lines += ["## Figures", ""]
+        for title, path in figures.items():
+            lines += [f"**{title}**", "", f"![{title}]({Path(path).relative_to(run.run_dir)})", ""]
+    report = run.run_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

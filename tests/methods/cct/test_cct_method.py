@@ -1,0 +1,80 @@
+"""The CCT method: configuration checks, the composed loss of one step, parameter groups, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewlabels.config import ConfigError, build_config
+from fewlabels.engine.data import collate
+from fewlabels.methods.cct import CCTConfig, CCTMethod, consistency_weight
+from fewlabels.registry import get_method
+
+TINY = {
+    "data": {"scenes_train": 8, "scenes_val": 2, "scenes_size": 32, "crop_size": 32, "labeled": 0.5},
+    "train": {"batch_size": 2, "steps": 10},
+    "perturbations": {
+        "vat": 1, "dropout": 1, "cutout": 1, "context_mask": 1, "object_mask": 1, "feature_drop": 1,
+        "feature_noise": 1,
+    },
+}
+
+
+def test_cct_is_registered_with_the_spec_defaults() -> None:
+    assert get_method("cct") is CCTMethod
+    cfg = CCTConfig()
+    assert cfg.perturbations.total == 30
+    assert cfg.perturbations.counts == {
+        "vat": 2, "dropout": 6, "cutout": 6, "context_mask": 2, "object_mask": 2, "feature_drop": 6,
+        "feature_noise": 6,
+    }
+    assert (cfg.loss.unsupervised, cfg.loss.unsup_weight, cfg.loss.rampup, cfg.weak.weight) == ("mse", 30.0, 0.1, 0.4)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"perturbations": {"dropuot": 3}}, "perturbations.dropuot"),
+        ({"loss": {"unsupervised": "l1"}}, "loss.unsupervised"),
+        ({"loss": {"unsupervised": "js", "conf_threshold": 0.5}}, "loss.conf_threshold"),
+        ({"perturbations": dict.fromkeys(CCTConfig().perturbations.counts, 0)}, "perturbations"),
+        ({"perturbations": {"feature_drop_gamma": [0.9, 0.7]}}, "perturbations.feature_drop_gamma"),
+    ],
+)
+def test_invalid_configs_fail_naming_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(CCTConfig, data)
+    assert err.value.key == key
+
+
+def test_weak_weight_is_point_four_of_the_ramped_unsupervised_weight() -> None:
+    method = CCTMethod(build_config(CCTConfig, {}))
+    for step in (0, 37, 100, 500):
+        w_u, w_w = method.weights(step, 1000)
+        assert w_u == pytest.approx(consistency_weight(step, 100, 30.0))
+        assert w_w == pytest.approx(0.4 * w_u / 30.0)
+
+
+def test_one_step_combines_supervised_and_weighted_consistency_losses() -> None:
+    torch.manual_seed(0)
+    method = CCTMethod(build_config(CCTConfig, TINY))
+    sources = method.train_sources()
+    assert set(sources) == {"labeled", "unlabeled"}
+    assert "mask" not in sources["unlabeled"].dataset.sample(0, np.random.default_rng(0))
+    batch = {k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)]) for k, s in sources.items()}
+    model = method.build_model()
+    out = method.training_step(model, batch, step=3, total_steps=10)
+    w_u = consistency_weight(3, 1, 30.0)
+    torch.testing.assert_close(out.logs["loss_sup"] + w_u * out.logs["loss_unsup"], out.loss.detach())
+    logits = model(batch["labeled"]["image"], mode="predict")
+    torch.testing.assert_close(out.logs["loss_sup"], F.cross_entropy(logits, batch["labeled"]["mask"]))
+    out.loss.backward()
+    groups = method.param_groups(model)
+    assert groups[0]["lr_scale"] == 0.1
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.net.encoder.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    model.eval()
+    metrics = method.evaluate(model, torch.device("cpu"))
+    assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0

@@ -1,0 +1,173 @@
+"""The registered ``relbitfit`` method: config checks, a training run through the engine, delta export,
+the real MiniLM starting point, the peft-count command and the bias-change measure."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+from fewlabels.config import ConfigError, build_config
+from fewlabels.methods.relbitfit import RelBitFitConfig, RelBitFitMethod, add_cli, restore_fine_tuned
+from fewlabels.methods.relbitfit.biases import bias_changes_per_layer, plot_bias_change_comparison
+from fewlabels.registry import get_method
+
+
+def minilm_dir():
+    from fewlabels.data.text import minilm_path
+
+    try:
+        return minilm_path()
+    except Exception as err:  # the data extra is not installed
+        pytest.skip(f"packaged MiniLM not available: {err}")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A 2-layer BERT (hidden 32) saved with the MiniLM WordPiece tokenizer."""
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(out)  # no head, like a pretrained checkpoint
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_dir() / name).is_file():
+            shutil.copy(minilm_dir() / name, out / name)
+    return out
+
+
+@pytest.fixture()
+def csv_task(tmp_path):
+    good = ["a great film", "lovely and warm", "superb acting", "I loved it"]
+    bad = ["dull and long", "a waste of time", "boring plot", "awful script"]
+    rows = [f"{t},pos" for t in good] + [f"{t},neg" for t in bad]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "dev.csv").write_text("text,label\n" + "\n".join(rows[::-1]) + "\n")
+    return tmp_path
+
+
+def make_config(model_dir, task_dir, out_dir, **model) -> RelBitFitConfig:
+    data = {
+        "dataset": "csv",
+        "train_file": str(task_dir / "train.csv"),
+        "eval_file": str(task_dir / "dev.csv"),
+        "label_names": ["neg", "pos"],
+        "n_train": 8,
+        "max_length": 16,
+    }
+    train = {"steps": 4, "batch_size": 4, "checkpoint_every": 4, "log_every": 2, "device": "cpu"}
+    return build_config(
+        RelBitFitConfig,
+        {
+            "method": "relbitfit",
+            "name": "run",
+            "output_dir": str(out_dir),
+            "model": {"path": str(model_dir), **model},
+            "data": data,
+            "train": train,
+        },
+    )
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="model.variant.*pt/lr/clip are RelBitFit options"):
+        build_config(RelBitFitConfig, {"model": {"variant": "bitfit", "pt": True}})
+    with pytest.raises(ConfigError, match="data.root"):
+        build_config(RelBitFitConfig, {"data": {"dataset": "glue", "task": "rte"}})
+    with pytest.raises(ConfigError, match="data.task.*unknown GLUE task 'rtee'"):
+        build_config(RelBitFitConfig, {"data": {"dataset": "glue", "task": "rtee", "root": "/x"}})
+    defaults = build_config(RelBitFitConfig, {})
+    assert (defaults.train.optimizer, defaults.train.lr, defaults.train.scheduler) == (
+        "adamw",
+        1e-3,
+        "constant",
+    )
+    assert (defaults.train.batch_size, defaults.train.max_grad_norm, defaults.data.max_length) == (
+        8,
+        1.0,
+        128,
+    )
+    assert get_method("relbitfit") is RelBitFitMethod
+
+
+def test_sequence_longer_than_the_models_positions_is_a_config_error(tiny_dir, csv_task, tmp_path):
+    config = make_config(tiny_dir, csv_task, tmp_path)
+    config.data.max_length = 65
+    with pytest.raises(ConfigError, match="data.max_length.*65 tokens exceed.*64 positions"):
+        RelBitFitMethod(config).build_model()
+
+
+def test_engine_run_trains_evaluates_and_its_delta_restores_the_model(tiny_dir, csv_task, tmp_path):
+    from fewlabels.engine import train
+
+    config = make_config(tiny_dir, csv_task, tmp_path, variant="relbitfit", lr=True, rank=4)
+    result = train(config)
+    assert 0.0 <= result.metrics["score"] <= 1.0 and result.metrics["score"] == result.metrics["accuracy"]
+    method = RelBitFitMethod(config)
+    model = method.build_model()
+    from fewlabels.engine.checkpoint import load_weights
+
+    load_weights(model, result.run_dir / "model.safetensors")
+    model.eval()
+    delta = method.save_delta(model, result.run_dir)
+    assert set(method.extra_tensors) == {"classifier.weight", "classifier.bias"}
+    restored = restore_fine_tuned(delta, tiny_dir).eval()
+    batch = {k: v[:, :10] for k, v in method.eval_sets()["eval"].arrays.items()}
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, restored(**batch).logits)
+    # the tables moved away from zero during the 4 steps
+    assert model.bert.relative_attention.key_factor.abs().sum() > 0
+    figure = plot_bias_change_comparison([result.run_dir], tmp_path / "bias.png")
+    assert figure.stat().st_size > 0
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir))
+    changes = bias_changes_per_layer(base, model)
+    assert len(changes) == 2 and min(changes) > 0  # lr 1e-3 x 4 AdamW steps moved every layer's biases
+
+
+def test_minilm_patched_at_zero_starts_from_the_pretrained_function(csv_task, tmp_path):
+    path = minilm_dir()
+    config = make_config(path, csv_task, tmp_path)
+    method = RelBitFitMethod(config)
+    torch.manual_seed(7)
+    patched = method.build_model().eval()
+    torch.manual_seed(7)
+    base = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2).eval()
+    batch = {k: v[:, :12] for k, v in method.eval_sets()["eval"].arrays.items()}
+    with torch.no_grad():
+        assert torch.equal(patched(**batch).logits, base(**batch).logits)
+    # BitFit's 26,882 - 6 key biases of 384 + 6 layers x N=16 x (384 + 12 heads)
+    assert sum(p.numel() for p in patched.parameters() if p.requires_grad) == 26_882 - 6 * 384 + 6 * 16 * 396
+
+
+def test_peft_count_command_prints_the_table(tmp_path, capsys):
+    (tmp_path / "c.json").write_text('{"model_type": "roberta", "num_hidden_layers": 2}')
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["peft-count", str(tmp_path / "c.json")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    # 2 layers of roberta-base: BitFit = 2 x 8,448 biases + 768 (embedding LN) + head 592,130
+    assert "bitfit" in out and f"{2 * 8448 + 768 + 592130:,}" in out
+
+
+def test_bias_changes_are_the_per_layer_mean_absolute_change_without_the_key_bias():
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=12
+    )
+    before = AutoModelForSequenceClassification.from_config(config)
+    after = AutoModelForSequenceClassification.from_config(config)
+    after.load_state_dict(before.state_dict())
+    with torch.no_grad():
+        after.bert.encoder.layer[1].output.dense.bias.add_(2.0)  # 8 of 60 entries (6 x 8 + FFN 12)
+        after.bert.encoder.layer[0].attention.self.key.bias.add_(5.0)  # ignored
+    assert bias_changes_per_layer(before, after) == pytest.approx([0.0, 2.0 * 8 / 60])

@@ -1,0 +1,168 @@
+"""The relative-attention patch: exact zero start, the score formula, isolation from unpatched models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, RobertaConfig
+from transformers.models.bert.modeling_bert import BertSelfAttention
+
+from fewlabels.methods.relbitfit.patch import (
+    RelativeBiasOptions,
+    add_relative_attention_bias,
+    find_self_attentions,
+    relative_positions,
+)
+
+CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig}
+
+
+def tiny_model(kind: str = "bert", attn: str = "eager", seed: int = 0, num_labels: int = 3):
+    torch.manual_seed(seed)
+    config = CONFIGS[kind](
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=40,
+        num_labels=num_labels,
+    )
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn).eval()
+
+
+def batch(seed: int = 1, length: int = 9):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 60, (3, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, length - 3 :] = 0  # one padded row: the mask and the bias must combine correctly
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def randomise_tables(model, seed: int = 5) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".relative_attention." in f".{name}":
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_zero_tables_give_the_base_models_logits_exactly(kind, attn):
+    model = tiny_model(kind, attn)
+    inputs = batch()
+    with torch.no_grad():
+        before = model(**inputs).logits.clone()
+        add_relative_attention_bias(model, RelativeBiasOptions(num_positions=8))
+        after = model(**inputs).logits
+    assert torch.equal(before, after)
+
+
+def test_lr_tables_also_start_at_zero_and_their_zero_factor_gets_a_gradient():
+    model = tiny_model()
+    inputs = batch()
+    with torch.no_grad():
+        before = model(**inputs).logits.clone()
+    tables = add_relative_attention_bias(model, RelativeBiasOptions(num_positions=8, rank=4))
+    out = model(**inputs).logits
+    assert torch.equal(before, out.detach())
+    out.square().sum().backward()
+    assert tables.key_factor.grad.abs().sum() > 0  # E = 0 but U random: not a saddle point
+    assert tables.score_table.grad.abs().sum() > 0
+
+
+def test_unpatched_model_stays_bit_identical_and_classes_are_untouched():
+    class_forward = BertSelfAttention.forward
+    untouched, patched = tiny_model(seed=0), tiny_model(seed=0)
+    inputs = batch()
+    with torch.no_grad():
+        reference = untouched(**inputs).logits.clone()
+        add_relative_attention_bias(patched, RelativeBiasOptions(num_positions=8))
+        randomise_tables(patched)
+        changed = patched(**inputs).logits
+        again = untouched(**inputs).logits
+    assert BertSelfAttention.forward is class_forward
+    assert all("forward" not in vars(m) for m in find_self_attentions(untouched))
+    assert torch.equal(reference, again)
+    assert not torch.allclose(reference, changed)
+
+
+def test_relative_positions_clip_absolute_and_signed_distances():
+    index, lo, hi = relative_positions(4, 4, RelativeBiasOptions(num_positions=3))
+    assert (lo, hi) == (0, 3)
+    assert index.tolist() == [[0, 1, 2, 2], [1, 0, 1, 2], [2, 1, 0, 1], [2, 2, 1, 0]]
+    index, lo, hi = relative_positions(3, 3, RelativeBiasOptions(num_positions=2, relative_index="signed"))
+    # entries: j - i clamped to [-1, 1], + N - 1 = 1 -> rows 0..2, all used
+    assert (lo, hi) == (0, 3)
+    assert (index + lo).tolist() == [[1, 2, 2], [0, 1, 2], [0, 0, 1]]
+    # a short sequence only uses the first rows of a long absolute table
+    index, lo, hi = relative_positions(5, 5, RelativeBiasOptions(num_positions=128))
+    assert (lo, hi) == (0, 5) and int(index.max()) == 4
+
+
+@pytest.mark.parametrize("relative_index", ["absolute", "signed"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_attention_probabilities_follow_the_relative_score_formula(relative_index, tie):
+    model = tiny_model("bert", "eager")
+    options = RelativeBiasOptions(num_positions=4, relative_index=relative_index, tie_layers=tie)
+    tables = add_relative_attention_bias(model, options)
+    randomise_tables(model)
+    inputs = batch(length=7)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        out = model(**inputs, output_attentions=True)
+        hidden = model.bert.embeddings(input_ids=ids)
+        attn = model.bert.encoder.layer[0].attention.self
+        heads, d = attn.num_attention_heads, attn.attention_head_size
+        q = attn.query(hidden).view(3, 7, heads, d).transpose(1, 2)
+        k = attn.key(hidden).view(3, 7, heads, d).transpose(1, 2)
+        n = options.num_positions
+        i, j = torch.arange(7)[:, None], torch.arange(7)[None, :]
+        r = (
+            (i - j).abs().clamp_max(n - 1)
+            if relative_index == "absolute"
+            else (j - i).clamp(1 - n, n - 1) + n - 1
+        )
+        key_table = tables.key_table[0].view(-1, heads, d)  # layer 0 (or the shared table)
+        expected = torch.empty(3, heads, 7, 7)
+        for h in range(heads):
+            rel = key_table[r, h]  # [7, 7, d]
+            score = q[:, h] @ k[:, h].transpose(1, 2) + torch.einsum("bid,ijd->bij", q[:, h], rel)
+            expected[:, h] = (score + tables.score_table[0][r, h]) / d**0.5
+        expected = expected.masked_fill(mask[:, None, None, :] == 0, float("-inf")).softmax(-1)
+    torch.testing.assert_close(out.attentions[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_key_bias_leaves_attention_probabilities_unchanged():
+    model = tiny_model("roberta", "eager")
+    inputs = batch()
+    with torch.no_grad():
+        before = model(**inputs, output_attentions=True)
+        for attn in find_self_attentions(model):
+            attn.key.bias.add_(torch.randn_like(attn.key.bias) * 3.0)
+        after = model(**inputs, output_attentions=True)
+    for a, b in zip(before.attentions, after.attentions):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(before.logits, after.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_and_eager_agree_with_trained_tables():
+    outputs = []
+    for attn in ("eager", "sdpa"):
+        model = tiny_model("roberta", attn)
+        add_relative_attention_bias(model, RelativeBiasOptions(num_positions=5, rank=3))
+        randomise_tables(model)
+        with torch.no_grad():
+            outputs.append(model(**batch()).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    assert outputs[0].abs().sum() > 0
+
+
+def test_patching_twice_or_a_model_without_bert_attention_is_refused():
+    model = tiny_model()
+    add_relative_attention_bias(model, RelativeBiasOptions(num_positions=4))
+    with pytest.raises(ValueError, match="already has relative attention tables"):
+        add_relative_attention_bias(model, RelativeBiasOptions(num_positions=4))
+    with pytest.raises(ValueError, match="no BERT/RoBERTa self-attention"):
+        add_relative_attention_bias(torch.nn.Linear(2, 2), RelativeBiasOptions())
