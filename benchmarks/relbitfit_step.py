@@ -2,11 +2,11 @@
 
 One step = forward + backward + AdamW update of the trainable tensors, on the packaged MiniLM-L6 BERT with the
 same batch (default 8 x 128 tokens, no padding, so every position pays the relative terms). Variants are timed
-in interleaved rounds in one process (the machine is shared and noisy); the per-variant time is the median over
-rounds of the mean step time. The last stdout line is a JSON object with ``relbitfit_over_bitfit`` (target
+in interleaved rounds in one process (the machine is shared and noisy); the per-variant time is the median
+over rounds of the mean step time. The last stdout line is a JSON object with ``relbitfit_over_bitfit`` (target
 <= 1.15) and ``delta_bytes`` (the RelBitFit delta file).
 
-    python benchmarks/relbitfit_step.py [--batch 8] [--length 128] [--steps 5] [--rounds 3]
+    python benchmarks/relbitfit_step.py [--batch 8] [--length 128] [--steps 3] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--variants", nargs="+", default=["bitfit", "relbitfit"])
     args = parser.parse_args()

@@ -30,7 +30,12 @@ def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"method": "supervised", "train": {"lr": 0.1, "steps": 5}}))
     cfg = load_config(str(path), ["train.steps=7", "model.encoder=resnet18", "data.scale=[0.5, 1.0]"])
-    assert (cfg.train.lr, cfg.train.steps, cfg.model.encoder, cfg.data.scale) == (0.1, 7, "resnet18", (0.5, 1.0))
+    assert (cfg.train.lr, cfg.train.steps, cfg.model.encoder, cfg.data.scale) == (
+        0.1,
+        7,
+        "resnet18",
+        (0.5, 1.0),
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,7 +65,10 @@ def test_cli_rejects_a_bad_key_before_any_work(tmp_path):
     path.write_text(yaml.safe_dump({"method": "supervised", "output_dir": str(tmp_path)}))
     res = subprocess.run(
         [sys.executable, "-m", "fewlabels", "train", str(path), "train.optimiser=adam"],
-        capture_output=True, text=True, env=subprocess_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
     )
     assert res.returncode == 2
     assert "train.optimiser" in res.stderr and "did you mean 'optimizer'" in res.stderr

@@ -33,8 +33,9 @@ class ToyConfig(RunConfig):
     data: ToyData = field(default_factory=ToyData)
     step_delay: float = 0.0
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=8, batch_size=8, lr=0.05, scheduler="constant", log_every=1,
-                                            checkpoint_every=4)
+        default_factory=lambda: TrainConfig(
+            steps=8, batch_size=8, lr=0.05, scheduler="constant", log_every=1, checkpoint_every=4
+        )
     )
 
 

@@ -1,10 +1,10 @@
 """fewlabels: deep learning with few labels (CCT, AC, SCL, RelBitFit and their baselines).
 
-    import fewlabels
-    cfg = fewlabels.load_config("configs/supervised/scenes.yaml", ["train.steps=100"])
-    result = fewlabels.train(cfg)
-    run = fewlabels.load(result.run_dir)
-    print(run.evaluate())
+import fewlabels
+cfg = fewlabels.load_config("configs/supervised/scenes.yaml", ["train.steps=100"])
+result = fewlabels.train(cfg)
+run = fewlabels.load(result.run_dir)
+print(run.evaluate())
 """
 
 from __future__ import annotations

@@ -41,22 +41,30 @@ def cmd_train(args: argparse.Namespace) -> int:
             method = read_yaml(config_path).get("method")
             if method != saved.method:
                 raise ConfigError(
-                    "method", f"{args.resume} is a {saved.method!r} run but {config_path} configures {method!r}"
+                    "method",
+                    f"{args.resume} is a {saved.method!r} run but {config_path} configures {method!r}",
                 )
         for item in overrides:
             key = item.split("=", 1)[0]
             if key not in RESUMABLE_OVERRIDES:
                 raise ConfigError(
-                    key, f"cannot be changed when resuming (it would change the trajectory); allowed: "
-                    f"{', '.join(RESUMABLE_OVERRIDES)}"
+                    key,
+                    f"cannot be changed when resuming (it would change the trajectory); allowed: "
+                    f"{', '.join(RESUMABLE_OVERRIDES)}",
                 )
         config = read_run_config(args.resume, overrides)
     else:
         if config_path is None:
-            raise ConfigError("config", "give a config file (e.g. configs/supervised/scenes.yaml) or --resume RUN_DIR")
+            raise ConfigError(
+                "config", "give a config file (e.g. configs/supervised/scenes.yaml) or --resume RUN_DIR"
+            )
         config = load_config(config_path, overrides)
     result = train(config, args.resume)
-    print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, "metrics": result.metrics}, indent=2))
+    print(
+        json.dumps(
+            {"run_dir": str(result.run_dir), "steps": result.steps, "metrics": result.metrics}, indent=2
+        )
+    )
     return 0
 
 
@@ -80,7 +88,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not p.exists():
             raise FileNotFoundError(f"input not found: {item}")
         if p.is_dir() and (out == p or p in out.parents):
-            raise ConfigError("--out", f"{args.out} is inside the input folder {item}; choose a folder outside it")
+            raise ConfigError(
+                "--out", f"{args.out} is inside the input folder {item}; choose a folder outside it"
+            )
     run = load_run(args.run_dir, which=args.weights, device=args.device)
     written = run.predict(args.inputs, out)
     print(f"wrote {len(written)} files to {out}")
@@ -128,30 +138,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from fewlabels import __version__
 
-    p = argparse.ArgumentParser(prog="fewlabels", description="Deep learning with few labels: CCT, AC, SCL, RelBitFit.")
+    p = argparse.ArgumentParser(
+        prog="fewlabels", description="Deep learning with few labels: CCT, AC, SCL, RelBitFit."
+    )
     p.add_argument("--version", action="version", version=f"fewlabels {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a method from a YAML config", description=(
-        "Train from CONFIG with key.sub=value overrides, e.g. `fewlabels train configs/cct/voc_1464.yaml "
-        "data.root=/data/VOC2012 train.steps=1000`. With --resume RUN_DIR the run continues exactly where its last "
-        "valid checkpoint left it (only train.steps/epochs and logging intervals may change). Multi-GPU: "
-        "`torchrun --nproc_per_node=N -m fewlabels train CONFIG`."))
-    t.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE", help="config file and key.sub=value overrides")
+    t = sub.add_parser(
+        "train",
+        help="train a method from a YAML config",
+        description=(
+            "Train from CONFIG with key.sub=value overrides, e.g. `fewlabels train configs/cct/voc_1464.yaml "
+            "data.root=/data/VOC2012 train.steps=1000`. With --resume RUN_DIR the run continues exactly where its last "
+            "valid checkpoint left it (only train.steps/epochs and logging intervals may change). Multi-GPU: "
+            "`torchrun --nproc_per_node=N -m fewlabels train CONFIG`."
+        ),
+    )
+    t.add_argument(
+        "args", nargs="*", metavar="CONFIG_OR_OVERRIDE", help="config file and key.sub=value overrides"
+    )
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a run on its validation split",
-                       description="Metrics of the best (or last) weights of RUN_DIR on the validation split.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a run on its validation split",
+        description="Metrics of the best (or last) weights of RUN_DIR on the validation split.",
+    )
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. data.root=/elsewhere)")
     e.add_argument("--weights", choices=["best", "last"], default="best")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     e.set_defaults(func=cmd_eval)
 
-    pr = sub.add_parser("predict", help="predict on images/files with a trained run",
-                        description="Write predictions of RUN_DIR's model for INPUTS (files or folders) into --out.")
+    pr = sub.add_parser(
+        "predict",
+        help="predict on images/files with a trained run",
+        description="Write predictions of RUN_DIR's model for INPUTS (files or folders) into --out.",
+    )
     pr.add_argument("run_dir")
     pr.add_argument("inputs", nargs="+")
     pr.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
@@ -161,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    dc = dsub.add_parser("check", help="validate a dataset layout and print counts",
-                         description="Check that ROOT holds a dataset of KIND in its expected layout.")
+    dc = dsub.add_parser(
+        "check",
+        help="validate a dataset layout and print counts",
+        description="Check that ROOT holds a dataset of KIND in its expected layout.",
+    )
     dc.add_argument("kind")
     dc.add_argument("root")
     dc.set_defaults(func=cmd_data_check)

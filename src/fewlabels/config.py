@@ -66,7 +66,8 @@ class TrainConfig:
     scheduler: Literal["constant", "poly", "cosine", "step"] = "poly"
     poly_power: float = field(default=0.9, metadata={"gt": 0})
     milestones: list[float] = field(
-        default_factory=list, metadata={"help": "step schedule: fractions of training (0-1) where lr *= gamma"}
+        default_factory=list,
+        metadata={"help": "step schedule: fractions of training (0-1) where lr *= gamma"},
     )
     gamma: float = field(default=0.1, metadata={"gt": 0})
     warmup_steps: int = field(default=0, metadata={"min": 0})
@@ -74,7 +75,9 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
         default="auto", metadata={"help": "auto = bf16 on CUDA, no on CPU"}
     )
-    eval_every: int = field(default=0, metadata={"help": "steps between evaluations (0 = at the end)", "min": 0})
+    eval_every: int = field(
+        default=0, metadata={"help": "steps between evaluations (0 = at the end)", "min": 0}
+    )
     checkpoint_every: int = field(default=100, metadata={"min": 1})
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (>= 2)", "min": 2})
     log_every: int = field(default=10, metadata={"min": 1})
@@ -83,7 +86,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         if any(not 0 < m < 1 for m in self.milestones):
-            fail("train.milestones", f"each milestone is a fraction of training in (0, 1), got {self.milestones}")
+            fail(
+                "train.milestones",
+                f"each milestone is a fraction of training in (0, 1), got {self.milestones}",
+            )
 
 
 @dataclass

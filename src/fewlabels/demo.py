@@ -70,8 +70,15 @@ def segmentation_stage(ctx: DemoContext) -> StageResult:
         "seed": 0,
         "model": {"encoder": "small_cnn"},
         "data": {"dataset": "scenes", "labeled": 0.1, "scenes_val": 200},
-        "train": {"steps": steps, "optimizer": "adam", "lr": 0.003, "weight_decay": 1e-4, "batch_size": 8,
-                  "checkpoint_every": steps, "log_every": 10},
+        "train": {
+            "steps": steps,
+            "optimizer": "adam",
+            "lr": 0.003,
+            "weight_decay": 1e-4,
+            "batch_size": 8,
+            "checkpoint_every": steps,
+            "log_every": 10,
+        },
     }
     sup_dir, sup, sup_s = ctx.train("supervised-scenes", {"method": "supervised", **common})
     runs, predictors = [sup_dir], {}
@@ -86,8 +93,13 @@ def segmentation_stage(ctx: DemoContext) -> StageResult:
     loaded = [load_run(r, device="cpu") for r in runs]
     for run in loaded:
         predictors[run.config.method] = run.model
-    fig = segmentation_figure(predictors, loaded[0].method.data.val, loaded[0].method.data.num_classes,
-                              ctx.out_dir / "segmentation.png", loaded[0].device)
+    fig = segmentation_figure(
+        predictors,
+        loaded[0].method.data.val,
+        loaded[0].method.data.num_classes,
+        ctx.out_dir / "segmentation.png",
+        loaded[0].device,
+    )
     return StageResult(rows, {"scenes: image / ground truth / " + " / ".join(predictors): fig}, runs)
 
 
@@ -102,15 +114,21 @@ def _fmt(v: float) -> str:
 
 
 def summary_table(rows: list[DemoRow]) -> list[str]:
-    lines = ["| method | baseline | metric | method value | baseline value | labels used | time (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | baseline | metric | method value | baseline value | labels used | time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.method} | {r.baseline} | {r.metric} | {_fmt(r.value)} | {_fmt(r.baseline_value)} | "
-                     f"{r.labels} | {r.seconds:.0f} |")
+        lines.append(
+            f"| {r.method} | {r.baseline} | {r.metric} | {_fmt(r.value)} | {_fmt(r.baseline_value)} | "
+            f"{r.labels} | {r.seconds:.0f} |"
+        )
     return lines
 
 
-def run_demo(out_dir: str | Path = "runs/demo", methods: list[str] | None = None, minutes: float | None = None) -> Path:
+def run_demo(
+    out_dir: str | Path = "runs/demo", methods: list[str] | None = None, minutes: float | None = None
+) -> Path:
     """Run the demo stages (all, or those named in ``methods``) and write ``out_dir/report.md``."""
     from fewlabels.viz import plot_curves
 
@@ -125,14 +143,24 @@ def run_demo(out_dir: str | Path = "runs/demo", methods: list[str] | None = None
     t0 = time.perf_counter()
     results = [STAGES[m](ctx) for m in chosen]
     rows = [r for res in results for r in res.rows]
-    lines = ["# fewlabels demo", "", "Each method next to its baseline, same data, budget and seed (CPU, offline).", ""]
+    lines = [
+        "# fewlabels demo",
+        "",
+        "Each method next to its baseline, same data, budget and seed (CPU, offline).",
+        "",
+    ]
     lines += summary_table(rows) + ["", f"Total time: {time.perf_counter() - t0:.0f} s.", ""]
     for res in results:
         for title, path in res.figures.items():
             lines += [f"## {title}", "", f"![{title}]({path.relative_to(ctx.out_dir)})", ""]
         for run in res.runs:
             curves = plot_curves(run / "metrics.jsonl", ctx.out_dir / f"{run.name}-curves.png")
-            lines += [f"### Training curves: {run.name}", "", f"![curves]({curves.relative_to(ctx.out_dir)})", ""]
+            lines += [
+                f"### Training curves: {run.name}",
+                "",
+                f"![curves]({curves.relative_to(ctx.out_dir)})",
+                "",
+            ]
     report = ctx.out_dir / "report.md"
     report.write_text("\n".join(lines))
     (ctx.out_dir / "summary.json").write_text(json.dumps([r.__dict__ for r in rows], indent=2))

@@ -28,14 +28,26 @@ def build_report(run_dir: str | Path, device: str = "auto") -> Path:
     out = run.run_dir / "report"
     out.mkdir(exist_ok=True)
     records = read_metrics(run.run_dir / "metrics.jsonl")
-    lines = [f"# Report: {run.run_dir.name}", "", f"Method: **{run.config.method}** "
-             f"({run.method.description}); weights: `{run.weights.name}`.", ""]
+    lines = [
+        f"# Report: {run.run_dir.name}",
+        "",
+        f"Method: **{run.config.method}** ({run.method.description}); weights: `{run.weights.name}`.",
+        "",
+    ]
     if records:
         curves = plot_curves(run.run_dir / "metrics.jsonl", out / "curves.png")
         train_rows = [r for r in records if r["split"] == "train"]
-        lines += ["## Training", "", f"{train_rows[-1]['step'] if train_rows else 0} steps; "
-                  f"final training loss {train_rows[-1]['loss']:.4f}." if train_rows else "", "",
-                  f"![training curves]({curves.relative_to(run.run_dir)})", ""]
+        lines += [
+            "## Training",
+            "",
+            f"{train_rows[-1]['step'] if train_rows else 0} steps; "
+            f"final training loss {train_rows[-1]['loss']:.4f}."
+            if train_rows
+            else "",
+            "",
+            f"![training curves]({curves.relative_to(run.run_dir)})",
+            "",
+        ]
     best_path = run.run_dir / "best.json"
     if best_path.is_file():
         best = json.loads(best_path.read_text())

@@ -54,7 +54,9 @@ def test_resume_after_sigkill_continues_the_same_trajectory(tmp_path):
     cfg_file.write_text(yaml.safe_dump(data))
     proc = subprocess.Popen(
         [sys.executable, str(TESTS / "toy_method.py"), "train", str(cfg_file)],
-        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     ckpt_dir = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 120
@@ -101,8 +103,16 @@ def test_two_processes_equal_one_process_at_the_same_global_batch(tmp_path):
     single = train(config_from_dict(toy_config(tmp_path, "single", steps=6))).run_dir
     cfg_file = tmp_path / "dist.yaml"
     cfg_file.write_text(yaml.safe_dump(toy_config(tmp_path, "dist", steps=6)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           str(TESTS / "toy_method.py"), "train", str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        str(TESTS / "toy_method.py"),
+        "train",
+        str(cfg_file),
+    ]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     dist = tmp_path / "dist"
@@ -110,4 +120,7 @@ def test_two_processes_equal_one_process_at_the_same_global_batch(tmp_path):
     assert_same_weights(weights(single), weights(dist), atol=1e-5)
     # One writer: a single metrics line per step and one checkpoint set.
     assert len(losses(dist)) == 6
-    assert [p.name for p in list_checkpoints(dist / "checkpoints")] == ["step_00000004.pt", "step_00000006.pt"]
+    assert [p.name for p in list_checkpoints(dist / "checkpoints")] == [
+        "step_00000004.pt",
+        "step_00000006.pt",
+    ]

@@ -21,8 +21,14 @@ def tiny_config(tmp_path: Path) -> Path:
         "method": "supervised",
         "name": "sup",
         "output_dir": str(tmp_path / "runs"),
-        "data": {"dataset": "scenes", "labeled": 16, "scenes_train": 32, "scenes_val": 4, "scenes_size": 32,
-                 "crop_size": 32},
+        "data": {
+            "dataset": "scenes",
+            "labeled": 16,
+            "scenes_train": 32,
+            "scenes_val": 4,
+            "scenes_size": 32,
+            "crop_size": 32,
+        },
         "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "eval_every": 2, "log_every": 1},
     }
     path = tmp_path / "sup.yaml"
@@ -39,8 +45,15 @@ def trained(tmp_path_factory) -> Path:
 
 def test_training_writes_a_complete_run_directory(trained):
     names = {p.name for p in trained.iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "model.safetensors", "best.safetensors", "best.json",
-            "checkpoints", "tensorboard"} <= names
+    assert {
+        "config.yaml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "best.safetensors",
+        "best.json",
+        "checkpoints",
+        "tensorboard",
+    } <= names
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
     val = [r for r in records if r["split"] == "val"]
@@ -60,7 +73,9 @@ def test_predict_writes_masks_and_overlays(trained, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+            images / f"{i}.png"
+        )
     assert main(["predict", str(trained), str(images), "--out", str(tmp_path / "masks")]) == 0
     mask = np.asarray(Image.open(tmp_path / "masks" / "0.png"))
     assert mask.shape == (40, 50) and mask.max() < 6
@@ -95,6 +110,11 @@ def test_resume_refuses_another_method_and_trajectory_changes(trained, tmp_path,
 
 
 def test_methods_lists_the_registry_and_module_entry_point_works():
-    res = subprocess.run([sys.executable, "-m", "fewlabels", "methods"], capture_output=True, text=True,
-                         env=subprocess_env(), timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "fewlabels", "methods"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert res.returncode == 0 and "supervised" in res.stdout

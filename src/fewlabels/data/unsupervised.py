@@ -111,9 +111,7 @@ def cocostuff_label_table(variant: int) -> np.ndarray:
     return table
 
 
-def _rescale(
-    image: np.ndarray, mask: np.ndarray | None, scale: float
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _rescale(image: np.ndarray, mask: np.ndarray | None, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
     if scale == 1.0:
         return image, mask
     from fewlabels.data.transforms import resize_pair
@@ -176,9 +174,7 @@ def _read_list(path: Path, what: str, layout: str) -> list[str]:
 def _check_values(mask: np.ndarray, allowed: int, path: Path) -> None:
     bad = np.unique(mask[(mask >= allowed) & (mask != IGNORE)])
     if bad.size:
-        raise DataError(
-            f"{path} holds values {bad[:10].tolist()} outside 0..{allowed - 1} (and 255 = ignore)"
-        )
+        raise DataError(f"{path} holds values {bad[:10].tolist()} outside 0..{allowed - 1} (and 255 = ignore)")
 
 
 class CocoStuffDataset(FewDataset):
@@ -202,19 +198,13 @@ class CocoStuffDataset(FewDataset):
         self.root = require_path(root, "COCO-Stuff folder", COCO_LAYOUT)
         self.table = cocostuff_label_table(variant)
         name = list_name or COCOSTUFF_LISTS[variant]
-        self.ids = _read_list(
-            self.root / "curated" / split / f"{name}.txt", "curated image list", COCO_LAYOUT
-        )
+        self.ids = _read_list(self.root / "curated" / split / f"{name}.txt", "curated image list", COCO_LAYOUT)
         self.image_dir = require_path(self.root / "images" / split, "COCO-Stuff image folder", COCO_LAYOUT)
-        self.mask_dir = require_path(
-            self.root / "annotations" / split, "COCO-Stuff annotation folder", COCO_LAYOUT
-        )
+        self.mask_dir = require_path(self.root / "annotations" / split, "COCO-Stuff annotation folder", COCO_LAYOUT)
         self.input_size, self.scale = int(input_size), float(scale)
         self.num_classes = variant
         self.class_names = (
-            ["sky", "plant", "ground"]
-            if variant == 3
-            else [n.removesuffix("-stuff") for n in COARSE_NAMES[12:]]
+            ["sky", "plant", "ground"] if variant == 3 else [n.removesuffix("-stuff") for n in COARSE_NAMES[12:]]
         )
         self.in_channels = 3
         self.ignore_index = IGNORE
@@ -232,10 +222,10 @@ class CocoStuffDataset(FewDataset):
         if fine.shape != image.shape[:2]:
             raise DataError(f"{mask_path} is {fine.shape}, its image is {image.shape[:2]}")
         _check_values(fine, len(FINE_TO_COARSE), mask_path)
-        mask = self.table[fine.astype(np.int64)]
-        image, mask = _rescale(image, mask, self.scale)
-        image, mask = _crop(image, mask, self.input_size, rng)
-        return _sample(image, mask, index)
+        labels: np.ndarray | None = self.table[fine.astype(np.int64)]
+        image, labels = _rescale(image, labels, self.scale)
+        image, labels = _crop(image, labels, self.input_size, rng)
+        return _sample(image, labels, index)
 
 
 class PotsdamDataset(FewDataset):
@@ -257,9 +247,7 @@ class PotsdamDataset(FewDataset):
             raise DataError(f"Potsdam variant must be 3 or 6, got {variant}")
         self.root = require_path(root, "Potsdam folder", POTSDAM_LAYOUT)
         self.ids: list[str] = []
-        self.labelled: list[
-            bool
-        ] = []  # IIC ships no ground truth for unlabelled_train: its masks are all 255
+        self.labelled: list[bool] = []  # IIC ships no ground truth for unlabelled_train: its masks are all 255
         for name in lists:
             ids = _read_list(self.root / f"{name}.txt", "Potsdam split list", POTSDAM_LAYOUT)
             self.ids += ids
@@ -280,9 +268,7 @@ class PotsdamDataset(FewDataset):
         img_path, gt_path = self.root / "imgs" / f"{image_id}.mat", self.root / "gt" / f"{image_id}.mat"
         image = _read_mat(img_path, "img")
         if image.ndim != 3 or image.shape[2] != 4 or image.dtype != np.uint8:
-            raise DataError(
-                f"{img_path}: 'img' must be uint8 HxWx4 (RGB+IR), got {image.dtype} {image.shape}"
-            )
+            raise DataError(f"{img_path}: 'img' must be uint8 HxWx4 (RGB+IR), got {image.dtype} {image.shape}")
         if not self.labelled[index] and not gt_path.is_file():
             gt = np.full(image.shape[:2], IGNORE, dtype=np.uint8)
         else:
@@ -290,9 +276,9 @@ class PotsdamDataset(FewDataset):
         if gt.shape != image.shape[:2]:
             raise DataError(f"{gt_path}: 'gt' is {gt.shape}, its image is {image.shape[:2]}")
         _check_values(gt, 6, gt_path)
-        mask = self.table[gt.astype(np.int64)]
-        image, mask = _crop(image, mask, self.input_size, rng)
-        return _sample(image, mask, index)
+        labels: np.ndarray | None = self.table[gt.astype(np.int64)]
+        image, labels = _crop(image, labels, self.input_size, rng)
+        return _sample(image, labels, index)
 
 
 class ImageFolderDataset(FewDataset):
@@ -331,7 +317,7 @@ class ImageFolderDataset(FewDataset):
         from fewlabels.data.segmentation import read_index_mask, read_rgb
 
         image = read_rgb(self.paths[index])
-        mask = None
+        mask: np.ndarray | None = None
         if self.mask_paths is not None:
             mask = read_index_mask(self.mask_paths[index])
             if mask.shape != image.shape[:2]:
@@ -426,8 +412,7 @@ def build_unsupervised_data(
         names = folder.class_names or [str(i) for i in range(folder.num_classes)]
         return UnsupervisedData(folder, ev_folder, folder.num_classes, names, 3)
     raise DataError(
-        f"unknown unsupervised dataset {kind!r}; choose scenes, cocostuff3, cocostuff15, potsdam3, "
-        "potsdam6 or folder"
+        f"unknown unsupervised dataset {kind!r}; choose scenes, cocostuff3, cocostuff15, potsdam3, potsdam6 or folder"
     )
 
 
@@ -484,8 +469,7 @@ def check_cocostuff(root: Path, report: CheckReport) -> None:
             missing += [i for i in ids if not (root / "annotations" / split / f"{i}.png").is_file()]
             if missing:
                 report.add_problem(
-                    f"{len(missing)} images/annotations of {path.name} ({split}) are missing, "
-                    f"e.g. {missing[:5]}"
+                    f"{len(missing)} images/annotations of {path.name} ({split}) are missing, e.g. {missing[:5]}"
                 )
             for i in ids[:MASK_SAMPLES]:
                 mask_path = root / "annotations" / split / f"{i}.png"
@@ -504,9 +488,7 @@ def check_potsdam(root: Path, report: CheckReport) -> None:
         report.counts[f"{name} images"] = len(ids)
         missing = [str(root / "imgs" / f"{i}.mat") for i in ids if not (root / "imgs" / f"{i}.mat").is_file()]
         if name != "unlabelled_train":
-            missing += [
-                str(root / "gt" / f"{i}.mat") for i in ids if not (root / "gt" / f"{i}.mat").is_file()
-            ]
+            missing += [str(root / "gt" / f"{i}.mat") for i in ids if not (root / "gt" / f"{i}.mat").is_file()]
         if missing:
             report.add_problem(f"{len(missing)} files of {path.name} are missing, e.g. {missing[:5]}")
         if name != "unlabelled_train":

@@ -127,4 +127,6 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise CheckpointError(f"weights file not found: {path}")
     missing, unexpected = load_model(model, str(path), strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise CheckpointError(
+            f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )

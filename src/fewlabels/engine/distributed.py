@@ -22,7 +22,12 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        if (
+            not self.training
+            or not dist.is_available()
+            or not dist.is_initialized()
+            or dist.get_world_size() == 1
+        ):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         c = x.shape[1]
@@ -51,7 +56,9 @@ def convert_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        out = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             with torch.no_grad():
                 out.weight.copy_(module.weight)
@@ -65,3 +72,4 @@ def convert_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, convert_batchnorm(child, device_type))
     return out
+

@@ -56,15 +56,23 @@ class LoadedRun:
             return self.method.predict(self.model, [Path(p) for p in inputs], Path(out_dir), self.device)
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str = "auto", overrides: Sequence[str] = ()) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, which: str = "best", device: str = "auto", overrides: Sequence[str] = ()
+) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from its config and load ``best`` (falls back to ``last``) weights."""
     run = Path(run_dir)
     config = read_run_config(run, overrides)
     method = get_method(config.method)(config)
-    candidates = [run / "best.safetensors", run / "model.safetensors"] if which == "best" else [run / "model.safetensors"]
+    candidates = (
+        [run / "best.safetensors", run / "model.safetensors"]
+        if which == "best"
+        else [run / "model.safetensors"]
+    )
     weights = next((p for p in candidates if p.is_file()), None)
     if weights is None:
-        raise RunDirError(f"{run} has no weights yet ({', '.join(p.name for p in candidates)} missing): train it first")
+        raise RunDirError(
+            f"{run} has no weights yet ({', '.join(p.name for p in candidates)} missing): train it first"
+        )
     model = method.build_model()
     load_weights(model, weights)
     dev = pick_device(device)

@@ -92,7 +92,11 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opt
         raise ConfigError("method", "the model has no trainable parameters")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            param_groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+            param_groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
         )
     opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return opt_cls(param_groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -131,7 +135,9 @@ class Trainer:
             cpu=not use_cuda,
             mixed_precision=_mixed_precision(self.cfg, use_cuda),
             kwargs_handlers=[
-                DistributedDataParallelKwargs(find_unused_parameters=get_method(config.method).find_unused_parameters)
+                DistributedDataParallelKwargs(
+                    find_unused_parameters=get_method(config.method).find_unused_parameters
+                )
             ],
         )
         self.rank = self.accelerator.process_index
@@ -149,8 +155,9 @@ class Trainer:
             run_dir = Path(self.config.output_dir) / names[0]
             if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
                 raise ConfigError(
-                    "name", f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} "
-                    "or choose another name"
+                    "name",
+                    f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} "
+                    "or choose another name",
                 )
         if self.is_main:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -208,15 +215,20 @@ class Trainer:
         if found is not None:
             path, state = found
             if state["method"] != self.config.method:
-                raise CheckpointError(f"{path} belongs to method {state['method']!r}, not {self.config.method!r}")
+                raise CheckpointError(
+                    f"{path} belongs to method {state['method']!r}, not {self.config.method!r}"
+                )
             acc.unwrap_model(model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if state["world_size"] == self.world:
                 restore_rng_state(state["rng"][self.rank])
             else:
-                log.warning("resuming with %d processes instead of %d: random streams differ", self.world,
-                            state["world_size"])
+                log.warning(
+                    "resuming with %d processes instead of %d: random streams differ",
+                    self.world,
+                    state["world_size"],
+                )
                 restore_rng_state(state["rng"][0])
             start = int(state["step"])
             if self.is_main:
@@ -228,8 +240,16 @@ class Trainer:
 
         iters = {
             name: iter(
-                step_loader(src.dataset, src.batch_size // cfg.grad_accum, self.config.seed, i, self.rank,
-                            self.world, start * cfg.grad_accum, cfg.num_workers)
+                step_loader(
+                    src.dataset,
+                    src.batch_size // cfg.grad_accum,
+                    self.config.seed,
+                    i,
+                    self.rank,
+                    self.world,
+                    start * cfg.grad_accum,
+                    cfg.num_workers,
+                )
             )
             for i, (name, src) in enumerate(sources.items())
         }
@@ -344,9 +364,13 @@ class Trainer:
         from fewlabels.engine.checkpoint import atomic_write
 
         if method.metric not in metrics:
-            raise KeyError(f"{method.name}.evaluate returned {sorted(metrics)}, without its metric {method.metric!r}")
+            raise KeyError(
+                f"{method.name}.evaluate returned {sorted(metrics)}, without its metric {method.metric!r}"
+            )
         value = metrics[method.metric]
-        better = best is None or (value > best[method.metric] if method.metric_mode == "max" else value < best[method.metric])
+        better = best is None or (
+            value > best[method.metric] if method.metric_mode == "max" else value < best[method.metric]
+        )
         if better:
             best = {"step": step, **metrics}
             save_weights(self.accelerator.unwrap_model(model), self.run_dir / "best.safetensors")

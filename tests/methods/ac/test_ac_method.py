@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,3 +158,54 @@ def test_config_rejects_inconsistent_settings():
         build_config(ACConfig, {"data": {"dataset": "cocostuff15"}})
     with pytest.raises(ConfigError, match="mask_from"):
         build_config(ACConfig, {"model": {"mask_from": "inputs"}})
+
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "ac"
+
+
+@pytest.mark.parametrize("name", ["scenes", "scenes_iic", "cocostuff3", "cocostuff15", "potsdam3", "potsdam6"])
+def test_config_files_validate_and_follow_the_iic_protocol(name):
+    import fewlabels.methods.ac  # noqa: F401  (registers "ac")
+    from fewlabels.registry import load_config
+
+    cfg = load_config(str(CONFIGS / f"{name}.yaml"))
+    assert isinstance(cfg, ACConfig)
+    protocol = {  # dataset: (input, over-clusters, clusters, lr, lamb, batch, T)
+        "cocostuff3": (128, 15, 3, 1e-4, 1.5, 120, 10),
+        "cocostuff15": (128, 45, 15, 1e-4, 1.0, 60, 10),
+        "potsdam3": (200, 24, 3, 1e-5, 1.5, 75, 10),
+        "potsdam6": (200, 36, 6, 1e-6, 1.0, 60, 5),
+    }
+    if name in protocol:
+        got = (
+            cfg.data.input_size,
+            cfg.model.k_over,
+            cfg.model.k,
+            cfg.train.lr,
+            cfg.loss.lamb,
+            cfg.train.batch_size,
+            cfg.loss.displacement,
+        )
+        assert got == protocol[name]
+        assert cfg.train.optimizer == "adam" and not cfg.loss.collapsed
+    assert (cfg.model.mask_from == "none") == name.endswith("_iic")
+
+
+def test_evaluate_and_predict_with_the_real_network(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    method = _method()
+    model = method.build_model().eval()
+    metrics = method.evaluate(model, torch.device("cpu"))
+    assert 0.5 <= metrics["pixel_accuracy"] <= 1.0  # one-to-one matching of 2 clusters is right at least half
+    assert set(model.cluster_to_class.tolist()) == {0, 1}
+    image = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    written = method.predict(model, [tmp_path / "x.png"], tmp_path / "out", torch.device("cpu"))
+    assert [p.name for p in written] == ["x_clusters.png", "x_colour.png"]
+    clusters = np.asarray(Image.open(written[0]))
+    assert clusters.shape == (20, 24) and clusters.max() < 2
+    assert np.asarray(Image.open(written[1])).shape == (20, 24, 3)
+    figures = method.report_figures(model, tmp_path / "fig", torch.device("cpu"))
+    assert all(p.is_file() for p in figures.values())

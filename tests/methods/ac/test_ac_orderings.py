@@ -124,11 +124,7 @@ def test_masking_off_is_a_plain_cnn_with_the_same_weights():
         h = F.relu(bn(net.ordered[0][1], F.conv2d(x, stem_conv.weight, padding=1)))
         o = F.relu(bn(block.bn1, F.conv2d(h, block.conv1.weight, padding=1)))
         o = bn(block.bn2, F.conv2d(o, block.conv2.weight, padding=1))
-        skip = (
-            bn(block.skip[1], F.conv2d(h, block.skip[0].weight))
-            if isinstance(block.skip, nn.Sequential)
-            else h
-        )
+        skip = bn(block.skip[1], F.conv2d(h, block.skip[0].weight)) if isinstance(block.skip, nn.Sequential) else h
         return F.conv2d(F.relu(o + skip), net.head.weight, net.head.bias).softmax(1)
 
     x = torch.rand(2, 3, 9, 9)

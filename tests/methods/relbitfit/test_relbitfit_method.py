@@ -4,7 +4,9 @@ the real MiniLM starting point, the peft-count command and the bias-change measu
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertMod
 from fewlabels.config import ConfigError, build_config
 from fewlabels.methods.relbitfit import RelBitFitConfig, RelBitFitMethod, add_cli, restore_fine_tuned
 from fewlabels.methods.relbitfit.biases import bias_changes_per_layer, plot_bias_change_comparison
-from fewlabels.registry import get_method
+from fewlabels.registry import get_method, load_config
 
 
 def minilm_dir():
@@ -126,6 +128,11 @@ def test_engine_run_trains_evaluates_and_its_delta_restores_the_model(tiny_dir, 
         assert torch.equal(model(**batch).logits, restored(**batch).logits)
     # the tables moved away from zero during the 4 steps
     assert model.bert.relative_attention.key_factor.abs().sum() > 0
+    (tmp_path / "new.txt").write_text("what a great film\nboring\n")
+    (written,) = method.predict(model, [tmp_path / "new.txt"], tmp_path / "pred", torch.device("cpu"))
+    records = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [r["text"] for r in records] == ["what a great film", "boring"]
+    assert all(r["label"] in (0, 1) and abs(sum(r["probabilities"]) - 1) < 1e-5 for r in records)
     figure = plot_bias_change_comparison([result.run_dir], tmp_path / "bias.png")
     assert figure.stat().st_size > 0
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir))
@@ -161,9 +168,7 @@ def test_peft_count_command_prints_the_table(tmp_path, capsys):
 
 def test_bias_changes_are_the_per_layer_mean_absolute_change_without_the_key_bias():
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=12
-    )
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=12)
     before = AutoModelForSequenceClassification.from_config(config)
     after = AutoModelForSequenceClassification.from_config(config)
     after.load_state_dict(before.state_dict())
@@ -171,3 +176,12 @@ def test_bias_changes_are_the_per_layer_mean_absolute_change_without_the_key_bia
         after.bert.encoder.layer[1].output.dense.bias.add_(2.0)  # 8 of 60 entries (6 x 8 + FFN 12)
         after.bert.encoder.layer[0].attention.self.key.bias.add_(5.0)  # ignored
     assert bias_changes_per_layer(before, after) == pytest.approx([0.0, 2.0 * 8 / 60])
+
+
+def test_shipped_configs_validate():
+    folder = Path(__file__).resolve().parents[3] / "configs" / "relbitfit"
+    files = sorted(folder.glob("*.yaml"))
+    assert len(files) == 12  # 9 GLUE tasks + Rotten Tomatoes x (relbitfit, bitfit, full)
+    configs = {f.stem: load_config(str(f)) for f in files}
+    assert {c.model.variant for c in configs.values()} == {"relbitfit", "bitfit", "full"}
+    assert configs["rotten_tomatoes"].data.n_train == 2000 and configs["glue_wnli"].data.n_train == 0

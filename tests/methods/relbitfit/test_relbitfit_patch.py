@@ -119,11 +119,7 @@ def test_attention_probabilities_follow_the_relative_score_formula(relative_inde
         k = attn.key(hidden).view(3, 7, heads, d).transpose(1, 2)
         n = options.num_positions
         i, j = torch.arange(7)[:, None], torch.arange(7)[None, :]
-        r = (
-            (i - j).abs().clamp_max(n - 1)
-            if relative_index == "absolute"
-            else (j - i).clamp(1 - n, n - 1) + n - 1
-        )
+        r = (i - j).abs().clamp_max(n - 1) if relative_index == "absolute" else (j - i).clamp(1 - n, n - 1) + n - 1
         key_table = tables.key_table[0].view(-1, heads, d)  # layer 0 (or the shared table)
         expected = torch.empty(3, heads, 7, 7)
         for h in range(heads):

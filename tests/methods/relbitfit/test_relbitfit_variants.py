@@ -84,9 +84,7 @@ def test_one_step_changes_only_the_variants_tensors(variant):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == expected_trainable(model, variant.split("+")[0])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0
-    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     model.train()
     model(**inputs()).loss.backward()
     optimizer.step()

@@ -29,17 +29,11 @@ class ACModelConfig:
             "none (F4 = the IIC baseline, views from augmentations)"
         },
     )
-    widths: list[int] = field(
-        default_factory=lambda: [32, 64], metadata={"help": "encoder residual block widths"}
-    )
+    widths: list[int] = field(default_factory=lambda: [32, 64], metadata={"help": "encoder residual block widths"})
     decoder_blocks: int = field(default=1, metadata={"help": "residual blocks after the encoder", "min": 0})
-    k: int = field(
-        default=0, metadata={"help": "clusters of the main head (0 = the dataset's classes)", "min": 0}
-    )
+    k: int = field(default=0, metadata={"help": "clusters of the main head (0 = the dataset's classes)", "min": 0})
     k_over: int = field(default=0, metadata={"help": "over-clustering head clusters (0 = none)", "min": 0})
-    attention: bool = field(
-        default=False, metadata={"help": "causal self-attention block after the masked part"}
-    )
+    attention: bool = field(default=False, metadata={"help": "causal self-attention block after the masked part"})
     attention_heads: int = field(default=4, metadata={"min": 1})
     vertical_fraction: float = field(
         default=0.5, metadata={"help": "share of V (rows-above) channels in masked layers", "gt": 0, "max": 1}
@@ -61,9 +55,7 @@ class ACModelConfig:
 
 @dataclass
 class ACLossConfig:
-    displacement: int = field(
-        default=10, metadata={"help": "T: pixel pairs within [-T, T]^2 (IIC: 10, 5)", "min": 0}
-    )
+    displacement: int = field(default=10, metadata={"help": "T: pixel pairs within [-T, T]^2 (IIC: 10, 5)", "min": 0})
     lamb: float = field(default=1.0, metadata={"help": "marginal-entropy weight (IIC: 1.0-1.5)", "min": 1.0})
     collapsed: bool = field(
         default=False,
@@ -83,29 +75,21 @@ class ACViewsConfig:
     jitter: float = field(
         default=0.0, metadata={"help": "photometric jitter strength applied to each view (0 = off)", "min": 0}
     )
-    flip: bool = field(
-        default=False, metadata={"help": "randomly flip the second view (undone on its output)"}
-    )
+    flip: bool = field(default=False, metadata={"help": "randomly flip the second view (undone on its output)"})
 
 
 @dataclass
 class ACDataConfig:
     dataset: Literal["scenes", "cocostuff3", "cocostuff15", "potsdam3", "potsdam6", "folder"] = "scenes"
     root: str = field(default="", metadata={"help": "dataset folder (not needed for scenes)"})
-    input_size: int = field(
-        default=96, metadata={"help": "square crop side (IIC: 128 COCO, 200 Potsdam)", "min": 8}
-    )
-    scale: float = field(
-        default=1.0, metadata={"help": "image rescale before cropping (IIC COCO: 0.33)", "gt": 0}
-    )
+    input_size: int = field(default=96, metadata={"help": "square crop side (IIC: 128 COCO, 200 Potsdam)", "min": 8})
+    scale: float = field(default=1.0, metadata={"help": "image rescale before cropping (IIC COCO: 0.33)", "gt": 0})
     split: str = field(
         default="",
         metadata={"help": "train/eval split: COCO train2017|val2017, Potsdam list name; '' = default"},
     )
     eval_split: str = field(default="", metadata={"help": "evaluation split ('' = the training images: IID)"})
-    eval_images: int = field(
-        default=0, metadata={"help": "evaluate on the first N images (0 = all)", "min": 0}
-    )
+    eval_images: int = field(default=0, metadata={"help": "evaluate on the first N images (0 = all)", "min": 0})
     eval_batch_size: int = field(default=16, metadata={"min": 1})
     scenes_n: int = field(default=600, metadata={"help": "scenes: generated images", "min": 2})
     scenes_size: int = field(default=96, metadata={"min": 16})

@@ -60,9 +60,7 @@ def channel_types(channels: int, vertical_fraction: float = 0.5) -> torch.Tensor
     return types
 
 
-def causal_kernel_mask(
-    in_vertical: torch.Tensor, out_vertical: torch.Tensor, kernel_size: int
-) -> torch.Tensor:
+def causal_kernel_mask(in_vertical: torch.Tensor, out_vertical: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """``[C_out, C_in, k, k]`` float mask (1 = kept tap) for the ``tl_row`` ordering (rules in the module
     doc).
 
@@ -94,6 +92,8 @@ class MaskedConv2d(nn.Conv2d):
     (stride 1, "same" padding).
     """
 
+    mask: torch.Tensor
+
     def __init__(
         self,
         in_channels: int,
@@ -114,9 +114,7 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-def _conv(
-    in_c: int, out_c: int, k: int, in_types: torch.Tensor | None, out_types: torch.Tensor | None
-) -> nn.Conv2d:
+def _conv(in_c: int, out_c: int, k: int, in_types: torch.Tensor | None, out_types: torch.Tensor | None) -> nn.Conv2d:
     """A masked conv when channel types are given, else a plain one (same parametrisation)."""
     if in_types is None or out_types is None:
         return nn.Conv2d(in_c, out_c, k, padding=k // 2, bias=False)
@@ -142,9 +140,7 @@ class MaskedResidualBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = _conv(out_channels, out_channels, 3, out_types, out_types)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        same_types = in_types is None or (
-            in_types.shape == out_types.shape and bool((in_types == out_types).all())
-        )
+        same_types = in_types is None or out_types is None or torch.equal(in_types, out_types)
         if in_channels == out_channels and same_types:
             self.skip: nn.Module = nn.Identity()
         else:
@@ -180,9 +176,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # [B, HW, C], row-major = canonical order
-        q, k, v = (
-            self.qkv(self.norm(tokens)).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        )
+        q, k, v = self.qkv(self.norm(tokens)).view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.masked)  # [B, heads, HW, C/heads]
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)

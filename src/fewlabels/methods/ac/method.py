@@ -48,8 +48,9 @@ __all__ = ["ACMethod", "ACModel", "hungarian_from_votes", "photometric_jitter", 
 
 
 class ACModel(ACNet):
-    """:class:`ACNet` plus the cluster -> class matching found by the last evaluation (-1 = not matched
-    yet)."""
+    """:class:`ACNet` plus the cluster -> class matching of the last evaluation (-1 = not matched yet)."""
+
+    cluster_to_class: torch.Tensor
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -104,9 +105,7 @@ class ACMethod(Method):
     baseline."""
 
     name = "ac"
-    description = (
-        "AC: unsupervised segmentation, orderings as views + mutual information (mask_from=none: IIC)"
-    )
+    description = "AC: unsupervised segmentation, orderings as views + mutual information (mask_from=none: IIC)"
     config_class = ACConfig
     metric = "pixel_accuracy"
     metric_mode = "max"
@@ -221,24 +220,23 @@ class ACMethod(Method):
 
         assert isinstance(model, ACModel)
         dataset, k = self.data.eval, self.k
-        n = (
-            len(dataset)
-            if not self.config.data.eval_images
-            else min(self.config.data.eval_images, len(dataset))
-        )
+        n = len(dataset) if not self.config.data.eval_images else min(self.config.data.eval_images, len(dataset))
         votes = torch.zeros(k, k, dtype=torch.long, device=device)  # [class, cluster]
         usage = torch.zeros(k, dtype=torch.float64, device=device)
         bs = self.config.data.eval_batch_size
         for start in range(0, n, bs):
             items = [dataset[i] for i in range(start, min(n, start + bs))]
             if "mask" not in items[0]:
-                raise DataError(
-                    "evaluation needs ground-truth masks (labels are used only to match clusters)"
-                )
+                raise DataError("evaluation needs ground-truth masks (labels are used only to match clusters)")
             images = torch.stack([it["image"] for it in items]).to(device)
             target = torch.stack([it["mask"] for it in items]).to(device)
             pred = self._probabilities(model, images).argmax(1)
             keep = target != self.data.ignore_index
+            if bool((target[keep] >= k).any()):
+                raise DataError(
+                    f"evaluation masks hold class {int(target[keep].max())} but the model has k = {k} clusters; "
+                    "Hungarian matching needs k = number of classes (set model.k)"
+                )
             votes += torch.bincount(target[keep] * k + pred[keep], minlength=k * k).view(k, k)
             usage += torch.bincount(pred.flatten(), minlength=k).double()
         mapping = hungarian_from_votes(votes)
@@ -261,9 +259,7 @@ class ACMethod(Method):
             return mapping[clusters].cpu().numpy().astype(np.uint8), self.k
         return clusters.cpu().numpy().astype(np.uint8), self.k
 
-    def predict(
-        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
-    ) -> list[Path]:
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         """For each image: ``<stem>_clusters.png`` (cluster indices 0..k-1) and ``<stem>_colour.png``
         (coloured by the matched class when an evaluation has matched clusters, else by cluster index)."""
         from PIL import Image
@@ -301,7 +297,5 @@ class ACMethod(Method):
             rgb = (item["image"][:3].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
             labels, n = self._colour_map(model, clusters)
             rows.append([rgb, colorize(item["mask"].numpy(), n), colorize(labels, n)])
-        path = save_image_grid(
-            out_dir / "ac_clusters.png", rows, ["image", "ground truth", "clusters (matched)"]
-        )
+        path = save_image_grid(out_dir / "ac_clusters.png", rows, ["image", "ground truth", "clusters (matched)"])
         return {"evaluation images: image / ground truth / clusters": path}

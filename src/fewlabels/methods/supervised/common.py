@@ -48,11 +48,20 @@ def build_segmentation_data(cfg: SegDataConfig) -> SegData:
         from fewlabels.data.scenes import ScenesDataset
 
         full = ScenesDataset("train", n=cfg.scenes_train, size=cfg.scenes_size, transform=aug)
-        images = ScenesDataset("train", n=cfg.scenes_train, size=cfg.scenes_size, labeled=False, transform=aug)
+        images = ScenesDataset(
+            "train", n=cfg.scenes_train, size=cfg.scenes_size, labeled=False, transform=aug
+        )
         val = ScenesDataset("val", n=cfg.scenes_val, size=cfg.scenes_size)
         lab, unl = _split_indices(len(full), cfg)
-        return SegData(Subset(full, lab), Subset(images, unl), val, full.num_classes, list(full.class_names),
-                       full.ignore_index, list(full.thing_classes))
+        return SegData(
+            Subset(full, lab),
+            Subset(images, unl),
+            val,
+            full.num_classes,
+            list(full.class_names),
+            full.ignore_index,
+            list(full.thing_classes),
+        )
     if cfg.dataset == "voc":
         from fewlabels.data.segmentation import VOCSegmentation
 
@@ -64,13 +73,16 @@ def build_segmentation_data(cfg: SegDataConfig) -> SegData:
                 pool = VOCSegmentation(cfg.root, split=cfg.train_split, labeled=False)
                 taken = set(labeled.ids)
                 unl_ids = [i for i in pool.ids if i not in taken]
-            unlabeled = VOCSegmentation(cfg.root, split=cfg.train_split, ids=unl_ids, labeled=False, transform=aug)
+            unlabeled = VOCSegmentation(
+                cfg.root, split=cfg.train_split, ids=unl_ids, labeled=False, transform=aug
+            )
             return SegData(labeled, unlabeled, val, 21, list(val.class_names), 255, list(range(1, 21)))
         full = VOCSegmentation(cfg.root, split=cfg.train_split, transform=aug)
         images = VOCSegmentation(cfg.root, split=cfg.train_split, labeled=False, transform=aug)
         lab, unl = _split_indices(len(full), cfg)
-        return SegData(Subset(full, lab), Subset(images, unl), val, 21, list(val.class_names), 255,
-                       list(range(1, 21)))
+        return SegData(
+            Subset(full, lab), Subset(images, unl), val, 21, list(val.class_names), 255, list(range(1, 21))
+        )
     if cfg.dataset == "cityscapes":
         from fewlabels.data.segmentation import CityscapesSegmentation
 
@@ -79,13 +91,22 @@ def build_segmentation_data(cfg: SegDataConfig) -> SegData:
         val = CityscapesSegmentation(cfg.root, cfg.val_split)
         lab, unl = _split_indices(len(full), cfg)
         # Cityscapes "things": person, rider, car, truck, bus, train, motorcycle, bicycle (train ids 11-18).
-        return SegData(Subset(full, lab), Subset(images, unl), val, full.num_classes, list(full.class_names), 255,
-                       list(range(11, 19)))
+        return SegData(
+            Subset(full, lab),
+            Subset(images, unl),
+            val,
+            full.num_classes,
+            list(full.class_names),
+            255,
+            list(range(11, 19)),
+        )
     from fewlabels.data.segmentation import FolderSegmentation
 
     nc = cfg.num_classes or None
     labeled_ds = FolderSegmentation(cfg.root, labeled=True, transform=aug, num_classes=nc)
-    unlabeled_ds = FolderSegmentation(cfg.root, labeled=False, transform=aug, num_classes=labeled_ds.num_classes)
+    unlabeled_ds = FolderSegmentation(
+        cfg.root, labeled=False, transform=aug, num_classes=labeled_ds.num_classes
+    )
     val_root = Path(cfg.root) / cfg.val_split
     val = (
         FolderSegmentation(val_root, labeled=True, num_classes=labeled_ds.num_classes)
@@ -93,8 +114,15 @@ def build_segmentation_data(cfg: SegDataConfig) -> SegData:
         else labeled_ds
     )
     num_classes = int(labeled_ds.num_classes or 0)
-    return SegData(labeled_ds, unlabeled_ds, val, num_classes, list(labeled_ds.class_names), 255,
-                   list(range(1, num_classes)))
+    return SegData(
+        labeled_ds,
+        unlabeled_ds,
+        val,
+        num_classes,
+        list(labeled_ds.class_names),
+        255,
+        list(range(1, num_classes)),
+    )
 
 
 def build_model(cfg: SegModelConfig, num_classes: int):
@@ -130,7 +158,11 @@ def infer_probs(logits_fn: LogitsFn, images: torch.Tensor, cfg: SegEvalConfig) -
     h, w = images.shape[-2:]
     total = None
     for s in cfg.scales:
-        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+        x = (
+            images
+            if s == 1.0
+            else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+        )
         views = [(x, False), (x.flip(-1), True)] if cfg.flip else [(x, False)]
         for v, flipped in views:
             logits = logits_fn(v)
@@ -145,7 +177,11 @@ def infer_probs(logits_fn: LogitsFn, images: torch.Tensor, cfg: SegEvalConfig) -
 
 
 def evaluate_segmentation(
-    logits_fn: LogitsFn, dataset: FewDataset, num_classes: int, cfg: SegEvalConfig, device: torch.device,
+    logits_fn: LogitsFn,
+    dataset: FewDataset,
+    num_classes: int,
+    cfg: SegEvalConfig,
+    device: torch.device,
     class_names: Sequence[str] = (),
 ) -> dict[str, float]:
     """mIoU, pixel accuracy and per-class IoU (``iou/<class>``) on ``dataset`` (classes absent from both
@@ -187,12 +223,18 @@ def find_images(inputs: Sequence[Path]) -> list[Path]:
         else:
             raise DataError(f"input not found: {p}")
     if not files:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(IMAGE_SUFFIXES)})")
+        raise DataError(
+            f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(IMAGE_SUFFIXES)})"
+        )
     return files
 
 
 def predict_masks(
-    logits_fn: LogitsFn, inputs: Sequence[Path], out_dir: Path, num_classes: int, cfg: SegEvalConfig,
+    logits_fn: LogitsFn,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    num_classes: int,
+    cfg: SegEvalConfig,
     device: torch.device,
 ) -> list[Path]:
     """For each image: ``<stem>.png`` (class indices) and ``<stem>_overlay.png`` (colour overlay)."""
@@ -221,7 +263,11 @@ def to_uint8_image(image: torch.Tensor) -> np.ndarray:
 
 
 def segmentation_figure(
-    predictors: dict[str, LogitsFn], dataset: FewDataset, num_classes: int, out_png: Path, device: torch.device,
+    predictors: dict[str, LogitsFn],
+    dataset: FewDataset,
+    num_classes: int,
+    out_png: Path,
+    device: torch.device,
     count: int = 4,
 ) -> Path:
     """Grid of image / ground truth / one column per predictor, for the first ``count`` validation images."""

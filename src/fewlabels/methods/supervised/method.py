@@ -22,6 +22,7 @@ from fewlabels.methods.supervised.common import (
     segmentation_figure,
 )
 from fewlabels.methods.supervised.config import SupervisedConfig
+from fewlabels.parallel import global_mean
 from fewlabels.registry import register_method
 
 
@@ -52,17 +53,24 @@ class SupervisedSegmentation(Method):
     def training_step(self, model: nn.Module, batch: dict, step: int, total_steps: int) -> StepOutput:
         labeled = batch["labeled"]
         logits = model(labeled["image"])
-        loss = F.cross_entropy(logits.float(), labeled["mask"], ignore_index=self.data.ignore_index)
-        return StepOutput(loss)
+        mask = labeled["mask"]
+        ignore = self.data.ignore_index
+        total = F.cross_entropy(logits.float(), mask, ignore_index=ignore, reduction="sum")
+        # Mean over the labeled pixels of the global batch (the same value with 1 or N processes).
+        return StepOutput(global_mean(total, (mask != ignore).sum()))
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        return evaluate_segmentation(model, self.data.val, self.data.num_classes, self.config.eval, device,
-                                     self.data.class_names)
+        return evaluate_segmentation(
+            model, self.data.val, self.data.num_classes, self.config.eval, device, self.data.class_names
+        )
 
-    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
+    def predict(
+        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
+    ) -> list[Path]:
         return predict_masks(model, inputs, out_dir, self.data.num_classes, self.config.eval, device)
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
-        path = segmentation_figure({"prediction": model}, self.data.val, self.data.num_classes,
-                                   out_dir / "predictions.png", device)
+        path = segmentation_figure(
+            {"prediction": model}, self.data.val, self.data.num_classes, out_dir / "predictions.png", device
+        )
         return {"validation images: image / ground truth / prediction": path}

@@ -1,0 +1,98 @@
+"""The registry is the test matrix: every registered method passes the same battery.
+
+- kill -9 in the middle of training, resume: final weights equal an uninterrupted run's (within 1e-6);
+- two processes (gloo) equal one process at the same global batch (loss trajectory and weights);
+- save/load round trip of the weights through ``fewlabels.load``.
+Each method contributes a tiny configuration (small model, a few steps) to ``TINY``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import toy_method  # noqa: F401
+from conftest import subprocess_env
+from fewlabels.engine import load_run, train
+from fewlabels.engine.checkpoint import list_checkpoints
+from fewlabels.registry import available_methods, config_from_dict
+
+TESTS = Path(__file__).resolve().parents[1]
+
+_SCENES = {"dataset": "scenes", "labeled": 16, "scenes_train": 32, "scenes_val": 4, "scenes_size": 32, "crop_size": 32}
+
+#: method -> tiny config (steps, checkpoint interval and batch are set by the tests)
+TINY: dict[str, dict] = {
+    "toy": {},
+    "supervised": {"data": _SCENES},
+}
+
+
+def _config(method: str, tmp: Path, name: str, steps: int) -> dict:
+    cfg = json.loads(json.dumps(TINY[method]))
+    cfg.update({"method": method, "name": name, "output_dir": str(tmp), "seed": 1})
+    cfg.setdefault("train", {}).update(
+        {"steps": steps, "checkpoint_every": 2, "log_every": 1, "eval_every": 0, "batch_size": 4, "num_workers": 0}
+    )
+    return cfg
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def _train_losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def _close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=0), f"{k}: max diff {(a[k].double() - b[k].double()).abs().max()}"
+
+
+def test_every_registered_method_has_a_tiny_config():
+    assert set(available_methods()) <= set(TINY), f"add a TINY row for {set(available_methods()) - set(TINY)}"
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_kill_9_mid_training_then_resume_equals_an_uninterrupted_run(method, tmp_path):
+    ref = train(config_from_dict(_config(method, tmp_path, "ref", 5))).run_dir
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump(_config(method, tmp_path, "run", 5)))
+    env = {**subprocess_env(), "FEWLABELS_TEST_KILL_AT": "3"}  # dies inside step 4, after the step-2 checkpoint
+    res = subprocess.run([sys.executable, str(TESTS / "kill_during_step.py"), "train", str(cfg_file)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == -9, res.stderr[-2000:]
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000002.pt"]
+    train(config_from_dict(yaml.safe_load(cfg_file.read_text())), run)
+    _close(_weights(ref), _weights(run), atol=1e-6)
+    assert _train_losses(run) == pytest.approx(_train_losses(ref), abs=1e-6)
+    # the reloaded model is the trained one
+    loaded = load_run(run, which="last", device="cpu")
+    _close({k: v for k, v in loaded.model.state_dict().items()}, _weights(run), atol=0)
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_two_processes_equal_one_process(method, tmp_path):
+    single = train(config_from_dict(_config(method, tmp_path, "single", 3))).run_dir
+    cfg_file = tmp_path / "dist.yaml"
+    cfg_file.write_text(yaml.safe_dump(_config(method, tmp_path, "dist", 3)))
+    port = 29600 + sorted(TINY).index(method)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(TESTS / "toy_method.py"), "train", str(cfg_file)]
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    dist = tmp_path / "dist"
+    assert _train_losses(dist) == pytest.approx(_train_losses(single), abs=1e-4)
+    _close(_weights(single), _weights(dist), atol=1e-4)
+    assert res.stderr.count("step 3/3") <= 1  # progress printed by one rank only
