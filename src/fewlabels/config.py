@@ -159,7 +159,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             fail(key, f"expected a section (mapping of keys), got {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key)  # type: ignore[arg-type]
     if tp is bool:
         if not isinstance(value, bool):
             fail(key, f"expected true or false, got {value!r}")

@@ -91,12 +91,13 @@ def segmentation_stage(ctx: DemoContext) -> StageResult:
     else:
         rows.append(DemoRow("supervised", "-", "mIoU", sup["miou"], float("nan"), labels, sup_s))
     loaded = [load_run(r, device="cpu") for r in runs]
+    data = loaded[0].method.data  # type: ignore[attr-defined]
     for run in loaded:
         predictors[run.config.method] = run.model
     fig = segmentation_figure(
         predictors,
-        loaded[0].method.data.val,
-        loaded[0].method.data.num_classes,
+        loaded[0].method.data.val,  # type: ignore[attr-defined]
+        loaded[0].method.data.num_classes,  # type: ignore[attr-defined]
         ctx.out_dir / "segmentation.png",
         loaded[0].device,
     )
@@ -126,9 +127,7 @@ def summary_table(rows: list[DemoRow]) -> list[str]:
     return lines
 
 
-def run_demo(
-    out_dir: str | Path = "runs/demo", methods: list[str] | None = None, minutes: float | None = None
-) -> Path:
+def run_demo(out_dir: str | Path = "runs/demo", methods: list[str] | None = None, minutes: float | None = None) -> Path:
     """Run the demo stages (all, or those named in ``methods``) and write ``out_dir/report.md``."""
     from fewlabels.viz import plot_curves
 

@@ -186,10 +186,9 @@ def read_glue(root: str | Path, task: str, split: str = "train") -> list[TextExa
             missing = [c for c in wanted if c not in columns]
             if missing:
                 raise DataError(f"{path}, line 1: header lacks the column(s) {missing}; found {header}")
-        index = {
-            c: (columns[c] if spec.header else c)
-            for c in (spec.text, spec.text_pair, spec.label)
-            if c is not None
+        # column key (a header name, or a position when there is no header) -> position in the row
+        index: dict[str | int, int] = {
+            c: (columns[c] if spec.header else int(c)) for c in (spec.text, spec.text_pair, spec.label) if c is not None
         }
         width = max(index.values()) + 1
         for line, row in enumerate(rows, start=2 if spec.header else 1):
@@ -206,9 +205,7 @@ def read_glue(root: str | Path, task: str, split: str = "train") -> list[TextExa
     return examples
 
 
-def _label_from_value(
-    value: object, labels: Sequence[str] | None, regression: bool, where: str
-) -> int | float:
+def _label_from_value(value: object, labels: Sequence[str] | None, regression: bool, where: str) -> int | float:
     if regression:
         try:
             return float(value)  # type: ignore[arg-type]
@@ -222,9 +219,7 @@ def _label_from_value(
     try:
         number = int(text)
     except ValueError:
-        raise DataError(
-            f"{where}: label {value!r} is not a class index; pass label names to map it"
-        ) from None
+        raise DataError(f"{where}: label {value!r} is not a class index; pass label names to map it") from None
     if number < 0:
         raise DataError(f"{where}: negative class index {number}")
     return number
@@ -337,9 +332,7 @@ def check_glue(root: Path, report: CheckReport) -> None:
     if root.name.lower() in folders and (root / "train.tsv").is_file():
         tasks = [s for s in GLUE_TASKS.values() if s.folder.lower() == root.name.lower()]
     else:
-        tasks = [
-            s for s in GLUE_TASKS.values() if (root / s.folder).is_dir() or (root / s.folder.lower()).is_dir()
-        ]
+        tasks = [s for s in GLUE_TASKS.values() if (root / s.folder).is_dir() or (root / s.folder.lower()).is_dir()]
     if not tasks:
         report.add_problem(f"no GLUE task folder under {root}\nExpected layout:\n{_GLUE_LAYOUT}")
         return

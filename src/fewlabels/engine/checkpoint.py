@@ -64,6 +64,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -81,7 +85,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int)
     path = checkpoint_path(ckpt_dir, step)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     digest = file_digest(path)
-    atomic_write(path.with_suffix(".sha256"), lambda tmp: tmp.write_text(digest + "\n"))
+    atomic_write(path.with_suffix(".sha256"), lambda tmp: _write_text(tmp, digest + "\n"))
     for old in list_checkpoints(ckpt_dir)[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)

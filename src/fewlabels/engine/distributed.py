@@ -22,12 +22,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            not self.training
-            or not dist.is_available()
-            or not dist.is_initialized()
-            or dist.get_world_size() == 1
-        ):
+        if not self.training or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         c = x.shape[1]
@@ -37,10 +32,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        if self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None:
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked.item())
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
         shape = (1, c) + (1,) * (x.dim() - 2)
@@ -66,10 +61,7 @@ def convert_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
             out.weight.requires_grad_(module.weight.requires_grad)
             out.bias.requires_grad_(module.bias.requires_grad)
         if module.track_running_stats:
-            out.running_mean.copy_(module.running_mean)
-            out.running_var.copy_(module.running_var)
-            out.num_batches_tracked.copy_(module.num_batches_tracked)
+            out.load_state_dict(module.state_dict())
     for name, child in module.named_children():
         out.add_module(name, convert_batchnorm(child, device_type))
     return out
-

@@ -67,9 +67,7 @@ class Monitor:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
         self.tty = sys.stderr.isatty()
         if self.tty:
-            self.bar = tqdm(
-                total=total_steps, initial=start_step, dynamic_ncols=True, unit="step", leave=True
-            )
+            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step", leave=True)
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.active:

@@ -22,9 +22,7 @@ class RunDirError(ValueError):
 def read_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
-        raise RunDirError(
-            f"{run} is not a run directory (no config.yaml); pass a folder created by `fewlabels train`"
-        )
+        raise RunDirError(f"{run} is not a run directory (no config.yaml); pass a folder created by `fewlabels train`")
     return load_config(str(run / "config.yaml"), list(overrides))
 
 
@@ -64,15 +62,11 @@ def load_run(
     config = read_run_config(run, overrides)
     method = get_method(config.method)(config)
     candidates = (
-        [run / "best.safetensors", run / "model.safetensors"]
-        if which == "best"
-        else [run / "model.safetensors"]
+        [run / "best.safetensors", run / "model.safetensors"] if which == "best" else [run / "model.safetensors"]
     )
     weights = next((p for p in candidates if p.is_file()), None)
     if weights is None:
-        raise RunDirError(
-            f"{run} has no weights yet ({', '.join(p.name for p in candidates)} missing): train it first"
-        )
+        raise RunDirError(f"{run} has no weights yet ({', '.join(p.name for p in candidates)} missing): train it first")
     model = method.build_model()
     load_weights(model, weights)
     dev = pick_device(device)

@@ -135,9 +135,7 @@ class Trainer:
             cpu=not use_cuda,
             mixed_precision=_mixed_precision(self.cfg, use_cuda),
             kwargs_handlers=[
-                DistributedDataParallelKwargs(
-                    find_unused_parameters=get_method(config.method).find_unused_parameters
-                )
+                DistributedDataParallelKwargs(find_unused_parameters=get_method(config.method).find_unused_parameters)
             ],
         )
         self.rank = self.accelerator.process_index
@@ -215,9 +213,7 @@ class Trainer:
         if found is not None:
             path, state = found
             if state["method"] != self.config.method:
-                raise CheckpointError(
-                    f"{path} belongs to method {state['method']!r}, not {self.config.method!r}"
-                )
+                raise CheckpointError(f"{path} belongs to method {state['method']!r}, not {self.config.method!r}")
             acc.unwrap_model(model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -294,7 +290,7 @@ class Trainer:
                     dt = time.perf_counter() - t_window
                     # Logged values are means over every process: the trajectory of the global batch.
                     loss_mean = float(acc.reduce(loss_sum, "mean")) if self.world > 1 else float(loss_sum)
-                    values = {"loss": loss_mean / window, "lr": scheduler.get_last_lr()[0]}
+                    values: dict[str, float] = {"loss": loss_mean / window, "lr": float(scheduler.get_last_lr()[0])}
                     for k in sorted(logs_sum):
                         v = acc.reduce(logs_sum[k], "mean") if self.world > 1 else logs_sum[k]
                         values[k] = float(v) / window
@@ -361,12 +357,10 @@ class Trainer:
     def _maybe_best(self, method: Method, model, step: int, metrics: dict[str, float], best):
         import json
 
-        from fewlabels.engine.checkpoint import atomic_write
+        from fewlabels.engine.checkpoint import _write_text, atomic_write
 
         if method.metric not in metrics:
-            raise KeyError(
-                f"{method.name}.evaluate returned {sorted(metrics)}, without its metric {method.metric!r}"
-            )
+            raise KeyError(f"{method.name}.evaluate returned {sorted(metrics)}, without its metric {method.metric!r}")
         value = metrics[method.metric]
         better = best is None or (
             value > best[method.metric] if method.metric_mode == "max" else value < best[method.metric]
@@ -374,7 +368,7 @@ class Trainer:
         if better:
             best = {"step": step, **metrics}
             save_weights(self.accelerator.unwrap_model(model), self.run_dir / "best.safetensors")
-            atomic_write(self.run_dir / "best.json", lambda tmp: tmp.write_text(json.dumps(best, indent=2)))
+            atomic_write(self.run_dir / "best.json", lambda tmp: _write_text(tmp, json.dumps(best, indent=2)))
         return best
 
 

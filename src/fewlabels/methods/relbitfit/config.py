@@ -24,9 +24,7 @@ class RelBitFitModelConfig:
     )
     pt: bool = field(default=False, metadata={"help": "RelBitFit: one relative table shared by all layers"})
     lr: bool = field(default=False, metadata={"help": "RelBitFit: low-rank key table R = E U (rank below)"})
-    clip: bool = field(
-        default=False, metadata={"help": "RelBitFit: only l_max distances get their own entry"}
-    )
+    clip: bool = field(default=False, metadata={"help": "RelBitFit: only l_max distances get their own entry"})
     rank: int = field(default=64, metadata={"help": "d' of the low-rank table", "min": 1})
     l_max: int = field(default=32, metadata={"help": "N under clip", "min": 1})
     relative_index: Literal["absolute", "signed"] = field(
@@ -58,9 +56,7 @@ class TextTaskConfig:
     train_split: str = field(default="train", metadata={"help": "hf-disk: training split name"})
     eval_split: str = field(default="validation", metadata={"help": "hf-disk: evaluation split name"})
     text_column: str = field(default="text", metadata={"help": "csv/jsonl/hf-disk: first sentence column"})
-    pair_column: str = field(
-        default="", metadata={"help": "csv/jsonl/hf-disk: second sentence column ('' = none)"}
-    )
+    pair_column: str = field(default="", metadata={"help": "csv/jsonl/hf-disk: second sentence column ('' = none)"})
     label_column: str = field(default="label", metadata={"help": "csv/jsonl/hf-disk: label column"})
     label_names: list[str] = field(
         default_factory=list,
@@ -73,15 +69,9 @@ class TextTaskConfig:
         metadata={"help": "few-sample N: training examples drawn with the seed (0 = all)", "min": 0},
     )
     sample_seed: int = field(default=-1, metadata={"help": "seed of the N-example draw (-1: the run seed)"})
-    max_eval: int = field(
-        default=0, metadata={"help": "evaluate on the first K examples (0 = all)", "min": 0}
-    )
-    rt_test_size: int = field(
-        default=2000, metadata={"help": "rotten-tomatoes: held-out test examples", "min": 1}
-    )
-    max_length: int = field(
-        default=128, metadata={"help": "tokens per example (truncated), also N", "min": 2}
-    )
+    max_eval: int = field(default=0, metadata={"help": "evaluate on the first K examples (0 = all)", "min": 0})
+    rt_test_size: int = field(default=2000, metadata={"help": "rotten-tomatoes: held-out test examples", "min": 1})
+    max_length: int = field(default=128, metadata={"help": "tokens per example (truncated), also N", "min": 2})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size", "min": 1})
 
     def validate(self) -> None:

@@ -51,9 +51,7 @@ def trainable_parameter_count(
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def format_parameter_table(
-    config: PretrainedConfig, num_positions: int = 128, rank: int = 64, l_max: int = 32
-) -> str:
+def format_parameter_table(config: PretrainedConfig, num_positions: int = 128, rank: int = 64, l_max: int = 32) -> str:
     """Plain-text table: variant, trainable parameters, % of the full model, change relative to BitFit."""
     counts = {
         v: trainable_parameter_count(config, v, num_positions=num_positions, rank=rank, l_max=l_max)

@@ -69,9 +69,7 @@ def load_task(cfg: TextTaskConfig) -> TaskData:
         if spec.name == "mnli":
             # MNLI models are evaluated on both dev sets; the matched one selects the checkpoint.
             evals["dev_mm"] = read_glue(cfg.root, "mnli-mm", "dev")
-        return TaskData(
-            read_glue(cfg.root, spec.name, "train"), evals, spec.num_labels, spec.is_regression, spec.name
-        )
+        return TaskData(read_glue(cfg.root, spec.name, "train"), evals, spec.num_labels, spec.is_regression, spec.name)
     pair = cfg.pair_column or None
     if cfg.dataset == "hf-disk":
         read = [

@@ -45,7 +45,7 @@ def save_delta(
         extra: names of frozen parameters/buffers to store too (tensors the base checkpoint lacks).
         metadata: more JSON-serialisable facts to store (e.g. task, tokenizer directory).
     """
-    named = dict(model.named_parameters())
+    named: dict[str, torch.Tensor] = dict(model.named_parameters())
     named.update(dict(model.named_buffers()))
     wanted = {n for n, p in model.named_parameters() if p.requires_grad} | set(extra)
     missing = sorted(wanted - set(named))
@@ -103,7 +103,7 @@ def load_delta(model: nn.Module, path: str | Path, prepare: bool = True) -> nn.M
     fine_tuning = FineTuning(**info["fine_tuning"])
     if prepare:
         apply_fine_tuning(model, fine_tuning)
-    named = dict(model.named_parameters())
+    named: dict[str, torch.Tensor] = dict(model.named_parameters())
     named.update(dict(model.named_buffers()))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with safe_open(str(path), framework="pt") as fh:
@@ -120,9 +120,7 @@ def load_delta(model: nn.Module, path: str | Path, prepare: bool = True) -> nn.M
                 value = fh.get_tensor(name)
                 target = named[name]
                 if target.shape != value.shape:
-                    raise ValueError(
-                        f"{path}: {name} has shape {tuple(value.shape)}, model has {tuple(target.shape)}"
-                    )
+                    raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, model has {tuple(target.shape)}")
                 target.copy_(value.to(device=target.device, dtype=target.dtype))
     return model
 

@@ -111,15 +111,11 @@ class RelBitFitMethod(Method):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(
-                str(model_dir(self.config)), local_files_only=True
-            )
+            self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir(self.config)), local_files_only=True)
         return self._tokenizer
 
     def _dataset(self, examples: Sequence[TextExample]) -> TokenizedTextDataset:
-        return TokenizedTextDataset(
-            examples, self.tokenizer, self.config.data.max_length, self.task.regression
-        )
+        return TokenizedTextDataset(examples, self.tokenizer, self.config.data.max_length, self.task.regression)
 
     def train_sources(self) -> dict[str, Source]:
         cfg = self.config.data
@@ -171,9 +167,7 @@ class RelBitFitMethod(Method):
 
     # --- evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_logits(
-        self, model: nn.Module, dataset: TokenizedTextDataset, device: torch.device
-    ) -> torch.Tensor:
+    def predict_logits(self, model: nn.Module, dataset: TokenizedTextDataset, device: torch.device) -> torch.Tensor:
         """Logits [n, num_labels] of every example of ``dataset`` (model in eval mode)."""
         size = self.config.data.eval_batch_size
         outputs = []
@@ -206,9 +200,7 @@ class RelBitFitMethod(Method):
                 metrics.update({f"{k}_{name}": v for k, v in values.items()})
         return metrics
 
-    def predict(
-        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
-    ) -> list[Path]:
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         """Label every line of text files: ``.txt`` (one example per line, a tab separates a sentence pair) or
         ``.jsonl`` (objects with ``text`` and optional ``text_pair``). Writes ``<stem>.predictions.jsonl``."""
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,13 +226,9 @@ class RelBitFitMethod(Method):
     # --- artefacts ------------------------------------------------------------------------------------------
     def save_delta(self, model: nn.Module, run_dir: Path) -> Path:
         """Write ``run_dir/delta.safetensors``: the trainable tensors (+ randomly initialised frozen ones)."""
-        meta = {
-            "task": self.config.data.task if self.config.data.dataset == "glue" else self.config.data.dataset
-        }
+        meta = {"task": self.config.data.task if self.config.data.dataset == "glue" else self.config.data.dataset}
         meta["base_model"] = os.fspath(model_dir(self.config))
-        return save_delta(
-            model, Path(run_dir) / DELTA_FILE, fine_tuning_of(self.config), self.extra_tensors, meta
-        )
+        return save_delta(model, Path(run_dir) / DELTA_FILE, fine_tuning_of(self.config), self.extra_tensors, meta)
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
         """Per-layer mean |b_after - b_before| of this run against the pretrained weights."""

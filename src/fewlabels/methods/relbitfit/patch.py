@@ -114,9 +114,7 @@ class RelativeAttentionBias(nn.Module):
         ``score_table`` [T, E, H].
     """
 
-    def __init__(
-        self, options: RelativeBiasOptions, num_layers: int, hidden_size: int, num_heads: int
-    ) -> None:
+    def __init__(self, options: RelativeBiasOptions, num_layers: int, hidden_size: int, num_heads: int) -> None:
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not a multiple of {num_heads} heads")
@@ -203,7 +201,7 @@ def _merge_mask(mask: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
 
 
 def _relative_self_attention_forward(
-    self: nn.Module,
+    self: Any,
     hidden_states: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     cache: Any = None,
@@ -214,9 +212,7 @@ def _relative_self_attention_forward(
     hidden_states [B, L, D] -> (attention output [B, L, D], attention weights [B, H, L, L] or None).
     """
     if cache is not None or kwargs.pop("past_key_values", None) is not None:
-        raise ValueError(
-            "RelBitFit patches encoder self-attention; key/value caches (decoding) are not supported"
-        )
+        raise ValueError("RelBitFit patches encoder self-attention; key/value caches (decoding) are not supported")
     implementation = self.config._attn_implementation
     if implementation not in _DENSE_BIAS_IMPLEMENTATIONS:
         raise ValueError(
@@ -263,12 +259,13 @@ def add_relative_attention_bias(model: nn.Module, options: RelativeBiasOptions) 
         )
     if relative_attention_bias(model) is not None:
         raise ValueError("the model already has relative attention tables")
-    first = attentions[0]
+    first: Any = attentions[0]
     ref = next(first.parameters())
     tables = RelativeAttentionBias(options, len(attentions), first.all_head_size, first.num_attention_heads)
     tables.to(device=ref.device, dtype=ref.dtype)
     base = getattr(model, "base_model", model)
     base.add_module(TABLES_NAME, tables)
+    attention: Any
     for layer, attention in enumerate(attentions):
         # object.__setattr__ keeps the shared tables out of this module's children (no duplicate state_dict
         # keys).

@@ -66,8 +66,7 @@ class FineTuning:
         unknown = [o for o in options if o not in _OPTIONS]
         if variant not in VARIANTS or unknown:
             raise ValueError(
-                f"unknown variant {spec!r}: write full, bitfit or relbitfit[+pt][+lr][+clip] "
-                f"(options: {_OPTIONS})"
+                f"unknown variant {spec!r}: write full, bitfit or relbitfit[+pt][+lr][+clip] (options: {_OPTIONS})"
             )
         return cls(variant=variant, **{o: True for o in options}, **defaults)  # type: ignore[arg-type]
 
@@ -104,7 +103,8 @@ def trainable_names(model: nn.Module, fine_tuning: FineTuning) -> set[str]:
         return set(names)
     chosen = {n for n in names if n.endswith(".bias") or n == "bias"} | head_parameter_names(model)
     if fine_tuning.variant == "relbitfit":
-        key_biases = {id(a.key.bias) for a in find_self_attentions(model) if a.key.bias is not None}
+        keys = [a.key for a in find_self_attentions(model)]
+        key_biases = {id(k.bias) for k in keys if k.bias is not None}
         chosen = {n for n in chosen if id(names[n]) not in key_biases}
         chosen |= {n for n in names if ".relative_attention." in f".{n}"}
     return chosen

@@ -6,9 +6,10 @@ encoder/decoder and are evaluated by the same code, so that a CCT-vs-baseline di
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,14 +44,15 @@ def _split_indices(n: int, cfg: SegDataConfig) -> tuple[list[int], list[int]]:
 
 def build_segmentation_data(cfg: SegDataConfig) -> SegData:
     """Labeled / unlabeled / validation datasets for ``cfg`` (augmentation on the training ones)."""
-    aug = SegAugment(cfg.crop_size, tuple(cfg.scale), cfg.hflip)
+    full: Any
+    images: Any
+    val: Any
+    aug = SegAugment(cfg.crop_size, (cfg.scale[0], cfg.scale[1]), cfg.hflip)
     if cfg.dataset == "scenes":
         from fewlabels.data.scenes import ScenesDataset
 
         full = ScenesDataset("train", n=cfg.scenes_train, size=cfg.scenes_size, transform=aug)
-        images = ScenesDataset(
-            "train", n=cfg.scenes_train, size=cfg.scenes_size, labeled=False, transform=aug
-        )
+        images = ScenesDataset("train", n=cfg.scenes_train, size=cfg.scenes_size, labeled=False, transform=aug)
         val = ScenesDataset("val", n=cfg.scenes_val, size=cfg.scenes_size)
         lab, unl = _split_indices(len(full), cfg)
         return SegData(
@@ -73,16 +75,12 @@ def build_segmentation_data(cfg: SegDataConfig) -> SegData:
                 pool = VOCSegmentation(cfg.root, split=cfg.train_split, labeled=False)
                 taken = set(labeled.ids)
                 unl_ids = [i for i in pool.ids if i not in taken]
-            unlabeled = VOCSegmentation(
-                cfg.root, split=cfg.train_split, ids=unl_ids, labeled=False, transform=aug
-            )
+            unlabeled = VOCSegmentation(cfg.root, split=cfg.train_split, ids=unl_ids, labeled=False, transform=aug)
             return SegData(labeled, unlabeled, val, 21, list(val.class_names), 255, list(range(1, 21)))
         full = VOCSegmentation(cfg.root, split=cfg.train_split, transform=aug)
         images = VOCSegmentation(cfg.root, split=cfg.train_split, labeled=False, transform=aug)
         lab, unl = _split_indices(len(full), cfg)
-        return SegData(
-            Subset(full, lab), Subset(images, unl), val, 21, list(val.class_names), 255, list(range(1, 21))
-        )
+        return SegData(Subset(full, lab), Subset(images, unl), val, 21, list(val.class_names), 255, list(range(1, 21)))
     if cfg.dataset == "cityscapes":
         from fewlabels.data.segmentation import CityscapesSegmentation
 
@@ -104,9 +102,7 @@ def build_segmentation_data(cfg: SegDataConfig) -> SegData:
 
     nc = cfg.num_classes or None
     labeled_ds = FolderSegmentation(cfg.root, labeled=True, transform=aug, num_classes=nc)
-    unlabeled_ds = FolderSegmentation(
-        cfg.root, labeled=False, transform=aug, num_classes=labeled_ds.num_classes
-    )
+    unlabeled_ds = FolderSegmentation(cfg.root, labeled=False, transform=aug, num_classes=labeled_ds.num_classes)
     val_root = Path(cfg.root) / cfg.val_split
     val = (
         FolderSegmentation(val_root, labeled=True, num_classes=labeled_ds.num_classes)
@@ -151,6 +147,7 @@ def backbone_param_groups(model: torch.nn.Module, lr_scale: float) -> list[dict]
 
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+Predictors = Mapping[str, LogitsFn]
 
 
 def infer_probs(logits_fn: LogitsFn, images: torch.Tensor, cfg: SegEvalConfig) -> torch.Tensor:
@@ -158,11 +155,7 @@ def infer_probs(logits_fn: LogitsFn, images: torch.Tensor, cfg: SegEvalConfig) -
     h, w = images.shape[-2:]
     total = None
     for s in cfg.scales:
-        x = (
-            images
-            if s == 1.0
-            else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
-        )
+        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
         views = [(x, False), (x.flip(-1), True)] if cfg.flip else [(x, False)]
         for v, flipped in views:
             logits = logits_fn(v)
@@ -223,9 +216,7 @@ def find_images(inputs: Sequence[Path]) -> list[Path]:
         else:
             raise DataError(f"input not found: {p}")
     if not files:
-        raise DataError(
-            f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(IMAGE_SUFFIXES)})"
-        )
+        raise DataError(f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(IMAGE_SUFFIXES)})")
     return files
 
 
@@ -263,7 +254,7 @@ def to_uint8_image(image: torch.Tensor) -> np.ndarray:
 
 
 def segmentation_figure(
-    predictors: dict[str, LogitsFn],
+    predictors: Predictors,
     dataset: FewDataset,
     num_classes: int,
     out_png: Path,

@@ -10,19 +10,13 @@ from fewlabels.config import RunConfig, TrainConfig, fail
 
 @dataclass
 class SegModelConfig:
-    encoder: str = field(
-        default="small_cnn", metadata={"help": "small_cnn, resnet18, resnet34, resnet50, resnet101"}
-    )
+    encoder: str = field(default="small_cnn", metadata={"help": "small_cnn, resnet18, resnet34, resnet50, resnet101"})
     output_stride: int = field(default=8, metadata={"help": "8, 16 or 32"})
     deep_stem: bool = field(default=False, metadata={"help": "PSPNet/CCT three-conv stem (ResNets)"})
     psp: bool = field(default=False, metadata={"help": "PSP pyramid pooling module after the encoder"})
     psp_channels: int = field(default=512, metadata={"min": 1})
-    pretrained: str | None = field(
-        default=None, metadata={"help": "local torchvision/timm backbone state dict"}
-    )
-    backbone_lr_scale: float = field(
-        default=0.1, metadata={"help": "backbone lr = train.lr x this", "min": 0}
-    )
+    pretrained: str | None = field(default=None, metadata={"help": "local torchvision/timm backbone state dict"})
+    backbone_lr_scale: float = field(default=0.1, metadata={"help": "backbone lr = train.lr x this", "min": 0})
 
     def validate(self) -> None:
         from fewlabels.config import did_you_mean
@@ -48,9 +42,7 @@ class SegDataConfig:
         metadata={"help": "labeled training images: a count (>= 1) or a fraction in (0, 1)", "gt": 0},
     )
     labeled_list: str = field(default="", metadata={"help": "file of labeled image ids (overrides labeled)"})
-    unlabeled_list: str = field(
-        default="", metadata={"help": "file of unlabeled image ids (default: the rest)"}
-    )
+    unlabeled_list: str = field(default="", metadata={"help": "file of unlabeled image ids (default: the rest)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the labeled/unlabeled draw"})
     train_split: str = "train"
     val_split: str = "val"
@@ -78,9 +70,7 @@ class SegEvalConfig:
     batch_size: int = field(default=8, metadata={"min": 1})
     flip: bool = field(default=False, metadata={"help": "average with the horizontally flipped prediction"})
     scales: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "multi-scale inference"})
-    max_images: int = field(
-        default=0, metadata={"help": "evaluate on the first N images (0 = all)", "min": 0}
-    )
+    max_images: int = field(default=0, metadata={"help": "evaluate on the first N images (0 = all)", "min": 0})
 
 
 @dataclass

@@ -64,9 +64,7 @@ class SupervisedSegmentation(Method):
             model, self.data.val, self.data.num_classes, self.config.eval, device, self.data.class_names
         )
 
-    def predict(
-        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
-    ) -> list[Path]:
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         return predict_masks(model, inputs, out_dir, self.data.num_classes, self.config.eval, device)
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
