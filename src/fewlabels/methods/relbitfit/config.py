@@ -30,11 +30,21 @@ class RelBitFitModelConfig:
     relative_index: Literal["absolute", "signed"] = field(
         default="absolute", metadata={"help": "absolute: min(|i-j|, N-1), N entries; signed: 2N-1 entries"}
     )
+    dropout: float = field(
+        default=-1.0,
+        metadata={
+            "help": "hidden/attention/classifier dropout (-1: keep the checkpoint's, 0.1 for BERT)",
+            "min": -1,
+            "max": 1,
+        },
+    )
     attn_implementation: Literal["sdpa", "eager"] = field(
         default="sdpa", metadata={"help": "attention kernel; both take the relative bias"}
     )
 
     def validate(self) -> None:
+        if self.dropout < 0 and self.dropout != -1:
+            fail("model.dropout", f"a rate in [0, 1], or -1 to keep the checkpoint's; got {self.dropout}")
         if self.variant != "relbitfit" and (self.pt or self.lr or self.clip):
             fail("model.variant", f"pt/lr/clip are RelBitFit options; they do nothing with {self.variant!r}")
 

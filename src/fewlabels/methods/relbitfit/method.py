@@ -144,6 +144,10 @@ class RelBitFitMethod(Method):
                 f"{self.config.data.max_length} tokens exceed what {path.name} supports ({limit} positions)",
             )
         task = self.task
+        overrides: dict[str, Any] = {}
+        if self.config.model.dropout >= 0:
+            rate = self.config.model.dropout
+            overrides = {"hidden_dropout_prob": rate, "attention_probs_dropout_prob": rate, "classifier_dropout": rate}
         model, info = AutoModelForSequenceClassification.from_pretrained(
             str(path),
             num_labels=task.num_labels,
@@ -151,6 +155,7 @@ class RelBitFitMethod(Method):
             attn_implementation=self.config.model.attn_implementation,
             local_files_only=True,
             output_loading_info=True,
+            **overrides,
         )
         # Tensors that from_pretrained had to initialise (the head, sometimes the pooler) are not in the base
         # checkpoint: the delta must carry them even when they are frozen, or a restore would differ.
