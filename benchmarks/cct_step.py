@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -121,9 +122,15 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_step_memory_mb(step: Callable[[], None], device: torch.device) -> float:
-    """Peak memory of one step beyond what is held before it (model, optimizer state, inputs)."""
+def peak_memory_mb(args: argparse.Namespace, impl: str, k: int, device: torch.device) -> float:
+    """Peak memory of training steps beyond the model and its inputs.
+
+    GPU: ``max_memory_allocated`` over one step. CPU: torch's allocations are invisible to tracemalloc, so a fresh
+    interpreter (forking after OpenMP has started can deadlock) builds the model, runs two steps and reports the
+    growth of its peak resident set over the resident set after building.
+    """
     if device.type == "cuda":
+        step = make_step(build(args, impl, K30 if k == 30 else K1, device), args, device)
         step()
         sync(device)
         torch.cuda.reset_peak_memory_stats()
@@ -131,20 +138,19 @@ def peak_step_memory_mb(step: Callable[[], None], device: torch.device) -> float
         step()
         sync(device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    step()  # optimizer state and allocator caches exist after a first step
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: ru_maxrss is the child's own peak
-        os.close(read)
-        before = rss_mb()
-        step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        os.write(write, f"{peak - before:.3f}".encode())
-        os._exit(0)
-    os.close(write)
-    data = os.read(read, 64).decode()
-    os.waitpid(pid, 0)
-    return float(data)
+    cmd = [sys.executable, __file__, "--memory-probe", f"{impl}:{k}", *sys.argv[1:]]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def memory_probe(args: argparse.Namespace) -> None:
+    impl, k = args.memory_probe.split(":")
+    device = torch.device(args.device)
+    step = make_step(build(args, impl, K30 if int(k) == 30 else K1, device), args, device)
+    before = rss_mb()
+    step()
+    step()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -160,9 +166,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--skip-loop", action="store_true", help="only the stacked implementation")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory-probe", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(args)
+        return {}
     device = torch.device(args.device)
     impls = ["stacked"] if args.skip_loop else ["stacked", "loop"]
     configs = {(impl, k): cfg for impl in impls for k, cfg in ((30, K30), (1, K1))}
@@ -180,16 +190,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     med = {key: statistics.median(v) for key, v in times.items()}
     result: dict[str, float] = {}
     print(f"device={device} encoder={args.encoder} psp={not args.no_psp} classes={args.classes} "
-          f"batch={args.batch}+{args.batch} size={args.size} threads={torch.get_num_threads()} repeats={args.repeats}")
+          f"batch={args.batch}+{args.batch} size={args.size} threads={torch.get_num_threads()} repeats={args.repeats}",
+          flush=True)
     for (impl, k), t in med.items():
         spread = f"[{min(times[(impl, k)]):.3f}..{max(times[(impl, k)]):.3f}]"
         line = f"{impl:8s} K={k:2d}: median {t:.3f} s/step {spread}"
         result[f"{impl}_k{k}_s"] = round(t, 4)
         if not args.no_memory:
-            mb = peak_step_memory_mb(steps[(impl, k)], device)
+            mb = peak_memory_mb(args, impl, k, device)
             result[f"{impl}_k{k}_peak_mb"] = round(mb, 1)
             line += f", peak step memory {mb:.0f} MB"
-        print(line)
+        print(line, flush=True)
     result["k30_over_k1"] = round(med[("stacked", 30)] / med[("stacked", 1)], 4)
     if not args.skip_loop:
         result["loop_k30_over_k1"] = round(med[("loop", 30)] / med[("loop", 1)], 4)
