@@ -23,8 +23,8 @@ import time
 import torch
 
 from fewlabels.methods.ac.losses import iic_segmentation_loss
-from fewlabels.methods.ac.method import sample_orderings
 from fewlabels.methods.ac.model import ACNet
+from fewlabels.methods.ac.views import sample_orderings
 
 
 def _sync(device: torch.device) -> None:
@@ -33,9 +33,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
@@ -69,7 +67,7 @@ def main() -> None:
 
     def two_view() -> None:
         with ctx():
-            probs = model(images, orderings=sample_orderings(2))["main"]
+            probs = model(images, orderings=sample_orderings())["main"]
         p1, p2 = probs.float().chunk(2)
         loss = iic_segmentation_loss(p1, p2, args.displacement, 1.0, args.collapsed)
         loss.backward()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT.parent / "shared" / "golden"
@@ -15,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 os.environ.setdefault("FEWLABELS_CACHE", str(ROOT / ".pytest_cache" / "fewlabels-data"))
 os.environ["HF_HUB_OFFLINE"] = "1"
+# One thread everywhere: the test process and the CLI subprocesses it compares against must reduce in the same
+# order to agree bit for bit (and two gloo processes on two cores must not oversubscribe them).
+torch.set_num_threads(1)
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 

@@ -20,21 +20,15 @@ from fewlabels.data.unsupervised import (
     cocostuff_label_table,
 )
 
-SHARED = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "data" / "cocostuff_fine_to_coarse.json"
-)
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "data" / "cocostuff_fine_to_coarse.json"
 
 
-def _coco(
-    root: Path, split: str = "train2017", ids: tuple[str, ...] = ("000000000009", "000000000025")
-) -> Path:
+def _coco(root: Path, split: str = "train2017", ids: tuple[str, ...] = ("000000000009", "000000000025")) -> Path:
     for sub in ("images", "annotations", "curated"):
         (root / sub / split).mkdir(parents=True, exist_ok=True)
     g = np.random.default_rng(0)
     for i in ids:
-        Image.fromarray(g.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(
-            root / "images" / split / f"{i}.jpg"
-        )
+        Image.fromarray(g.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.jpg")
         fine = np.full((60, 90), 255, dtype=np.uint8)
         fine[:20] = 156  # sky-other -> sky-stuff
         fine[20:40] = 123  # grass -> plant-stuff
@@ -54,9 +48,7 @@ def _potsdam(root: Path) -> Path:
     for name, ids in lists.items():
         (root / f"{name}.txt").write_text("\n".join(ids) + "\n")
         for i in ids:
-            scipy.io.savemat(
-                root / "imgs" / f"{i}.mat", {"img": g.integers(0, 255, (24, 24, 4), dtype=np.uint8)}
-            )
+            scipy.io.savemat(root / "imgs" / f"{i}.mat", {"img": g.integers(0, 255, (24, 24, 4), dtype=np.uint8)})
             if name != "unlabelled_train":
                 gt = np.tile(np.arange(6, dtype=np.int32).repeat(4), (24, 1))  # columns of classes 0..5
                 scipy.io.savemat(root / "gt" / f"{i}.mat", {"gt": gt})
@@ -89,9 +81,7 @@ def test_cocostuff_reader_rescales_crops_and_maps_labels(tmp_path):
     train = ds.sample(1, np.random.default_rng(0))
     assert train["image"].shape == (3, 16, 16)
     assert set(np.unique(train["mask"].numpy())) <= {0, 1, 2, 255}
-    bottom_right = CocoStuffDataset(root, "train2017", variant=15, input_size=30, scale=0.5)[0][
-        "mask"
-    ].numpy()
+    bottom_right = CocoStuffDataset(root, "train2017", variant=15, input_size=30, scale=0.5)[0]["mask"].numpy()
     assert set(np.unique(bottom_right)) == {9, 10, 11, 255}
 
 

@@ -30,6 +30,7 @@ from fewlabels.config import ConfigError, RunConfig, TrainConfig, write_yaml
 from fewlabels.engine.checkpoint import (
     CheckpointError,
     latest_valid_checkpoint,
+    list_checkpoints,
     save_checkpoint,
     save_weights,
 )
@@ -141,7 +142,13 @@ class Trainer:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
-        self.run_dir = self._prepare_run_dir(resume_dir)
+        self.resume_dir = resume_dir
+        self.run_dir = Path(resume_dir) if resume_dir is not None else Path(config.output_dir) / (config.name or "")
+        if resume_dir is None and config.name and any((self.run_dir / "checkpoints").glob("step_*.pt")):
+            raise ConfigError(
+                "name", f"run directory {self.run_dir} already holds a run; resume it with --resume {self.run_dir} "
+                "or choose another name"
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     def _prepare_run_dir(self, resume_dir: str | Path | None) -> Path:
@@ -203,6 +210,8 @@ class Trainer:
             model = convert_batchnorm(model, acc.device.type)
         sources = method.train_sources()
         self._check_batches(sources)
+        # The run directory is created only once the data and model are known to be usable.
+        self.run_dir = self._prepare_run_dir(self.resume_dir)
         steps = total_steps(cfg, sources)
         optimizer = build_optimizer(cfg, method.param_groups(model))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps))
@@ -210,6 +219,12 @@ class Trainer:
 
         start = 0
         found = latest_valid_checkpoint(self.run_dir / "checkpoints")
+        existing = list_checkpoints(self.run_dir / "checkpoints")
+        if found is None and existing:
+            raise CheckpointError(
+                f"none of the {len(existing)} checkpoints in {self.run_dir / 'checkpoints'} can be read (all corrupt "
+                "or incomplete); move them away to restart this run from scratch"
+            )
         if found is not None:
             path, state = found
             if state["method"] != self.config.method:

@@ -15,7 +15,8 @@ from fewlabels.data.base import FewDataset
 from fewlabels.data.unsupervised import UnsupervisedData
 from fewlabels.methods.ac.config import ACConfig
 from fewlabels.methods.ac.masked_conv import MaskedConv2d
-from fewlabels.methods.ac.method import ACMethod, ACModel, hungarian_from_votes, sample_orderings
+from fewlabels.methods.ac.method import ACMethod, ACModel, hungarian_from_votes
+from fewlabels.methods.ac.views import TwoViewDataset, sample_orderings, step_generator
 from fewlabels.metrics import matched_accuracy
 
 
@@ -59,7 +60,8 @@ def _method(**sections: Any) -> ACMethod:
     return method
 
 
-def _batch(ds: FewDataset, n: int = 4) -> dict[str, Any]:
+def _batch(method: ACMethod, n: int = 4) -> dict[str, Any]:
+    ds = method.train_sources()["images"].dataset
     return {"images": default_collate([ds.sample(i, np.random.default_rng(i)) for i in range(n)])}
 
 
@@ -79,7 +81,7 @@ def test_training_step_gives_a_finite_loss_in_range_and_gradients(sections):
     method = _method(**sections)
     model = method.build_model()
     for step in range(2):  # step 1 trains the over-clustering head when there is one
-        out = method.training_step(model, _batch(method.data.train), step, 10)
+        out = method.training_step(model, _batch(method), step, 10)
         assert torch.isfinite(out.loss)
         k = 5 if step == 1 and model.k_over else 2
         lamb = method.config.loss.lamb
@@ -102,17 +104,33 @@ def test_two_views_come_from_one_forward_with_the_stem_run_once(monkeypatch):
     calls: list[int] = []
     model.unmasked.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     model.ordered.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
-    method.training_step(model, _batch(method.data.train, 3), 0, 10)
+    method.training_step(model, _batch(method, 3), 0, 10)
     assert calls == [3, 6]  # stem on B images, ordered part on both views stacked (2B)
 
 
-def test_sampled_orderings_differ_and_follow_the_torch_seed():
-    torch.manual_seed(5)
-    first = [sample_orderings() for _ in range(20)]
-    torch.manual_seed(5)
-    assert [sample_orderings() for _ in range(20)] == first
-    assert all(a != b for a, b in first)
-    assert len(set(first)) > 5
+def test_orderings_depend_only_on_seed_and_step():
+    pairs = [sample_orderings(step_generator(0, step)) for step in range(30)]
+    assert pairs == [sample_orderings(step_generator(0, step)) for step in range(30)]  # any process, any resume
+    assert all(a != b for a, b in pairs)
+    assert len(set(pairs)) > 10
+    assert pairs != [sample_orderings(step_generator(1, step)) for step in range(30)]
+
+
+def test_augmented_views_are_a_function_of_the_sample_generator():
+    base = TwoRegions()
+    views = TwoViewDataset(base, jitter=0.0, flip=True)
+    flips = []
+    for i in range(8):
+        a, b = views.sample(i, np.random.default_rng(i)), views.sample(i, np.random.default_rng(i))
+        torch.testing.assert_close(a["image2"], b["image2"])
+        expected = base[i]["image"].flip(-1) if bool(a["flipped"]) else base[i]["image"]
+        torch.testing.assert_close(a["image2"], expected)
+        flips.append(bool(a["flipped"]))
+    assert any(flips) and not all(flips)
+    jittered = TwoViewDataset(base, jitter=0.3, flip=False).sample(0, np.random.default_rng(0))
+    assert not torch.equal(jittered["image"], jittered["image2"])
+    assert 0.0 <= float(jittered["image"].min()) and float(jittered["image"].max()) <= 1.0
+    assert "image2" not in views[0]  # evaluation: the plain sample
 
 
 def test_hungarian_evaluation_of_a_permuted_perfect_clustering_is_100_percent(monkeypatch):

@@ -24,8 +24,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-# IIC clamps with Python's float epsilon (2.2e-16) whatever the tensor dtype; values that small are multiplied
-# by themselves in the loss, so the clamp only keeps log() finite and does not change the value.
+# IIC clamps with Python's float epsilon (2.2e-16) whatever the tensor dtype; a clamped entry enters the loss
+# multiplied by its own tiny probability, so the clamp keeps log() finite without changing the value.
 EPS = sys.float_info.epsilon
 
 __all__ = [
@@ -34,14 +34,17 @@ __all__ = [
     "iic_loss",
     "iic_segmentation_loss",
     "information_loss",
+    "normalise_joint",
+    "segmentation_counts",
     "information_terms",
     "segmentation_joint",
 ]
 
 
-def _symmetrise_and_normalise(joint: torch.Tensor) -> torch.Tensor:
-    """``[..., k, k]`` non-negative counts -> symmetric joint(s) summing to 1 over the last two dims."""
-    joint = (joint + joint.transpose(-1, -2)) / 2
+def normalise_joint(counts: torch.Tensor) -> torch.Tensor:
+    """``[..., k, k]`` non-negative pair counts -> symmetric joint(s) ``sym(C) / Z`` summing to 1 over the last two
+    dims. Separate from the counting so that counts can be summed over processes first (a distributed batch)."""
+    joint = (counts + counts.transpose(-1, -2)) / 2
     return joint / joint.sum(dim=(-1, -2), keepdim=True)
 
 
@@ -58,7 +61,7 @@ def iic_joint(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"iic_joint expects two [N, k] tensors of equal shape, got {tuple(p1.shape)}, {tuple(p2.shape)}"
         )
-    return _symmetrise_and_normalise(p1.transpose(0, 1) @ p2)
+    return normalise_joint(p1.transpose(0, 1) @ p2)
 
 
 def _box_sum(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -106,6 +109,35 @@ def _shifted_joints(p1: torch.Tensor, p2: torch.Tensor, t: int) -> torch.Tensor:
     return joints.clamp(min=0)
 
 
+def segmentation_counts(
+    p1: torch.Tensor,
+    p2: torch.Tensor,
+    displacement: int = 10,
+    collapsed: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Unnormalised :func:`segmentation_joint`: the pair counts ``sum_t J_t`` (``[k, k]``) or every ``J_t``
+    (``[(2T+1)^2, k, k]``), before symmetrising and normalising (arguments as there)."""
+    if p1.shape != p2.shape or p1.dim() != 4:
+        raise ValueError(
+            f"segmentation_joint expects two [B, k, H, W] tensors of equal shape, got {tuple(p1.shape)} and "
+            f"{tuple(p2.shape)}"
+        )
+    if displacement < 0:
+        raise ValueError(f"displacement must be >= 0, got {displacement}")
+    if p1.dtype in (torch.float16, torch.bfloat16):  # sums over every pixel pair need float32 at least
+        p1, p2 = p1.float(), p2.float()
+    if mask is not None:
+        m = mask.reshape(p1.shape[0], 1, *p1.shape[2:]).to(p1.dtype)
+        p1, p2 = p1 * m, p2 * m
+    t = int(displacement)
+    k = p1.shape[1]
+    if collapsed or t == 0:
+        window = _box_sum(p2, t) if t else p2
+        return torch.einsum("bihw,bjhw->ij", p1, window)
+    return _shifted_joints(p1, p2, t).reshape(-1, k, k)
+
+
 def segmentation_joint(
     p1: torch.Tensor,
     p2: torch.Tensor,
@@ -133,25 +165,7 @@ def segmentation_joint(
     Returns:
         ``[k, k]`` if collapsed else ``[(2T+1)^2, k, k]`` (row-major over ``(t_y, t_x)``).
     """
-    if p1.shape != p2.shape or p1.dim() != 4:
-        raise ValueError(
-            f"segmentation_joint expects two [B, k, H, W] tensors of equal shape, got {tuple(p1.shape)} and "
-            f"{tuple(p2.shape)}"
-        )
-    if displacement < 0:
-        raise ValueError(f"displacement must be >= 0, got {displacement}")
-    if p1.dtype in (torch.float16, torch.bfloat16):  # sums over every pixel pair need float32 at least
-        p1, p2 = p1.float(), p2.float()
-    if mask is not None:
-        m = mask.reshape(p1.shape[0], 1, *p1.shape[2:]).to(p1.dtype)
-        p1, p2 = p1 * m, p2 * m
-    t = int(displacement)
-    k = p1.shape[1]
-    if collapsed or t == 0:
-        window = _box_sum(p2, t) if t else p2
-        joint = torch.einsum("bihw,bjhw->ij", p1, window)
-        return _symmetrise_and_normalise(joint)
-    return _symmetrise_and_normalise(_shifted_joints(p1, p2, t).reshape(-1, k, k))
+    return normalise_joint(segmentation_counts(p1, p2, displacement, collapsed, mask))
 
 
 def information_loss(joint: torch.Tensor, lamb: float = 1.0) -> torch.Tensor:

@@ -1,12 +1,14 @@
 """AC as a :class:`~fewlabels.methods.base.Method`, and the IIC baseline as its ``mask_from=none`` variant.
 
-One training step (``mask_from != none``): draw two different orderings (torch's global RNG, which the engine
-seeds and checkpoints), compute both views' per-pixel cluster distributions in one batched forward (the
-unmasked stem of F2 runs once for both views), and minimise ``iic_segmentation_loss`` between them. With
-``mask_from=none`` (F4, the IIC baseline) the two views are photometric jitter and a random horizontal flip of
-the same images (the flip is undone on the second view's output so that pixels stay aligned); same network,
-same loss, same budget. We register the baseline as this method with ``model.mask_from=none`` rather than as a
-second name, so that both share every line of data, evaluation and prediction code.
+One training step (``mask_from != none``): two different orderings (drawn from a torch generator seeded by
+``(seed, step)``: identical on every process and after a resume), both views' per-pixel cluster distributions in
+one batched forward (the unmasked stem of F2 runs once for both views), and ``iic_segmentation_loss`` between
+them, with the pair counts summed over processes so that N processes compute the loss of the global batch. With
+``mask_from=none`` (F4, the IIC baseline) the two views are photometric jitter and a random horizontal flip of the
+same images, drawn per image from the sample generator (``views.TwoViewDataset``); the flip is undone on the
+second view's output so that pixels stay aligned. Same network, loss and budget. We register the baseline as this
+method with ``model.mask_from=none`` rather than as a second name, so that both share every line of data,
+evaluation and prediction code.
 
 Over-clustering (IIC): with ``model.k_over > 0`` the over-clustering head is trained on odd steps and the main
 head on even steps (IIC alternates per epoch; per step keeps both heads moving at any run length).
@@ -16,7 +18,7 @@ over the evaluation images is matched one-to-one (Hungarian), then pixel accurac
 labelled pixels. The matching is stored in the model (buffer ``cluster_to_class``) so that ``predict`` colours
 clusters by class.
 
-Our choices where the paper is silent (documented in docs): the V/H channel-type masking (``masked_conv``),
+Our choices where the paper is silent: the V/H channel-type masking (``masked_conv``),
 the network (``model``), the per-step head alternation, and inference by the mean over the 8 orderings
 (``model.inference=ensemble``): masked taps are held at exactly zero during training, so the unmasked network
 (``plain``) equals the ``tl_row`` view and would only see the pixels before each pixel; the ensemble sees the
@@ -37,14 +39,14 @@ from torch import nn
 
 from fewlabels.data.base import DataError
 from fewlabels.methods.ac.config import ACConfig
-from fewlabels.methods.ac.losses import information_loss, information_terms, segmentation_joint
+from fewlabels.methods.ac.losses import information_loss, information_terms, normalise_joint, segmentation_counts
 from fewlabels.methods.ac.masked_conv import zero_masked_weights
 from fewlabels.methods.ac.model import ACNet
-from fewlabels.methods.ac.orderings import ORDERINGS
+from fewlabels.methods.ac.views import TwoViewDataset, global_sum, sample_orderings, step_generator
 from fewlabels.methods.base import Method, Source, StepOutput
 from fewlabels.registry import register_method
 
-__all__ = ["ACMethod", "ACModel", "hungarian_from_votes", "photometric_jitter", "sample_orderings"]
+__all__ = ["ACMethod", "ACModel", "hungarian_from_votes"]
 
 
 class ACModel(ACNet):
@@ -55,35 +57,6 @@ class ACModel(ACNet):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("cluster_to_class", torch.full((self.k,), -1, dtype=torch.long))
-
-
-def sample_orderings(count: int = 2) -> tuple[str, ...]:
-    """``count`` different orderings drawn uniformly from torch's global RNG (seeded/checkpointed by the
-    engine)."""
-    return tuple(ORDERINGS[int(i)] for i in torch.randperm(len(ORDERINGS))[:count])
-
-
-def photometric_jitter(images: torch.Tensor, strength: float) -> torch.Tensor:
-    """Per-image random brightness, contrast and saturation, any channel count (Potsdam has RGB+IR).
-
-    ``x' = clip(mean_c + s (m + c (x - m) + b - mean_c), 0, 1)`` with ``b ~ U(-a, a)``, ``c, s ~ U(1-a,
-    1+a)``, ``m`` the image mean, ``mean_c`` the channel mean per pixel and ``a = strength``. ``[B, C, H, W]``
-    in [0, 1]. Randomness from torch's global RNG on the images' device.
-    """
-    b = images.shape[0]
-
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(b, 1, 1, 1, device=images.device, dtype=images.dtype) * (hi - lo) + lo
-
-    brightness, contrast, saturation = (
-        uniform(-strength, strength),
-        uniform(1 - strength, 1 + strength),
-        uniform(1 - strength, 1 + strength),
-    )
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    out = mean + contrast * (images - mean) + brightness
-    grey = out.mean(dim=1, keepdim=True)
-    return (grey + saturation * (out - grey)).clamp(0, 1)
 
 
 def hungarian_from_votes(votes: torch.Tensor) -> torch.Tensor:
@@ -155,37 +128,26 @@ class ACMethod(Method):
         )
 
     def train_sources(self) -> dict[str, Source]:
-        return {"images": Source(self.data.train, self.config.train.batch_size)}
+        views = self.config.views
+        train = self.data.train
+        if views.jitter > 0 or views.flip:
+            train = TwoViewDataset(train, views.jitter, views.flip)
+        return {"images": Source(train, self.config.train.batch_size)}
 
     # --- training -------------------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, batch: dict, step: int, total_steps: int) -> StepOutput:
         cfg = self.config
         data = batch["images"]
-        images = data["image"]
-        views = cfg.views
-        stacked = views.jitter > 0 or views.flip
-        flip = None
-        if stacked:
-            second = images
-            if views.flip:
-                flip = torch.rand(images.shape[0], device=images.device) < 0.5
-                second = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-            first = images
-            if views.jitter > 0:
-                first, second = (
-                    photometric_jitter(images, views.jitter),
-                    photometric_jitter(second, views.jitter),
-                )
-            inputs = torch.cat([first, second])
-        else:
-            inputs = images
-        orderings = sample_orderings(2) if cfg.model.mask_from != "none" else None
+        stacked = "image2" in data  # augmented views (TwoViewDataset), else the same images under two orderings
+        inputs = torch.cat([data["image"], data["image2"]]) if stacked else data["image"]
+        orderings = sample_orderings(step_generator(cfg.seed, step)) if cfg.model.mask_from != "none" else None
         out = model(inputs, orderings=orderings, stacked_views=stacked)
+        flipped = data["flipped"].view(-1, 1, 1, 1) if "flipped" in data else None
 
         def aligned_views(head: str) -> tuple[torch.Tensor, torch.Tensor]:
             first_view, second_view = out[head].float().chunk(2)
-            if flip is not None:  # undo the flip so that pixel u of both views shows the same image point
-                second_view = torch.where(flip.view(-1, 1, 1, 1), second_view.flip(-1), second_view)
+            if flipped is not None:  # undo the flip so that pixel u of both views shows the same image point
+                second_view = torch.where(flipped, second_view.flip(-1), second_view)
             return first_view, second_view
 
         heads = ["main"] + (["over"] if "over" in out else [])
@@ -194,8 +156,8 @@ class ACMethod(Method):
         valid = None
         if cfg.loss.ignore_unlabelled and "mask" in data:
             valid = data["mask"] != self.data.ignore_index
-        joint = segmentation_joint(p1, p2, cfg.loss.displacement, cfg.loss.collapsed, valid)
-        loss = information_loss(joint, cfg.loss.lamb)
+        counts = global_sum(segmentation_counts(p1, p2, cfg.loss.displacement, cfg.loss.collapsed, valid))
+        loss = information_loss(normalise_joint(counts), cfg.loss.lamb)
         for other in heads:
             if other != active:
                 # keeps the idle head in the graph with a zero gradient, so DDP sees every parameter used
@@ -204,8 +166,8 @@ class ACMethod(Method):
         # the collapsed joint, a cheap O(B k H W) sum, so the numbers mean the same with either loss form.
         with torch.no_grad():
             m1, m2 = (p1, p2) if active == "main" else aligned_views("main")
-            logged = segmentation_joint(m1.detach(), m2.detach(), cfg.loss.displacement, True, valid)
-        return StepOutput(loss, dict(information_terms(logged)))
+            logged = global_sum(segmentation_counts(m1, m2, cfg.loss.displacement, True, valid))
+        return StepOutput(loss, dict(information_terms(normalise_joint(logged))))
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         # Masked taps get no gradient, but weight decay on restored/perturbed weights must not revive them.

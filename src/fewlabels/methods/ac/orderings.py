@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ORDERINGS", "from_canonical", "is_before", "is_transposed", "ordering_index", "to_canonical"]
+__all__ = ["ORDERINGS", "from_canonical", "is_before", "ordering_index", "to_canonical"]
 
 #: ordering name -> (flip rows, flip columns, transpose); names are ``<start corner>_<row|col>``-major.
 _TRANSFORMS: dict[str, tuple[bool, bool, bool]] = {
@@ -35,12 +35,6 @@ def ordering_index(name: str) -> int:
     if name not in _TRANSFORMS:
         raise ValueError(f"unknown ordering {name!r}; valid orderings: {', '.join(ORDERINGS)}")
     return ORDERINGS.index(name)
-
-
-def is_transposed(name: str) -> bool:
-    """Whether ``name`` is column-major (its canonical view swaps height and width)."""
-    ordering_index(name)
-    return _TRANSFORMS[name][2]
 
 
 def to_canonical(x: torch.Tensor, name: str) -> torch.Tensor:
