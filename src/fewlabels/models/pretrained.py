@@ -53,7 +53,7 @@ WEIGHT_HINTS: dict[str, str] = {
 }
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(ValueError):
     """The file's tensors do not fit the module (missing/unexpected keys or a shape mismatch)."""
 
 

@@ -1,0 +1,146 @@
+"""Bad-input catalogue: every row runs the real CLI in a subprocess and must fail with a non-zero status, one clear
+message naming the problem (file, key or value) and no traceback. Rows are added as methods land."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from conftest import subprocess_env
+
+TESTS = Path(__file__).resolve().parent
+ENTRY = str(TESTS / "toy_method.py")  # the CLI, with the test-only "toy" method registered
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Broken datasets, configs and run directories, built once."""
+    t = tmp_path_factory.mktemp("bad")
+    rgb = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    # a folder whose image does not decode
+    _png(t / "corrupt/masks/a.png", mask)
+    (t / "corrupt/images").mkdir(parents=True)
+    (t / "corrupt/images/a.png").write_bytes(b"not a png at all")
+    (t / "corrupt/classes.txt").write_text("a\nb\n")
+    # a mask with class 9 in a 3-class dataset
+    _png(t / "badclass/images/a.png", rgb)
+    _png(t / "badclass/masks/a.png", np.full((16, 16), 9, np.uint8))
+    (t / "badclass/classes.txt").write_text("a\nb\nc\n")
+    # image and mask of different sizes
+    _png(t / "mismatch/images/a.png", rgb)
+    _png(t / "mismatch/masks/a.png", np.zeros((8, 8), np.uint8))
+    (t / "mismatch/classes.txt").write_text("a\nb\n")
+    # a folder without images
+    (t / "noimages/images").mkdir(parents=True)
+    (t / "emptydir").mkdir()
+    # a toy run directory whose only checkpoint is corrupt
+    run = t / "runs/toyrun"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": "toy", "name": "toyrun", "output_dir": str(t / "runs")}))
+    (run / "checkpoints/step_00000002.pt").write_bytes(b"garbage")
+    (run / "checkpoints/step_00000002.sha256").write_text("0" * 64)
+    # config files
+    (t / "sup.yaml").write_text(yaml.safe_dump({"method": "supervised", "output_dir": str(t / "runs")}))
+    (t / "toy.yaml").write_text(yaml.safe_dump({"method": "toy", "output_dir": str(t / "runs")}))
+    (t / "list.yaml").write_text("- just\n- a list\n")
+    torch.save({"x": torch.zeros(1)}, t / "weights.pth")
+    return t
+
+
+SEG = ["train", "{t}/sup.yaml"]
+FOLDER = [*SEG, "data.dataset=folder"]
+
+#: (id, CLI arguments with {t} for the fixture folder, fragments the error line must contain)
+CASES = [
+    ("missing dataset root", [*FOLDER, "data.root={t}/nope"], ["not found", "{t}/nope"]),
+    ("empty dataset root", [*FOLDER, "data.root={t}/emptydir"], ["images", "not found"]),
+    ("wrong layout for voc", [*SEG, "data.dataset=voc", "data.root={t}/emptydir"], ["JPEGImages"]),
+    ("image that fails to decode", [*FOLDER, "data.root={t}/corrupt", "train.batch_size=1", "train.steps=1"],
+     ["{t}/corrupt/images/a.png"]),
+    ("mask class outside range", [*FOLDER, "data.root={t}/badclass", "train.batch_size=1", "train.steps=1"],
+     ["a.png", "9"]),
+    ("image/mask size mismatch", [*FOLDER, "data.root={t}/mismatch", "train.batch_size=1", "train.steps=1"],
+     ["16x16", "8x8"]),
+    ("folder without images", [*FOLDER, "data.root={t}/noimages"], ["no"]),
+    ("labeled fraction zero", [*SEG, "data.labeled=0"], ["data.labeled", "> 0"]),
+    ("labeled count not whole", [*SEG, "data.labeled=1.5"], ["data.labeled", "whole number"]),
+    ("labeled count above the dataset", [*SEG, "data.labeled=5000", "data.scenes_train=32"], ["5000", "32"]),
+    ("unknown config key", [*SEG, "train.lrr=0.1"], ["train.lrr", "did you mean 'lr'"]),
+    ("wrong type", [*SEG, "train.steps=ten"], ["train.steps", "integer"]),
+    ("bad enum", [*SEG, "train.optimizer=sgdd"], ["train.optimizer", "sgd"]),
+    ("unknown method", ["train", "{t}/sup.yaml", "method=supervized"], ["method", "did you mean 'supervised'"]),
+    ("unknown backbone", [*SEG, "model.encoder=resnet5"], ["model.encoder", "resnet50"]),
+    ("zero batch size", [*SEG, "train.batch_size=0"], ["train.batch_size", ">= 1"]),
+    ("negative batch size", [*SEG, "train.batch_size=-4"], ["train.batch_size", ">= 1"]),
+    ("negative learning rate", [*SEG, "train.lr=-0.1"], ["train.lr", "> 0"]),
+    ("batch not divisible by accumulation", [*SEG, "train.batch_size=8", "train.grad_accum=3"],
+     ["train.batch_size", "divisible"]),
+    ("batch larger than the labeled set", [*SEG, "data.labeled=4", "train.batch_size=8"],
+     ["train.batch_size", "fewer than one batch"]),
+    ("missing pretrained weight file", [*SEG, "model.pretrained={t}/resnet.pth"], ["{t}/resnet.pth"]),
+    ("pretrained file that does not fit", [*SEG, "model.encoder=resnet18", "model.pretrained={t}/weights.pth"],
+     ["weights.pth"]),
+    ("config file not found", ["train", "{t}/nope.yaml"], ["{t}/nope.yaml"]),
+    ("config that is not a mapping", ["train", "{t}/list.yaml"], ["mapping"]),
+    ("two config files", ["train", "{t}/sup.yaml", "{t}/toy.yaml"], ["only one config file"]),
+    ("no config and no resume", ["train"], ["config"]),
+    ("eval of a folder that is not a run", ["eval", "{t}/emptydir"], ["not a run directory"]),
+    ("eval of a missing folder", ["eval", "{t}/nothing"], ["not a run directory"]),
+    ("resume from a run of another method", ["train", "{t}/sup.yaml", "--resume", "{t}/runs/toyrun"],
+     ["'toy' run", "'supervised'"]),
+    ("resume changing the trajectory", ["train", "--resume", "{t}/runs/toyrun", "train.lr=1"],
+     ["train.lr", "cannot be changed when resuming"]),
+    ("corrupt checkpoint", ["train", "--resume", "{t}/runs/toyrun"], ["checkpoints", "corrupt"]),
+    ("predict with a run without weights", ["predict", "{t}/runs/toyrun", "{t}/corrupt", "--out", "{t}/o"],
+     ["no weights"]),
+    ("predict --out inside the input", ["predict", "{t}/runs/toyrun", "{t}/noimages", "--out", "{t}/noimages/o"],
+     ["inside the input folder"]),
+    ("predict on a missing input", ["predict", "{t}/runs/toyrun", "{t}/absent", "--out", "{t}/o"],
+     ["input not found"]),
+    ("data check of an unknown kind", ["data", "check", "vco", "{t}"], ["did you mean 'voc'"]),
+    ("methods of an unknown method", ["methods", "cctt"], ["unknown method"]),
+]
+
+
+def _run(world: Path, args: list[str]) -> subprocess.CompletedProcess:
+    argv = [a.replace("{t}", str(world)) for a in args]
+    return subprocess.run([sys.executable, ENTRY, *argv], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=300, cwd=world)
+
+
+@pytest.fixture(scope="module")
+def outcomes(world) -> dict[str, subprocess.CompletedProcess]:
+    """Every case's subprocess, run three at a time (each is mostly interpreter start-up)."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(_run, world, args) for name, args, _ in CASES}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_with_one_clear_message(world, outcomes, case):
+    name, _, fragments = case
+    res = outcomes[name]
+    assert res.returncode != 0, res.stdout[-1000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment.replace("{t}", str(world)).lower() in errors[0].lower(), errors[0]
+
+
+def test_the_catalogue_is_long_enough():
+    assert len(CASES) >= 30
