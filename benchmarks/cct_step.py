@@ -3,28 +3,28 @@ straightforward one-decoder-at-a-time loop (K separate UpsampleDecoder modules, 
 
 Usage::
 
-    python benchmarks/cct_step.py                       # resnet18 OS8 + PSP, 21 classes, batch 2+2 at 128x128, CPU
+    python benchmarks/cct_step.py            # resnet18 OS8 + PSP, 21 classes, batch 2+2 at 128x128, CPU
     python benchmarks/cct_step.py --encoder resnet50 --deep-stem   # the reference model (slow on CPU)
     python benchmarks/cct_step.py --device cuda --batch 8 --size 320
 
-A step is: forward (labeled + unlabeled), CE + w_u * L_u, backward, SGD update. The four configurations are run
-interleaved (machines are noisy), ``--repeats`` times each after a warm-up, and the median is reported. Peak memory:
-``torch.cuda.max_memory_allocated`` on a GPU; on the CPU, where torch's allocations are invisible to tracemalloc,
-the growth of the resident set over one step, measured in a forked child process per configuration.
-The last stdout line is a JSON object with ``k30_over_k1`` and ``loop_k30_over_k1`` among others.
+A step is: forward (labeled + unlabeled), CE + w_u * L_u, backward, SGD update. The four configurations are
+run interleaved (machines are noisy), ``--repeats`` times each after a warm-up; medians of the wall time and
+of the process CPU time (less sensitive to other jobs on a shared machine) are reported. Memory: on a GPU
+the peak ``torch.cuda.max_memory_allocated`` of a step; on the CPU (where torch's allocations are invisible
+to tracemalloc) the size of the tensors autograd saves for the backward pass (unique storages, parameters
+excluded), which is what grows with K. The last stdout line is a JSON object with ``k30_over_k1`` and
+``loop_k30_over_k1`` among others.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -44,15 +44,19 @@ from fewlabels.methods.cct.perturbations import (
 )
 from fewlabels.models import SegmentationNet, UpsampleDecoder, build_segmentation_model
 
-K1 = PerturbationsConfig(vat=0, dropout=1, cutout=0, context_mask=0, object_mask=0, feature_drop=0, feature_noise=0)
+K1 = PerturbationsConfig(
+    vat=0, dropout=1, cutout=0, context_mask=0, object_mask=0, feature_drop=0, feature_noise=0
+)
 K30 = PerturbationsConfig()  # 2 + 6 + 6 + 2 + 2 + 6 + 6
 
 
 class LoopCCT(nn.Module):
-    """The reference's structure: a list of K decoder modules, each perturbing ``z`` and decoding on its own, and
-    K separate loss calls. Same perturbation functions (``n = 1``) and same losses as :class:`CCTModel`."""
+    """The reference's structure: a list of K decoder modules, each perturbing ``z`` and decoding alone,
+    and K separate loss calls. Same perturbation functions (``n = 1``) and losses as :class:`CCTModel`."""
 
-    def __init__(self, net: SegmentationNet, cfg: PerturbationsConfig, background: tuple[int, ...] = (0,)) -> None:
+    def __init__(
+        self, net: SegmentationNet, cfg: PerturbationsConfig, background: tuple[int, ...] = (0,)
+    ) -> None:
         super().__init__()
         self.net, self.cfg, self.background = net, cfg, background
         self.kinds = [name for name, count in cfg.counts.items() for _ in range(count)]
@@ -82,7 +86,10 @@ class LoopCCT(nn.Module):
         with torch.no_grad():
             target = F.softmax(self.net.decode(z), dim=1)
         fg = foreground_mask(target, tuple(z.shape[-2:]), self.background)
-        losses = [softmax_mse_loss(dec(self._perturb(kind, dec, z, fg)), target) for kind, dec in zip(self.kinds, self.aux)]
+        losses = [
+            softmax_mse_loss(dec(self._perturb(kind, dec, z, fg)), target)
+            for kind, dec in zip(self.kinds, self.aux)
+        ]
         return {"logits_l": logits_l, "loss_u": sum(losses) / len(losses)}
 
 
@@ -95,19 +102,33 @@ def build(args: argparse.Namespace, impl: str, cfg: PerturbationsConfig, device:
     return model.to(device).train()
 
 
-def make_step(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
+def make_step(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[bool], float]:
+    """A closure running one training step; with ``measure=True`` it returns the MB of tensors that autograd
+    saves for the backward pass (unique storages), else 0."""
     g = torch.Generator().manual_seed(1)
     x_l = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
     x_u = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
     y = torch.randint(0, args.classes, (args.batch, args.size, args.size), generator=g).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def step() -> None:
-        out = model(x_l, x_u)
-        loss = F.cross_entropy(out["logits_l"], y, ignore_index=255) + 30.0 * out["loss_u"]
+    def step(measure: bool = False) -> float:
+        storages: dict[int, int] = {}
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+        def pack(t: Tensor) -> Tensor:
+            st = t.untyped_storage()
+            if st.data_ptr() not in params:  # parameters exist anyway; count activations only
+                storages[st.data_ptr()] = st.nbytes()
+            return t
+
+        ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t) if measure else nullcontext()
+        with ctx:
+            out = model(x_l, x_u)
+            loss = F.cross_entropy(out["logits_l"], y, ignore_index=255) + 30.0 * out["loss_u"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return sum(storages.values()) / 2**20
 
     return step
 
@@ -117,40 +138,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_memory_mb(args: argparse.Namespace, impl: str, k: int, device: torch.device) -> float:
-    """Peak memory of training steps beyond the model and its inputs.
-
-    GPU: ``max_memory_allocated`` over one step. CPU: torch's allocations are invisible to tracemalloc, so a fresh
-    interpreter (forking after OpenMP has started can deadlock) builds the model, runs two steps and reports the
-    growth of its peak resident set over the resident set after building.
-    """
-    if device.type == "cuda":
-        step = make_step(build(args, impl, K30 if k == 30 else K1, device), args, device)
-        step()
-        sync(device)
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        sync(device)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    cmd = [sys.executable, __file__, "--memory-probe", f"{impl}:{k}", *sys.argv[1:]]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return float(out.strip().splitlines()[-1])
-
-
-def memory_probe(args: argparse.Namespace) -> None:
-    impl, k = args.memory_probe.split(":")
-    device = torch.device(args.device)
-    step = make_step(build(args, impl, K30 if int(k) == 30 else K1, device), args, device)
-    before = rss_mb()
-    step()
-    step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)
+def cuda_peak_mb(step: Callable[[bool], float]) -> float:
+    """Peak GPU memory of one step beyond what is allocated before it."""
+    step(False)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step(False)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -166,44 +162,56 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--skip-loop", action="store_true", help="only the stacked implementation")
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--memory-probe", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.memory_probe:
-        memory_probe(args)
-        return {}
     device = torch.device(args.device)
     impls = ["stacked"] if args.skip_loop else ["stacked", "loop"]
     configs = {(impl, k): cfg for impl in impls for k, cfg in ((30, K30), (1, K1))}
     steps = {key: make_step(build(args, key[0], cfg, device), args, device) for key, cfg in configs.items()}
-    times: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
+    wall: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
+    cpu: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
     for step in steps.values():  # warm-up (allocator, thread pools, autograd graph caches)
-        step()
+        step(False)
     sync(device)
     for _ in range(args.repeats):
         for key, step in steps.items():  # interleaved, so that machine noise hits every configuration alike
-            t0 = time.perf_counter()
-            step()
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(False)
             sync(device)
-            times[key].append(time.perf_counter() - t0)
-    med = {key: statistics.median(v) for key, v in times.items()}
+            wall[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
+    med = {key: statistics.median(v) for key, v in wall.items()}
+    med_cpu = {key: statistics.median(v) for key, v in cpu.items()}
     result: dict[str, float] = {}
-    print(f"device={device} encoder={args.encoder} psp={not args.no_psp} classes={args.classes} "
-          f"batch={args.batch}+{args.batch} size={args.size} threads={torch.get_num_threads()} repeats={args.repeats}",
-          flush=True)
+    print(
+        f"device={device} encoder={args.encoder} psp={not args.no_psp} classes={args.classes} "
+        f"batch={args.batch}+{args.batch} size={args.size} threads={torch.get_num_threads()} "
+        f"repeats={args.repeats}",
+        flush=True,
+    )
     for (impl, k), t in med.items():
-        spread = f"[{min(times[(impl, k)]):.3f}..{max(times[(impl, k)]):.3f}]"
-        line = f"{impl:8s} K={k:2d}: median {t:.3f} s/step {spread}"
+        spread = f"[{min(wall[(impl, k)]):.3f}..{max(wall[(impl, k)]):.3f}]"
+        line = (
+            f"{impl:8s} K={k:2d}: wall median {t:.3f} s/step {spread}, process CPU {med_cpu[(impl, k)]:.3f} s"
+        )
         result[f"{impl}_k{k}_s"] = round(t, 4)
+        result[f"{impl}_k{k}_cpu_s"] = round(med_cpu[(impl, k)], 4)
         if not args.no_memory:
-            mb = peak_memory_mb(args, impl, k, device)
-            result[f"{impl}_k{k}_peak_mb"] = round(mb, 1)
-            line += f", peak step memory {mb:.0f} MB"
+            if device.type == "cuda":
+                mb = cuda_peak_mb(steps[(impl, k)])
+                line += f", peak step memory {mb:.0f} MB"
+                result[f"{impl}_k{k}_peak_mb"] = round(mb, 1)
+            else:
+                mb = steps[(impl, k)](True)
+                line += f", saved for backward {mb:.0f} MB"
+                result[f"{impl}_k{k}_saved_mb"] = round(mb, 1)
         print(line, flush=True)
     result["k30_over_k1"] = round(med[("stacked", 30)] / med[("stacked", 1)], 4)
+    result["k30_over_k1_cpu"] = round(med_cpu[("stacked", 30)] / med_cpu[("stacked", 1)], 4)
     if not args.skip_loop:
         result["loop_k30_over_k1"] = round(med[("loop", 30)] / med[("loop", 1)], 4)
+        result["loop_k30_over_k1_cpu"] = round(med_cpu[("loop", 30)] / med_cpu[("loop", 1)], 4)
         result["loop_k30_over_stacked_k30"] = round(med[("loop", 30)] / med[("stacked", 30)], 4)
     sys.stdout.flush()
     print(json.dumps(result))

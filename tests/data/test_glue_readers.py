@@ -49,9 +49,7 @@ def make_glue(root):
         head,
         ["0", "main-captions", "MSRvid", "2012test", "0001", "none", "none", "A plane.", "A jet.", "5.000"],
     ]
-    stsb.append(
-        ["1", "main-captions", "MSRvid", "2012test", "0004", "none", "none", "A man.", "A cat.", "0.5"]
-    )
+    stsb.append(["1", "main-captions", "MSRvid", "2012test", "0004", "none", "none", "A man.", "A cat.", "0.5"])
     write(root / "STS-B" / "train.tsv", stsb)
     write(root / "STS-B" / "dev.tsv", stsb)
     qqp = [
@@ -150,9 +148,7 @@ def test_every_glue_task_reads_its_own_layout(glue_root):
     train = read_glue(glue_root, "mnli")
     assert [(e.text, e.label) for e in train] == [("Cream skimming.", 1), ("you know", 0)]
     assert read_glue(glue_root, "mnli", "dev") == [TextExample("The new rights.", "Everyone.", 2)]
-    assert read_glue(glue_root, "mnli-mm", "dev") == [
-        TextExample("Your gift.", "Hi.", 1)
-    ]  # gold_label, last column
+    assert read_glue(glue_root, "mnli-mm", "dev") == [TextExample("Your gift.", "Hi.", 1)]  # gold_label, last column
     assert [e.label for e in read_glue(glue_root, "qnli")] == [0, 1]
     assert read_glue(glue_root, "rte", "dev") == [TextExample("No weapons.", "Weapons found.", 1)]
     assert read_glue(glue_root, "wnli")[0].label == 1
@@ -173,9 +169,7 @@ def test_unknown_label_names_the_file_and_line(glue_root):
 def test_missing_column_names_the_file_and_line(glue_root):
     path = glue_root / "QQP" / "dev.tsv"
     path.write_text(path.read_text() + "7\t8\t9\tonly one question\n")
-    with pytest.raises(
-        DataError, match=r"QQP/dev.tsv, line 4: expected at least 6 tab-separated columns, found 4"
-    ):
+    with pytest.raises(DataError, match=r"QQP/dev.tsv, line 4: expected at least 6 tab-separated columns, found 4"):
         read_glue(glue_root, "qqp", "dev")
     (glue_root / "SST-2" / "train.tsv").write_text("text\tlabel\nfine\t1\n")
     with pytest.raises(DataError, match=r"line 1: header lacks the column\(s\) \['sentence'\]"):
@@ -195,13 +189,9 @@ def test_csv_and_jsonl_files_with_pairs_names_and_regression(tmp_path):
     rows = read_text_file(csv_path, pair_column="text_pair", labels=["neg", "pos"])
     assert rows == [TextExample("Good, really", "yes", 1), TextExample("bad", "no", 0)]
     jsonl = tmp_path / "dev.jsonl"
-    jsonl.write_text(
-        json.dumps({"text": "a", "label": 2.5}) + "\n\n" + json.dumps({"text": "b", "label": "1"}) + "\n"
-    )
+    jsonl.write_text(json.dumps({"text": "a", "label": 2.5}) + "\n\n" + json.dumps({"text": "b", "label": "1"}) + "\n")
     assert [e.label for e in read_text_file(jsonl, regression=True)] == [2.5, 1.0]
-    jsonl.write_text(
-        json.dumps({"text": "a", "label": 1}) + "\n" + json.dumps({"sentence": "b", "label": 0}) + "\n"
-    )
+    jsonl.write_text(json.dumps({"text": "a", "label": 1}) + "\n" + json.dumps({"sentence": "b", "label": 0}) + "\n")
     with pytest.raises(DataError, match=r"dev.jsonl, line 2: missing column\(s\) \['text'\]"):
         read_text_file(jsonl)
     with pytest.raises(DataError, match=r"train.csv, line 3: unknown label 'neg'; expected one of pos"):
@@ -223,11 +213,7 @@ def test_data_check_glue_counts_every_task(glue_root):
     report = CheckReport("glue", str(glue_root))
     CHECKERS["glue"](glue_root, report)
     assert report.ok, report.problems
-    assert (
-        report.counts["cola train"] == 2
-        and report.counts["mnli dev"] == 1
-        and report.counts["mnli-mm dev"] == 1
-    )
+    assert report.counts["cola train"] == 2 and report.counts["mnli dev"] == 1 and report.counts["mnli-mm dev"] == 1
     assert "mnli-mm train" not in report.counts and len(report.counts) == 19
     broken = CheckReport("glue", str(glue_root))
     (glue_root / "WNLI" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\t7\n")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
@@ -86,9 +87,13 @@ def step_loader(
     num_workers: int = 0,
 ) -> DataLoader:
     sampler = StepBatchSampler(len(dataset), global_batch, seed, source, rank, world, start)
+    # A private generator: creating the loader's iterator must not draw from torch's global RNG, which belongs to
+    # the training step (perturbations, dropout) and is restored exactly on resume.
+    generator = torch.Generator().manual_seed(_seed(seed, source, 0xD1CE))
     return DataLoader(
         SeededView(dataset),
         batch_sampler=sampler,
+        generator=generator,
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=num_workers > 0,

@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 #: method packages, imported in this order; each registers itself and may add CLI commands via ``add_cli``
-BUILTIN = ("supervised", "ac")
+BUILTIN = ("supervised", "cct", "ac", "scl", "relbitfit")
 
 
 def _packages() -> list:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
+from fewlabels.methods.cct.fused import fused_stages_consistency
+from fewlabels.methods.cct.losses import batched_consistency_loss
 from fewlabels.models import UpsampleDecoder
 
 
@@ -45,3 +48,32 @@ def test_subpixel_layout_round_trips_and_matches_the_decoder_output() -> None:
     torch.testing.assert_close(stacked.from_subpixel_layout(sub, 2, 3), image)
     x = torch.randn(2, 5, 6, 2, 3)
     torch.testing.assert_close(stacked.to_subpixel_layout(stacked(x)), stacked.forward_subpixel(x))
+
+
+@pytest.mark.parametrize(
+    ("kind", "conf", "chunk"), [("mse", None, 1), ("mse", 0.5, None), ("kl", None, 700), ("kl", 0.5, 1)]
+)
+def test_fused_stages_and_loss_match_autograd_in_value_and_gradient(
+    kind: str, conf: float | None, chunk: int | None
+) -> None:
+    torch.manual_seed(3)
+    stacked = StackedUpsampleDecoders(3, 8, 4, 8).double()
+    with torch.no_grad():
+        stacked.stage_bias.normal_()
+    x = torch.randn(3, 2, 8, 2, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.softmax(3 * torch.randn(2, 4, 16, 24, dtype=torch.float64), dim=1)
+    target_sub = stacked.to_subpixel_layout(target)
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        return list(
+            torch.autograd.grad(loss, [x, stacked.classifier, stacked.stage_weight, stacked.stage_bias])
+        )
+
+    ref = batched_consistency_loss(stacked.forward_subpixel(x), target_sub, kind, conf)
+    h = torch.matmul(stacked.classifier.unsqueeze(1), x.flatten(-2))
+    fused = fused_stages_consistency(
+        h, stacked.stage_weight, stacked.stage_bias, target_sub, kind, conf, chunk
+    )
+    torch.testing.assert_close(fused, ref)
+    for a, b in zip(grads(fused), grads(ref)):
+        torch.testing.assert_close(a, b)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from fewlabels.config import ConfigError, build_config
 from fewlabels.engine.data import collate
@@ -16,7 +19,12 @@ TINY = {
     "data": {"scenes_train": 8, "scenes_val": 2, "scenes_size": 32, "crop_size": 32, "labeled": 0.5},
     "train": {"batch_size": 2, "steps": 10},
     "perturbations": {
-        "vat": 1, "dropout": 1, "cutout": 1, "context_mask": 1, "object_mask": 1, "feature_drop": 1,
+        "vat": 1,
+        "dropout": 1,
+        "cutout": 1,
+        "context_mask": 1,
+        "object_mask": 1,
+        "feature_drop": 1,
         "feature_noise": 1,
     },
 }
@@ -27,10 +35,20 @@ def test_cct_is_registered_with_the_spec_defaults() -> None:
     cfg = CCTConfig()
     assert cfg.perturbations.total == 30
     assert cfg.perturbations.counts == {
-        "vat": 2, "dropout": 6, "cutout": 6, "context_mask": 2, "object_mask": 2, "feature_drop": 6,
+        "vat": 2,
+        "dropout": 6,
+        "cutout": 6,
+        "context_mask": 2,
+        "object_mask": 2,
+        "feature_drop": 6,
         "feature_noise": 6,
     }
-    assert (cfg.loss.unsupervised, cfg.loss.unsup_weight, cfg.loss.rampup, cfg.weak.weight) == ("mse", 30.0, 0.1, 0.4)
+    assert (cfg.loss.unsupervised, cfg.loss.unsup_weight, cfg.loss.rampup, cfg.weak.weight) == (
+        "mse",
+        30.0,
+        0.1,
+        0.4,
+    )
 
 
 @pytest.mark.parametrize(
@@ -41,6 +59,7 @@ def test_cct_is_registered_with_the_spec_defaults() -> None:
         ({"loss": {"unsupervised": "js", "conf_threshold": 0.5}}, "loss.conf_threshold"),
         ({"perturbations": dict.fromkeys(CCTConfig().perturbations.counts, 0)}, "perturbations"),
         ({"perturbations": {"feature_drop_gamma": [0.9, 0.7]}}, "perturbations.feature_drop_gamma"),
+        ({"data": {"crop_size": 100}}, "data.crop_size"),
     ],
 )
 def test_invalid_configs_fail_naming_the_key(data: dict, key: str) -> None:
@@ -63,7 +82,10 @@ def test_one_step_combines_supervised_and_weighted_consistency_losses() -> None:
     sources = method.train_sources()
     assert set(sources) == {"labeled", "unlabeled"}
     assert "mask" not in sources["unlabeled"].dataset.sample(0, np.random.default_rng(0))
-    batch = {k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)]) for k, s in sources.items()}
+    batch = {
+        k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)])
+        for k, s in sources.items()
+    }
     model = method.build_model()
     out = method.training_step(model, batch, step=3, total_steps=10)
     w_u = consistency_weight(3, 1, 30.0)
@@ -78,3 +100,46 @@ def test_one_step_combines_supervised_and_weighted_consistency_losses() -> None:
     model.eval()
     metrics = method.evaluate(model, torch.device("cpu"))
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
+
+
+def test_weak_labels_mode_adds_the_weighted_aux_cross_entropy(tmp_path: Path) -> None:
+    from fewlabels.data.scenes import ScenesDataset
+
+    scenes = ScenesDataset("train", n=8, size=32)
+    for i in range(8):  # pseudo-labels named by scene index, as `fewlabels cct-pseudo-labels` writes them
+        Image.fromarray(scenes.masks[i].astype(np.uint8)).save(tmp_path / f"{i:06d}.png")
+    torch.manual_seed(0)
+    method = CCTMethod(build_config(CCTConfig, {**TINY, "weak": {"labels_dir": str(tmp_path)}}))
+    sources = method.train_sources()
+    batch = {
+        k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)])
+        for k, s in sources.items()
+    }
+    assert batch["unlabeled"]["mask"].shape == (2, 32, 32)
+    out = method.training_step(method.build_model(), batch, step=3, total_steps=10)
+    w_u, w_w = method.weights(3, 10)
+    expected = out.logs["loss_sup"] + w_u * out.logs["loss_unsup"] + w_w * out.logs["loss_weak"]
+    torch.testing.assert_close(out.loss.detach(), expected)
+    assert out.logs["loss_weak"] > 0
+
+
+@pytest.mark.parametrize("name", ["scenes", "voc_1464", "cityscapes"])
+def test_shipped_configs_validate(name: str) -> None:
+    from fewlabels.registry import load_config
+
+    path = Path(__file__).resolve().parents[3] / "configs" / "cct" / f"{name}.yaml"
+    cfg = load_config(str(path), ["data.root=/data"] if name != "scenes" else [])
+    assert isinstance(cfg, CCTConfig) and cfg.perturbations.total == 30
+    if name == "voc_1464":
+        assert (cfg.model.encoder, cfg.model.deep_stem, cfg.model.psp, cfg.data.crop_size) == (
+            "resnet50",
+            True,
+            True,
+            320,
+        )
+        assert (cfg.train.batch_size, cfg.unlabeled_batch_size, cfg.train.epochs, cfg.train.lr) == (
+            10,
+            10,
+            80,
+            0.01,
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -65,7 +67,9 @@ def test_weak_labels_train_the_aux_decoders_with_cross_entropy_ignoring_255() ->
     out = model(torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32), mode="aux", pseudo_labels=pseudo)
     expected = torch.stack([F.cross_entropy(a, pseudo, ignore_index=255) for a in out["aux_logits"]]).mean()
     torch.testing.assert_close(out["loss_w"], expected, rtol=1e-4, atol=1e-6)
-    all_ignored = model(torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32), pseudo_labels=torch.full_like(pseudo, 255))
+    all_ignored = model(
+        torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32), pseudo_labels=torch.full_like(pseudo, 255)
+    )
     assert all_ignored["loss_w"].item() == 0.0
 
 
@@ -77,7 +81,8 @@ def test_multi_domain_uses_each_samples_domain_decoder() -> None:
     z = model.net.encode(x)
     torch.testing.assert_close(logits[0], model.net.decode(z)[0])
     torch.testing.assert_close(logits[1:], model.domain_decoders[0](z)[1:])
-    # the unsupervised target of a domain-1 image comes from domain 1's decoder; only that decoder is untouched
+    # the unsupervised target of a domain-1 image comes from domain 1's decoder; only that decoder is
+    # untouched
     out = model(x, x, domains_l=domains, domains_u=domains)
     out["loss_u"].backward()
     assert _grads(model.domain_decoders) == 0.0
@@ -90,3 +95,16 @@ def test_predict_pads_odd_sizes_and_crops_back() -> None:
         logits = model(x, mode="predict")
         assert logits.shape == (1, 4, 30, 37)
         torch.testing.assert_close(logits, model.net(x))
+
+
+def test_factored_first_layer_equals_decoding_the_perturbed_copies() -> None:
+    torch.manual_seed(0)
+    net = build_segmentation_model("small_cnn", 4, output_stride=8, psp=False)
+    model = CCTModel(net, dataclasses.replace(SMALL, cutout_min_area=1, dropout=2))
+    z = torch.relu(torch.randn(2, model.net.feature_channels, 4, 4))
+    target = torch.softmax(4 * torch.randn(2, 4, 32, 32), dim=1)
+    torch.manual_seed(7)
+    perturbed = model.perturbed_features(z, target)
+    expected = torch.matmul(model.aux.classifier.unsqueeze(1), perturbed.flatten(-2))
+    torch.manual_seed(7)
+    torch.testing.assert_close(model.classifier_outputs(z, target), expected, rtol=1e-4, atol=1e-5)

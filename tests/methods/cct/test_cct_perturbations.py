@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
+from fewlabels.methods.cct.fused import fused_vat_direction
 from fewlabels.methods.cct.perturbations import (
     connected_components,
     context_masking,
@@ -66,7 +67,9 @@ def test_object_and_context_masking_split_the_features_by_the_prediction() -> No
     assert (obj[:, :, :, fg[0] == 1] == 0).all() and (obj[:, :, :, fg[0] == 0] > 0).all()
     torch.testing.assert_close(obj + ctx, z.expand(2, -1, -1, -1, -1))
     # configurable background: class 2 as background too; nearest resize keeps every 2nd pixel of a 4x4 map
-    fg2 = foreground_mask(labels.repeat_interleave(2, 1).repeat_interleave(2, 2), (2, 2), background_classes=(0, 2))
+    fg2 = foreground_mask(
+        labels.repeat_interleave(2, 1).repeat_interleave(2, 2), (2, 2), background_classes=(0, 2)
+    )
     torch.testing.assert_close(fg2, torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]))
 
 
@@ -135,3 +138,24 @@ def test_vat_perturbation_has_norm_eps_per_sample_and_follows_the_adversarial_di
     # the reference's absolute xi = 1e-6 (relative ~2.5e-8 here) in float32 does not give that direction
     r_ref = vat_direction(z, decode, n=2, xi=1e-6 / z.flatten(1).norm(dim=1).min().item(), init=d0)
     assert ((r_ref.double() * r64).flatten(2).sum(-1) < 0.9).any()
+
+
+def test_fused_vat_direction_equals_the_autograd_power_iteration() -> None:
+    torch.manual_seed(0)
+    dec = StackedUpsampleDecoders(2, 16, 4, 8).double()
+    with torch.no_grad():
+        dec.stage_bias.normal_()
+    z = torch.relu(torch.randn(3, 16, 3, 4, dtype=torch.float64))
+    d0 = torch.rand(2, 3, 16, 3, 4, dtype=torch.float64) - 0.5
+    ref = vat_direction(z, lambda x: dec.forward_subpixel(x), n=2, xi=1e-3, iterations=2, init=d0)
+    fused = fused_vat_direction(
+        z,
+        dec.classifier,
+        dec.stage_weight,
+        dec.stage_bias,
+        xi=1e-3,
+        iterations=2,
+        init=d0,
+        chunk_elements=500,
+    )
+    torch.testing.assert_close(fused, ref)

@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertMod
 
 from fewlabels.config import ConfigError, build_config
 from fewlabels.methods.relbitfit import RelBitFitConfig, RelBitFitMethod, add_cli, restore_fine_tuned
-from fewlabels.methods.relbitfit.biases import bias_changes_per_layer, plot_bias_change_comparison
+from fewlabels.methods.relbitfit.biases import bias_changes_per_layer
 from fewlabels.registry import get_method, load_config
 
 
@@ -120,9 +120,12 @@ def test_engine_run_trains_evaluates_and_its_delta_restores_the_model(tiny_dir, 
 
     load_weights(model, result.run_dir / "model.safetensors")
     model.eval()
-    delta = method.save_delta(model, result.run_dir)
-    assert set(method.extra_tensors) == {"classifier.weight", "classifier.bias"}
-    restored = restore_fine_tuned(delta, tiny_dir).eval()
+    assert set(method.extra_tensors) == {"classifier.weight", "classifier.bias"}  # the head is not in tiny_dir
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    args = parser.parse_args(["export-delta", str(result.run_dir), "--which", "last", "--out", str(tmp_path / "d")])
+    assert args.func(args) == 0
+    restored = restore_fine_tuned(tmp_path / "d", tiny_dir).eval()
     batch = {k: v[:, :10] for k, v in method.eval_sets()["eval"].arrays.items()}
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, restored(**batch).logits)
@@ -133,8 +136,8 @@ def test_engine_run_trains_evaluates_and_its_delta_restores_the_model(tiny_dir, 
     records = [json.loads(line) for line in written.read_text().splitlines()]
     assert [r["text"] for r in records] == ["what a great film", "boring"]
     assert all(r["label"] in (0, 1) and abs(sum(r["probabilities"]) - 1) < 1e-5 for r in records)
-    figure = plot_bias_change_comparison([result.run_dir], tmp_path / "bias.png")
-    assert figure.stat().st_size > 0
+    args = parser.parse_args(["bias-changes", str(result.run_dir), "--out", str(tmp_path / "bias.png")])
+    assert args.func(args) == 0 and (tmp_path / "bias.png").stat().st_size > 0
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir))
     changes = bias_changes_per_layer(base, model)
     assert len(changes) == 2 and min(changes) > 0  # lr 1e-3 x 4 AdamW steps moved every layer's biases

@@ -57,7 +57,7 @@ def test_spatial_similarity_is_symmetric_and_bounded_for_one_set():
     sim = spatial_similarity(q, k, v)
     torch.testing.assert_close(sim, sim.T)
     assert sim.abs().max() <= 2.0 + 1e-12
-    # a sample aligned with itself is not necessarily identical (attention mixes positions) but is bounded by 2
+    # a sample aligned with itself need not score 2 (attention mixes positions), but stays within [-2, 2]
     assert sim.shape == (6, 6)
 
 
@@ -72,7 +72,8 @@ def test_spatial_similarity_of_two_sets_has_shape_b_by_a_and_matches_the_joint_m
 
 def test_self_supervised_positives_are_exactly_the_two_views():
     # With a similarity of +1 only between the two views of each image and -1 elsewhere, the self-supervised
-    # loss equals -log softmax of the single positive against all other entries; any other positive set differs.
+    # loss equals -log softmax of the single positive against all other entries; any other positive set
+    # differs.
     n, t = 3, 10.0
     sim = -torch.ones(2 * n, 2 * n, dtype=torch.float64)
     idx = torch.arange(n)

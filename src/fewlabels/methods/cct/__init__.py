@@ -1,9 +1,8 @@
 """CCT: cross-consistency training for semi-supervised semantic segmentation (Ouali et al., CVPR 2020).
 
 Importing this package registers the ``cct`` method. The losses are pure functions (``losses.py``), the
-perturbations act on stacked feature copies (``perturbations.py``), the K auxiliary decoders are one module with
-stacked weights (``decoders.py``), and ``model.py`` puts them together behind one forward.
-"""
+perturbations act on stacked feature copies (``perturbations.py``), the K auxiliary decoders are one module
+with stacked weights (``decoders.py``), and ``model.py`` puts them together behind one forward."""
 
 from fewlabels.methods.cct.config import CCTConfig, CCTLossConfig, CCTWeakConfig, PerturbationsConfig
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
@@ -19,6 +18,7 @@ from fewlabels.methods.cct.losses import (
 )
 from fewlabels.methods.cct.method import CCTMethod
 from fewlabels.methods.cct.model import CCTLossSettings, CCTModel
+from fewlabels.methods.cct.weak import add_cli
 
 __all__ = [
     "CCTConfig",
@@ -31,6 +31,7 @@ __all__ = [
     "StackedUpsampleDecoders",
     "abce_loss",
     "abce_threshold",
+    "add_cli",
     "batched_consistency_loss",
     "consistency_weight",
     "pairwise_variance_loss",

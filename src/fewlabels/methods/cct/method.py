@@ -1,6 +1,7 @@
 """CCT as a :class:`~fewlabels.methods.base.Method`: data, model, training step, evaluation, prediction.
 
-Data, model backbone, evaluation and prediction are the supervised baseline's (``methods/supervised/common.py``),
+Data, model backbone, evaluation and prediction are the supervised baseline's
+(``methods/supervised/common.py``),
 so that a CCT-vs-baseline difference comes from the method only.
 """
 
@@ -28,6 +29,7 @@ from fewlabels.methods.supervised.common import (
     predict_masks,
     segmentation_figure,
 )
+from fewlabels.parallel import global_mean
 from fewlabels.registry import register_method
 
 __all__ = ["CCTMethod"]
@@ -92,7 +94,8 @@ class CCTMethod(Method):
         return backbone_param_groups(model, self.config.model.backbone_lr_scale)
 
     def weights(self, step: int, total_steps: int) -> tuple[float, float]:
-        """``(w_u(t), w_w(t))``: sigmoid ramp-up over ``loss.rampup`` of training; ``w_w = weak.weight * w_u / w``."""
+        """``(w_u(t), w_w(t))``: sigmoid ramp-up over ``loss.rampup`` of training;
+        ``w_w = weak.weight * w_u / w``."""
         loss = self.config.loss
         ramp = consistency_weight(step, int(loss.rampup * total_steps), 1.0)
         return loss.unsup_weight * ramp, self.config.weak.weight * ramp
@@ -113,7 +116,9 @@ class CCTMethod(Method):
             threshold = abce_threshold(step, ramp_steps, logits.shape[1])
             loss_s = abce_loss(logits, mask, threshold, cfg.loss.abce_min_kept, ignore)
         else:
-            loss_s = F.cross_entropy(logits, mask, ignore_index=ignore)
+            # Mean over the labeled pixels of the global batch: the same value with 1 or N processes.
+            total = F.cross_entropy(logits, mask, ignore_index=ignore, reduction="sum")
+            loss_s = global_mean(total, (mask != ignore).sum())
         w_u, w_w = self.weights(step, total_steps)
         loss = loss_s + w_u * out["loss_u"]
         logs: dict[str, torch.Tensor | float] = {
@@ -136,15 +141,27 @@ class CCTMethod(Method):
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return evaluate_segmentation(
-            self._predictor(model), self.data.val, self.data.num_classes, self.config.eval, device,
+            self._predictor(model),
+            self.data.val,
+            self.data.num_classes,
+            self.config.eval,
+            device,
             self.data.class_names,
         )
 
-    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
-        return predict_masks(self._predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device)
+    def predict(
+        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
+    ) -> list[Path]:
+        return predict_masks(
+            self._predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device
+        )
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
         path = segmentation_figure(
-            {"CCT": self._predictor(model)}, self.data.val, self.data.num_classes, out_dir / "predictions.png", device
+            {"CCT": self._predictor(model)},
+            self.data.val,
+            self.data.num_classes,
+            out_dir / "predictions.png",
+            device,
         )
         return {"validation images: image / ground truth / CCT prediction": path}

@@ -15,16 +15,19 @@ from torch import Tensor, nn
 
 from fewlabels.methods.cct.config import PerturbationsConfig
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
+from fewlabels.methods.cct.fused import fused_stages_consistency, fused_vat_direction
 from fewlabels.methods.cct.losses import batched_consistency_loss, pairwise_variance_loss
 from fewlabels.methods.cct.perturbations import (
     context_masking,
+    cutout_keep_mask,
     feature_drop,
+    feature_drop_keep,
     feature_noise,
     foreground_mask,
     guided_cutout,
     object_masking,
     spatial_dropout,
-    vat_direction,
+    spatial_dropout_mask,
 )
 from fewlabels.models import SegmentationNet, UpsampleDecoder, reflect_pad_to_multiple
 
@@ -43,7 +46,8 @@ class CCTLossSettings:
 
 
 class CCTModel(nn.Module):
-    """Encoder ``h`` + main decoder ``g`` (one per domain) + K auxiliary decoders ``g_a^k`` on perturbed features.
+    """Encoder ``h`` + main decoder ``g`` (one per domain) + K auxiliary decoders ``g_a^k`` on perturbed
+    features.
 
     Args:
         net: a :class:`~fewlabels.models.SegmentationNet` (normalisation, encoder, optional PSP, decoder); its
@@ -52,6 +56,9 @@ class CCTModel(nn.Module):
         background_classes: classes that are not objects (G-Cutout, Con-Msk, Obj-Msk).
         losses: which consistency distance, confidence threshold and pair-wise term the forward computes.
         num_domains: main decoders (multi-domain CCT: shared encoder and aux decoders, one main decoder each).
+        chunk_elements: on the CPU, full-resolution aux-logit elements decoded at once by the fused loss
+        (cache
+            sized); on a GPU all decoders run in one chunk.
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class CCTModel(nn.Module):
         background_classes: Sequence[int] = (0,),
         losses: CCTLossSettings | None = None,
         num_domains: int = 1,
+        chunk_elements: int = 1 << 20,
     ) -> None:
         super().__init__()
         if num_domains < 1:
@@ -70,6 +78,7 @@ class CCTModel(nn.Module):
         self.background_classes = tuple(int(c) for c in background_classes)
         self.losses = losses or CCTLossSettings()
         self.num_domains = num_domains
+        self.chunk_elements = chunk_elements
         self.num_classes = net.num_classes
         d, c, up = net.feature_channels, net.num_classes, net.output_stride
         self.domain_decoders = nn.ModuleList(UpsampleDecoder(d, c, up) for _ in range(num_domains - 1))
@@ -88,11 +97,11 @@ class CCTModel(nn.Module):
 
     # --- pieces ---------------------------------------------------------------------------------------------
     def main_decode(self, z: Tensor, domains: Tensor | None = None) -> Tensor:
-        """Main-decoder logits ``[B, C, H, W]`` of features ``z [B, D, h, w]``; ``domains [B]`` picks the decoder.
+        """Main-decoder logits ``[B, C, H, W]`` of features ``z [B, D, h, w]``; ``domains [B]`` picks the
+        decoder.
 
-        With several domains every main decoder runs on the whole batch and each sample keeps its domain's output:
-        no data-dependent indexing, hence no host synchronisation (the main decoders are cheap).
-        """
+        With several domains every main decoder runs on the whole batch and each sample keeps its domain's
+        output: no data-dependent indexing, hence no host synchronisation (the main decoders are cheap)."""
         logits = self.net.decode(z)
         if self.num_domains == 1 or domains is None:
             return logits
@@ -100,15 +109,23 @@ class CCTModel(nn.Module):
         return outs[domains.long(), torch.arange(z.shape[0], device=z.device)]
 
     def perturbed_features(self, z: Tensor, target: Tensor) -> Tensor:
-        """The K perturbed copies of ``z [B, D, h, w]``, ``[K, B, D, h, w]``, given the main prediction ``target``
-        ``[B, C, H, W]`` (used by G-Cutout and the masking perturbations)."""
+        """The K perturbed copies of ``z [B, D, h, w]``, ``[K, B, D, h, w]``, given the main prediction
+        ``target [B, C, H, W]`` (used by G-Cutout and the masking perturbations)."""
         cfg = self.perturbations
         h, w = z.shape[-2:]
         parts: list[Tensor] = []
         if cfg.vat:
             sl = self.groups["vat"]
-            r = vat_direction(
-                z, lambda x: self.aux.forward_subpixel(x, sl), cfg.vat, cfg.vat_xi, cfg.vat_iterations
+            # The power iteration's gradient comes from the fused stages (tested equal to autograd's,
+            # vat_direction).
+            r = fused_vat_direction(
+                z,
+                self.aux.classifier[sl],
+                self.aux.stage_weight[:, sl],
+                self.aux.stage_bias[:, sl],
+                cfg.vat_xi,
+                cfg.vat_iterations,
+                chunk_elements=None if z.is_cuda else self.chunk_elements,
             )
             parts.append(z.unsqueeze(0) + cfg.vat_eps * r)
         if cfg.dropout:
@@ -119,7 +136,9 @@ class CCTModel(nn.Module):
         if cfg.cutout:
             assert fg is not None
             parts.append(
-                guided_cutout(z, fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)
+                guided_cutout(
+                    z, fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects
+                )
             )
         if cfg.context_mask:
             assert fg is not None
@@ -131,6 +150,64 @@ class CCTModel(nn.Module):
             parts.append(feature_drop(z, cfg.feature_drop, tuple(cfg.feature_drop_gamma)))  # type: ignore[arg-type]
         if cfg.feature_noise:
             parts.append(feature_noise(z, cfg.feature_noise, cfg.feature_noise_range))
+        return torch.cat(parts, dim=0)
+
+    def classifier_outputs(self, z: Tensor, target: Tensor) -> Tensor:
+        """``h_k = W_k p_k(z)``: the first (``D -> C``) layer of every aux decoder on its perturbed input,
+        ``[K, B, C, h*w]``; equal to ``W_k @ perturbed_features(z, target)[k]`` for the same random draws.
+
+        The K perturbed copies ``[K, B, D, h, w]`` (8M floats at batch 2, 16x16x512) and their gradient
+        are never formed. The first layer is a 1x1 convolution, hence linear and pointwise: a spatial mask
+        commutes with it (``W (z * m) = (W z) * m``: G-Cutout, Con-Msk, Obj-Msk and F-Drop are one
+        ``[K C, D] @ [D, B hw]`` product then a mask on C channels), channel dropout moves onto the weights
+        (``W (z * m_c) = (W * m_c) z``), VAT adds ``eps W r``. Only F-Noise (channel and position dependent)
+        needs its copies of ``z``.
+        Random numbers are drawn in the order of :meth:`perturbed_features`.
+        """
+        cfg, g = self.perturbations, self.groups
+        w = self.aux.classifier  # [K, C, D]
+        b, _, hh, ww = z.shape
+        zf = z.flatten(2)  # [B, D, hw]
+        parts: list[Tensor] = []
+        if cfg.vat:
+            r = fused_vat_direction(
+                z,
+                w[g["vat"]],
+                self.aux.stage_weight[:, g["vat"]],
+                self.aux.stage_bias[:, g["vat"]],
+                cfg.vat_xi,
+                cfg.vat_iterations,
+                chunk_elements=None if z.is_cuda else self.chunk_elements,
+            )
+            x = zf.unsqueeze(0) + cfg.vat_eps * r.flatten(-2)  # [n_vat, B, D, hw]: 2 copies only
+            parts.append(torch.matmul(w[g["vat"]].unsqueeze(1), x))
+        if cfg.dropout:
+            keep = spatial_dropout_mask(z, cfg.dropout, cfg.dropout_rate)[..., 0, 0]  # [n, B, D]
+            masked_w = w[g["dropout"]].unsqueeze(1) * keep.unsqueeze(2)  # [n, B, C, D]
+            parts.append(torch.einsum("kbcd,bdp->kbcp", masked_w, zf))
+        spatial = slice(g["cutout"].start, g["feature_drop"].stop)
+        if spatial.stop > spatial.start:
+            masks: list[Tensor] = []
+            if cfg.cutout or cfg.context_mask or cfg.object_mask:
+                fg = foreground_mask(target, (hh, ww), self.background_classes)  # [B, h, w]
+                if cfg.cutout:
+                    masks.append(
+                        cutout_keep_mask(
+                            fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects
+                        )[:, :, 0]
+                    )
+                if cfg.context_mask:
+                    masks.append(fg.unsqueeze(0).expand(cfg.context_mask, -1, -1, -1))
+                if cfg.object_mask:
+                    masks.append((1.0 - fg).unsqueeze(0).expand(cfg.object_mask, -1, -1, -1))
+            if cfg.feature_drop:
+                gamma = tuple(cfg.feature_drop_gamma)
+                masks.append(feature_drop_keep(z, cfg.feature_drop, gamma)[:, :, 0])  # type: ignore[arg-type]
+            mask = torch.cat(masks).flatten(-2).unsqueeze(2)  # [n, B, 1, hw]
+            parts.append(torch.einsum("kcd,bdp->kbcp", w[spatial], zf) * mask)
+        if cfg.feature_noise:
+            x = feature_noise(z, cfg.feature_noise, cfg.feature_noise_range).flatten(-2)  # [n, B, D, hw]
+            parts.append(torch.matmul(w[g["feature_noise"]].unsqueeze(1), x))
         return torch.cat(parts, dim=0)
 
     def _check_training_size(self, images: Tensor) -> None:
@@ -153,20 +230,20 @@ class CCTModel(nn.Module):
     ) -> dict[str, Tensor] | Tensor:
         """Run one of three computations.
 
-        * ``mode="predict"``: ``images_l [B, 3, H, W]`` (any size, reflect-padded to the stride) -> main logits
-          ``[B, C, H, W]``.
-        * ``mode="train"``: returns a dict with ``logits_l [B_l, C, H, W]`` (main decoder, labeled images) and, when
-          ``images_u [B_u, 3, H, W]`` is given, ``loss_u`` = ``1/K sum_k d(softmax(g(z)).detach(), g_a^k(p_k(z)))``
-          (scalar), ``loss_w`` = mean CE of the aux outputs against ``pseudo_labels [B_u, H, W]`` (if given) and
-          ``loss_pair`` (the pair-wise variance, if enabled). Only the encoder and the aux decoders get gradient
-          from these terms: the main prediction is computed without a graph.
+        * ``mode="predict"``: ``images_l [B, 3, H, W]`` (any size, reflect-padded to the stride) -> main
+          logits ``[B, C, H, W]``.
+        * ``mode="train"``: returns a dict with ``logits_l [B_l, C, H, W]`` (main decoder, labeled images)
+          and, when ``images_u [B_u, 3, H, W]`` is given, ``loss_u`` = ``1/K sum_k d(softmax(g(z)).detach(),
+          g_a^k(p_k(z)))`` (scalar), ``loss_w`` = mean CE of the aux outputs against ``pseudo_labels [B_u, H,
+          W]`` (if given) and ``loss_pair`` (the pair-wise variance, if enabled). Only the encoder and the aux
+          decoders get gradient from these terms: the main prediction is computed without a graph.
         * ``mode="aux"``: as ``train`` but also returns ``target [B_u, C, H, W]`` (main probabilities) and
           ``aux_logits [K, B_u, C, H, W]`` in image layout (inspection and figures; slower).
         """
         if mode == "predict":
-            h, w = images_l.shape[-2:]
+            height, width = images_l.shape[-2:]
             z = self.net.encode(reflect_pad_to_multiple(images_l, self.net.output_stride))
-            return self.main_decode(z, domains_l)[..., :h, :w]
+            return self.main_decode(z, domains_l)[..., :height, :width]
         if mode not in ("train", "aux"):
             raise ValueError(f"unknown mode {mode!r}; valid modes: train, aux, predict")
         self._check_training_size(images_l)
@@ -174,15 +251,31 @@ class CCTModel(nn.Module):
         if images_u is None:
             return out
         self._check_training_size(images_u)
-        # Labeled and unlabeled images go through the encoder separately, as in the reference: BatchNorm statistics
-        # are those of each batch.
+        # Labeled and unlabeled images go through the encoder separately, as in the reference: BatchNorm
+        # statistics are those of each batch.
         z = self.net.encode(images_u)
         with torch.no_grad():
             target = F.softmax(self.main_decode(z, domains_u).float(), dim=1)
-        aux_sub = self.aux.forward_subpixel(self.perturbed_features(z, target))  # [K, B, C, S, hw]
-        target_sub = self.aux.to_subpixel_layout(target)
+        h = self.classifier_outputs(z, target)  # [K, B, C, hw]
+        target_sub = self.aux.to_subpixel_layout(target)  # [B, C, S, hw]
         s = self.losses
-        out["loss_u"] = batched_consistency_loss(aux_sub.float(), target_sub, s.unsupervised, s.conf_threshold)
+        if mode == "train" and pseudo_labels is None and not s.pairwise and s.unsupervised in ("mse", "kl"):
+            # Only the loss is needed: the stages and the loss run fused, in cache-sized chunks (fused.py).
+            chunk = None if h.is_cuda else self.chunk_elements
+            out["loss_u"] = fused_stages_consistency(
+                h,
+                self.aux.stage_weight,
+                self.aux.stage_bias,
+                target_sub,
+                s.unsupervised,
+                s.conf_threshold,
+                chunk,
+            )
+            return out
+        aux_sub = self.aux.stages_subpixel(h)  # [K, B, C, S, hw]
+        out["loss_u"] = batched_consistency_loss(
+            aux_sub.float(), target_sub, s.unsupervised, s.conf_threshold
+        )
         if pseudo_labels is not None:
             k, b, c = aux_sub.shape[:3]
             labels_sub = self.aux.to_subpixel_layout(pseudo_labels.long()).unsqueeze(0).expand(k, -1, -1, -1)
@@ -192,12 +285,12 @@ class CCTModel(nn.Module):
                 ignore_index=s.ignore_index,
                 reduction="sum",
             )
-            # sum / count rather than "mean": an all-ignored batch gives 0, not NaN (and the count stays on device).
+            # sum / count rather than "mean": an all-ignored batch gives 0, not NaN (and the count stays on
+            # device).
             out["loss_w"] = ce / (labels_sub != s.ignore_index).sum().clamp(min=1)
         if s.pairwise:
             out["loss_pair"] = pairwise_variance_loss(aux_sub.float(), s.pairwise_decoders)
         if mode == "aux":
-            h, w = z.shape[-2:]
             out["target"] = target
-            out["aux_logits"] = self.aux.from_subpixel_layout(aux_sub, h, w)
+            out["aux_logits"] = self.aux.from_subpixel_layout(aux_sub, z.shape[-2], z.shape[-1])
         return out

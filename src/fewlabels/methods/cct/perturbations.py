@@ -1,12 +1,13 @@
 """CCT's feature perturbations, each producing a stack of perturbed copies of the encoder output.
 
-Every function takes the encoder output ``z [B, D, h, w]`` and returns ``n`` perturbed copies ``[n, B, D, h, w]``
-(one per auxiliary decoder of that type), so the K perturbed inputs of all types can be concatenated into one
-``[K, B, D, h, w]`` tensor and decoded by the stacked decoders in a few large kernels. All randomness is drawn from
-torch's global RNG (seeded and checkpointed by the engine); nothing is read back to the host.
+Every function takes the encoder output ``z [B, D, h, w]`` and returns ``n`` perturbed copies ``[n, B, D, h,
+w]`` (one per auxiliary decoder of that type), so the K perturbed inputs of all types can be concatenated into
+one ``[K, B, D, h, w]`` tensor and decoded by the stacked decoders in a few large kernels. All randomness is
+drawn from torch's global RNG (seeded and checkpointed by the engine); nothing is read back to the host.
 
-Masks derived from the main decoder's prediction (Con-Msk, Obj-Msk, G-Cutout) are computed at the feature resolution
-``h x w`` by nearest-neighbour resizing of the predicted label map, as the reference does with its erase masks.
+Masks derived from the main decoder's prediction (Con-Msk, Obj-Msk, G-Cutout) are computed at the feature
+resolution ``h x w`` by nearest-neighbour resizing of the predicted label map, as the reference does with its
+erase masks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "context_masking",
     "cutout_keep_mask",
     "feature_drop",
+    "feature_drop_keep",
     "feature_drop_mask",
     "feature_noise",
     "foreground_mask",
@@ -29,6 +31,7 @@ __all__ = [
     "l2_normalize",
     "object_masking",
     "spatial_dropout",
+    "spatial_dropout_mask",
     "vat_direction",
 ]
 
@@ -39,9 +42,10 @@ def _repeat(z: Tensor, n: int) -> Tensor:
 
 
 def l2_normalize(d: Tensor, sample_dims: int = 3) -> Tensor:
-    """Divide each sample of ``d`` by its L2 norm over the last ``sample_dims`` dims (a zero sample stays zero)."""
+    """Divide each sample of ``d`` by its L2 norm over its last ``sample_dims`` dims (zero stays zero)."""
     norm = d.flatten(-sample_dims).norm(dim=-1).view(*d.shape[:-sample_dims], *([1] * sample_dims))
-    # clamp instead of the reference's "+ 1e-8": a small gradient is rescaled to unit norm, not shrunk towards 0.
+    # clamp instead of the reference's "+ 1e-8": a small gradient is rescaled to unit norm, not shrunk towards
+    # 0.
     return d / norm.clamp(min=torch.finfo(d.dtype).tiny)
 
 
@@ -60,13 +64,14 @@ def vat_direction(
     ``g(z + eps * r)``, so that ``||eps * r|| = eps`` per sample.
 
     ``decoder`` maps ``[n, B, D, h, w]`` to logits whose class dimension is -3 (any spatial layout); it is the
-    stack of the ``n`` VAT decoders. ``init`` replaces the random start ``d`` (``[n, B, D, h, w]``, for tests).
+    stack of the ``n`` VAT decoders. ``init`` replaces the random start ``d`` (``[n, B, D, h, w]``, for
+    tests).
 
     The finite-difference step is relative to the per-sample feature norm. The reference used an absolute
     ``xi = 1e-6``: in float32 the KL between two predictions that close is rounding noise and its gradient
-    vanishes (perturbation norm ~0.006 instead of ``eps``, and a random direction). A relative step of 1e-4 is far
-    above float32 rounding and small enough for the decoder to be locally linear, whatever the feature scale of
-    the encoder (a 4x4 small-CNN map or a 40x40x512 PSP output).
+    vanishes (perturbation norm ~0.006 instead of ``eps``, and a random direction). A relative step of 1e-4 is
+    far above float32 rounding and small enough for the decoder to be locally linear, whatever the feature
+    scale of the encoder (a 4x4 small-CNN map or a 40x40x512 PSP output).
     """
     z = z.detach()
     zs = _repeat(z, n)
@@ -84,13 +89,19 @@ def vat_direction(
     return d
 
 
-def spatial_dropout(z: Tensor, n: int, p: float = 0.5) -> Tensor:
-    """Channel-wise dropout (``Dropout2d``): whole channels zeroed with probability ``p``, kept ones scaled by
-    ``1/(1-p)``. ``[B, D, h, w]`` -> ``[n, B, D, h, w]``, an independent draw per decoder, sample and channel."""
+def spatial_dropout_mask(z: Tensor, n: int, p: float = 0.5) -> Tensor:
+    """``Dropout2d`` multipliers ``[n, B, D, 1, 1]``: 0 with probability ``p``, else ``1/(1-p)``."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {p}")
     keep = torch.rand(n, z.shape[0], z.shape[1], 1, 1, device=z.device, dtype=z.dtype) >= p
-    return z * (keep.to(z.dtype) / (1.0 - p))
+    return keep.to(z.dtype) / (1.0 - p)
+
+
+def spatial_dropout(z: Tensor, n: int, p: float = 0.5) -> Tensor:
+    """Channel-wise dropout (``Dropout2d``): whole channels zeroed with probability ``p``, kept ones scaled by
+    ``1/(1-p)``; an independent draw per decoder, sample and channel. ``[B, D, h, w]`` -> ``[n, B, D, h, w]``.
+    """
+    return z * spatial_dropout_mask(z, n, p)
 
 
 def feature_noise(z: Tensor, n: int, uniform_range: float = 0.3) -> Tensor:
@@ -110,12 +121,18 @@ def feature_drop_mask(z: Tensor, gamma: Tensor) -> Tensor:
     return (attention.unsqueeze(0) < gamma.view(-1, 1, 1, 1, 1) * peak).to(z.dtype)
 
 
-def feature_drop(z: Tensor, n: int, gamma_range: tuple[float, float] = (0.7, 0.9)) -> Tensor:
-    """F-Drop: zero the most active positions (channel-mean >= gamma * its max), ``gamma ~ U(gamma_range)`` drawn
-    once per decoder as in the reference. ``[B, D, h, w]`` -> ``[n, B, D, h, w]``."""
+def feature_drop_keep(z: Tensor, n: int, gamma_range: tuple[float, float] = (0.7, 0.9)) -> Tensor:
+    """F-Drop keep-masks ``[n, B, 1, h, w]`` with ``gamma ~ U(gamma_range)`` drawn once per decoder (as in the
+    reference); see :func:`feature_drop_mask`."""
     lo, hi = gamma_range
     gamma = lo + (hi - lo) * torch.rand(n, device=z.device, dtype=z.dtype)
-    return z.unsqueeze(0) * feature_drop_mask(z, gamma)
+    return feature_drop_mask(z, gamma)
+
+
+def feature_drop(z: Tensor, n: int, gamma_range: tuple[float, float] = (0.7, 0.9)) -> Tensor:
+    """F-Drop: zero the most active positions (channel-mean >= gamma * its max). ``[B, D, h, w]`` ->
+    ``[n, B, D, h, w]``."""
+    return z.unsqueeze(0) * feature_drop_keep(z, n, gamma_range)
 
 
 def foreground_mask(
@@ -147,18 +164,22 @@ def context_masking(z: Tensor, fg: Tensor, n: int) -> Tensor:
 
 
 def object_masking(z: Tensor, fg: Tensor, n: int) -> Tensor:
-    """Obj-Msk: ``z * (1 - fg)`` (objects removed). ``z [B, D, h, w]``, ``fg [B, h, w]`` -> ``[n, B, D, h, w]``."""
+    """Obj-Msk: ``z * (1 - fg)`` (objects removed).
+
+    Shapes: ``z [B, D, h, w]``, ``fg [B, h, w]`` -> ``[n, B, D, h, w]``.
+    """
     return _repeat(z * (1.0 - fg[:, None]), n)
 
 
 def connected_components(mask: Tensor, iterations: int | None = None) -> Tensor:
     """8-connected components of a binary mask, on the device, without host synchronisation.
 
-    Each foreground pixel starts with its own id (1 + flat index); every iteration takes the max id over the 3x3
-    neighbourhood within the foreground, then follows the ids twice (pointer jumping: ``L[i] <- L[L[i]]``), so ids
-    spread at a doubling pace. At convergence every component carries the id of its last pixel. Pure label
-    propagation needs as many iterations as the geodesic diameter; the jumping makes ``max(h, w)`` (default) ample
-    for the object shapes of segmentation maps; a component not merged within the budget is only split in two.
+    Each foreground pixel starts with its own id (1 + flat index); every iteration takes the max id over the
+    3x3 neighbourhood within the foreground, then follows the ids twice (pointer jumping: ``L[i] <-
+    L[L[i]]``), so ids spread at a doubling pace. At convergence every component carries the id of its last
+    pixel. Pure label propagation needs as many iterations as the geodesic diameter; the jumping makes
+    ``max(h, w)`` (default) ample for the object shapes of segmentation maps; a component not merged within
+    the budget is only split in two.
 
     Shapes: ``mask [B, h, w]`` (bool/0-1) -> ``labels [B, h, w]`` int64, 0 on background.
     """
@@ -171,21 +192,28 @@ def connected_components(mask: Tensor, iterations: int | None = None) -> Tensor:
         labels = F.max_pool2d(labels, 3, stride=1, padding=1) * fgf
         flat = labels.view(b, -1)
         for _ in range(2):
-            # ids are 1-based flat indices; background (0) points to index 0 whose value is ignored by the mask.
+            # ids are 1-based flat indices; background (0) points to index 0 whose value is ignored by the
+            # mask.
             flat = torch.maximum(flat, flat.gather(1, (flat.long() - 1).clamp(min=0)) * fgf.view(b, -1))
         labels = flat.view(b, 1, h, w)
     return labels[:, 0].long()
 
 
 def cutout_keep_mask(
-    fg: Tensor, n: int, erase: float = 0.4, min_area: int = 2, max_objects: int = 32, iterations: int | None = None
+    fg: Tensor,
+    n: int,
+    erase: float = 0.4,
+    min_area: int = 2,
+    max_objects: int = 32,
+    iterations: int | None = None,
 ) -> Tensor:
-    """G-Cutout keep-mask: for each object, a random box of ``erase`` x its bounding box inside the bounding box.
+    """G-Cutout keep-mask: for each object, a random box of ``erase`` x its bounding box inside the bounding
+    box.
 
-    Objects are the connected components of ``fg`` with at least ``min_area`` pixels (the ``max_objects`` largest
-    per image). Box side ``max(1, round(erase * side))`` so that small objects are still cut (the reference kept
-    only OpenCV contours with > 50 points and erased nothing for small or rectangular objects). Every decoder draws
-    its own boxes.
+    Objects are the connected components of ``fg`` with at least ``min_area`` pixels (the ``max_objects``
+    largest per image). Box side ``max(1, round(erase * side))`` so that small objects are still cut (the
+    reference kept only OpenCV contours with > 50 points and erased nothing for small or rectangular objects).
+    Every decoder draws its own boxes.
 
     Shapes: ``fg [B, h, w]`` -> float ``[n, B, 1, h, w]``, 0 inside the erased boxes.
     """
@@ -193,7 +221,9 @@ def cutout_keep_mask(
     dev = fg.device
     labels = connected_components(fg, iterations).view(b, -1)
     slots = h * w + 1
-    area = torch.zeros(b, slots, device=dev).scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float32))
+    area = torch.zeros(b, slots, device=dev).scatter_add_(
+        1, labels, torch.ones_like(labels, dtype=torch.float32)
+    )
     rows = torch.arange(h, device=dev).repeat_interleave(w).expand(b, -1)
     cols = torch.arange(w, device=dev).repeat(h).expand(b, -1)
     big = torch.full((b, slots), h + w, device=dev, dtype=torch.long)
@@ -229,6 +259,7 @@ def guided_cutout(
     max_objects: int = 32,
     iterations: int | None = None,
 ) -> Tensor:
-    """G-Cutout: ``z`` with a random box erased inside each predicted object. ``z [B, D, h, w]``, ``fg [B, h, w]``
+    """G-Cutout: ``z`` with a random box erased inside each predicted object. ``z [B, D, h, w]``, ``fg [B, h,
+    w]``
     -> ``[n, B, D, h, w]``; see :func:`cutout_keep_mask`."""
     return z.unsqueeze(0) * cutout_keep_mask(fg, n, erase, min_area, max_objects, iterations)

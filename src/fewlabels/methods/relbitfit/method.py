@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,9 +29,10 @@ from fewlabels.methods.relbitfit.data import (
     position_limit,
     trim_batch,
 )
-from fewlabels.methods.relbitfit.delta import save_delta
-from fewlabels.methods.relbitfit.variants import FineTuning, apply_fine_tuning
 from fewlabels.registry import register_method
+
+if TYPE_CHECKING:
+    from fewlabels.methods.relbitfit.variants import FineTuning
 
 __all__ = ["RelBitFitMethod", "fine_tuning_of", "model_dir"]
 
@@ -58,6 +59,10 @@ def model_dir(config: RelBitFitConfig) -> Path:
 
 def fine_tuning_of(config: RelBitFitConfig) -> FineTuning:
     """The :class:`FineTuning` a config asks for (N = ``data.max_length``)."""
+    # transformers is imported here, not at module level: registering the method must stay cheap for every CLI
+    # command, including those of other methods.
+    from fewlabels.methods.relbitfit.variants import FineTuning
+
     m = config.model
     return FineTuning(
         variant=m.variant,
@@ -160,6 +165,8 @@ class RelBitFitMethod(Method):
         # Tensors that from_pretrained had to initialise (the head, sometimes the pooler) are not in the base
         # checkpoint: the delta must carry them even when they are frozen, or a restore would differ.
         self.extra_tensors = sorted(info.get("missing_keys", []))
+        from fewlabels.methods.relbitfit.variants import apply_fine_tuning
+
         return apply_fine_tuning(model, fine_tuning_of(self.config))
 
     # --- training -------------------------------------------------------------------------------------------
@@ -231,6 +238,8 @@ class RelBitFitMethod(Method):
     # --- artefacts ------------------------------------------------------------------------------------------
     def save_delta(self, model: nn.Module, run_dir: Path) -> Path:
         """Write ``run_dir/delta.safetensors``: the trainable tensors (+ randomly initialised frozen ones)."""
+        from fewlabels.methods.relbitfit.delta import save_delta
+
         meta = {"task": self.config.data.task if self.config.data.dataset == "glue" else self.config.data.dataset}
         meta["base_model"] = os.fspath(model_dir(self.config))
         return save_delta(model, Path(run_dir) / DELTA_FILE, fine_tuning_of(self.config), self.extra_tensors, meta)

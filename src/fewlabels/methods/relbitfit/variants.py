@@ -103,7 +103,8 @@ def trainable_names(model: nn.Module, fine_tuning: FineTuning) -> set[str]:
         return set(names)
     chosen = {n for n in names if n.endswith(".bias") or n == "bias"} | head_parameter_names(model)
     if fine_tuning.variant == "relbitfit":
-        keys = [a.key for a in find_self_attentions(model)]
+        attentions: list[Any] = find_self_attentions(model)
+        keys = [a.key for a in attentions]
         key_biases = {id(k.bias) for k in keys if k.bias is not None}
         chosen = {n for n in chosen if id(names[n]) not in key_biases}
         chosen |= {n for n in names if ".relative_attention." in f".{n}"}

@@ -1,11 +1,13 @@
 """Few-shot feature extractors: ResNet-12 (with DropBlock), a conv-4 and a ResNet-18.
 
-Every backbone maps ``x [B, C_in, H, W]`` to ``(spatial [B, out_channels, h, w], pooled [B, out_channels])`` where
-``pooled`` is the global average of ``spatial``. The spatial map feeds the spatial contrastive head and the 2x2
-max-pooled evaluation features; the pooled vector feeds the classifier.
+Every backbone maps ``x [B, C_in, H, W]`` to ``(spatial [B, out_channels, h, w], pooled [B, out_channels])``
+where ``pooled`` is the global average of ``spatial``. The spatial map feeds the spatial contrastive head and
+the 2x2 max-pooled evaluation features; the pooled vector feeds the classifier.
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,8 @@ class DropBlock(nn.Module):
     """Structured dropout (Ghiasi et al. 2018) that drops ``block_size x block_size`` squares of each channel.
 
     The keep probability ramps linearly from 1 to ``1 - drop_rate`` over ``ramp_steps`` training batches; the
-    counter is a buffer so that it is checkpointed and a resumed run continues the same ramp. Identity in eval mode.
+    counter is a buffer so that it is checkpointed and a resumed run continues the same ramp. Identity in eval
+    mode.
     """
 
     batches_seen: Tensor
@@ -56,7 +59,9 @@ class DropBlock(nn.Module):
         gamma = dropblock_gamma(self.keep_prob(), bs, h) if h == w else (1.0 - self.keep_prob()) / bs**2
         # Seeds are sampled on x's own device from torch's global RNG: the reference called `.cuda()` here and
         # could not run on CPU.
-        seeds = torch.bernoulli(torch.full((b, c, h - bs + 1, w - bs + 1), gamma, device=x.device, dtype=x.dtype))
+        seeds = torch.bernoulli(
+            torch.full((b, c, h - bs + 1, w - bs + 1), gamma, device=x.device, dtype=x.dtype)
+        )
         # A seed at (i, j) drops the block [i, i + bs) x [j, j + bs): a max-pool over a zero-padded seed map.
         dropped = F.max_pool2d(F.pad(seeds, (bs - 1, bs - 1, bs - 1, bs - 1)), kernel_size=bs, stride=1)
         mask = 1.0 - dropped
@@ -65,7 +70,8 @@ class DropBlock(nn.Module):
 
 
 class ResNet12Block(nn.Module):
-    """3 x [3x3 conv (no bias) + BN + LeakyReLU(0.1)] + (1x1 conv + BN) shortcut, 2x2 max-pool, then dropout."""
+    """3 x [3x3 conv (no bias) + BN + LeakyReLU(0.1)] + (1x1 conv + BN) shortcut, 2x2 max-pool, then
+    dropout."""
 
     def __init__(
         self,
@@ -100,13 +106,14 @@ class ResNet12Block(nn.Module):
         return self.drop(out)
 
 
-class FewShotBackbone(nn.Module):
-    """Base class: ``out_channels`` and ``forward(x) -> (spatial, pooled)``."""
+class FewShotBackbone(nn.Module, ABC):
+    """Base class: ``out_channels`` and ``forward(x) -> (spatial, pooled)``; subclasses define features."""
 
     out_channels: int
 
-    def features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def features(self, x: Tensor) -> Tensor:
+        """``x [B, C_in, H, W]`` -> spatial map ``[B, out_channels, h, w]``."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x [B, C_in, H, W]`` -> ``(spatial [B, C, h, w], pooled [B, C])``."""
@@ -117,8 +124,8 @@ class FewShotBackbone(nn.Module):
 class ResNet12(FewShotBackbone):
     """ResNet-12 of MetaOptNet/RFS: widths (64, 160, 320, 640), ~12.4M parameters.
 
-    84x84 inputs give a 640x5x5 map, 32x32 inputs 640x2x2. Dropout ``drop_rate`` in blocks 1-2 and DropBlock in
-    blocks 3-4 (``block_size`` 5, or 2 for 32x32 inputs).
+    84x84 inputs give a 640x5x5 map, 32x32 inputs 640x2x2. Dropout ``drop_rate`` in blocks 1-2 and DropBlock
+    in blocks 3-4 (``block_size`` 5, or 2 for 32x32 inputs).
     """
 
     def __init__(
@@ -167,8 +174,9 @@ class Conv4(FewShotBackbone):
 
 
 class ResNet18(FewShotBackbone):
-    """The project's ImageNet-style ResNet-18 encoder (output stride 32, torchvision parameter names, so a local
-    torchvision/timm state dict loads with :func:`fewlabels.models.pretrained.load_backbone_weights`)."""
+    """The project's ImageNet-style ResNet-18 encoder (output stride 32, torchvision parameter names, so a
+    local torchvision/timm state dict loads with
+    :func:`fewlabels.models.pretrained.load_backbone_weights`)."""
 
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__()

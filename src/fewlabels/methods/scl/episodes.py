@@ -19,7 +19,8 @@ from fewlabels.data.base import DataError, FewDataset
 
 @dataclass(frozen=True)
 class Episode:
-    """``classes [n_way]`` dataset labels; ``support [n_way, n_shot]`` and ``query [n_way, n_query]`` indices."""
+    """``classes [n_way]`` dataset labels; ``support [n_way, n_shot]`` and ``query [n_way, n_query]``
+    indices."""
 
     classes: np.ndarray
     support: np.ndarray
@@ -33,9 +34,12 @@ def _class_members(labels: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def check_episode_request(labels: np.ndarray, n_way: int, n_shot: int, n_query: int) -> dict[int, np.ndarray]:
-    """Indices of each class, or a :class:`DataError` saying why ``n_way``-way ``n_shot``-shot is impossible."""
+    """Indices of each class, or a :class:`DataError` saying why ``n_way``-way ``n_shot``-shot is
+    impossible."""
     if n_way < 1 or n_shot < 1 or n_query < 0:
-        raise DataError(f"an episode needs n_way >= 1, n_shot >= 1, n_query >= 0; got {n_way}, {n_shot}, {n_query}")
+        raise DataError(
+            f"an episode needs n_way >= 1, n_shot >= 1, n_query >= 0; got {n_way}, {n_shot}, {n_query}"
+        )
     members = _class_members(np.asarray(labels).reshape(-1))
     if len(members) < n_way:
         raise DataError(
@@ -57,8 +61,9 @@ def check_episode_request(labels: np.ndarray, n_way: int, n_shot: int, n_query: 
 class EpisodeSampler:
     """Seeded, reproducible sequence of ``n_episodes`` episodes over ``labels``.
 
-    The same ``(labels, n_way, n_shot, n_query, n_episodes, seed)`` always gives the same episodes (the reference
-    drew them from an unseeded global RNG). Impossible requests raise :class:`DataError` at construction.
+    The same ``(labels, n_way, n_shot, n_query, n_episodes, seed)`` always gives the same episodes (the
+    reference drew them from an unseeded global RNG). Impossible requests raise :class:`DataError` at
+    construction.
     """
 
     def __init__(
@@ -84,7 +89,10 @@ class EpisodeSampler:
         """One episode drawn with ``rng``."""
         classes = rng.choice(self.class_ids, size=self.n_way, replace=False)
         picks = np.stack(
-            [rng.choice(self.members[int(c)], size=self.n_shot + self.n_query, replace=False) for c in classes]
+            [
+                rng.choice(self.members[int(c)], size=self.n_shot + self.n_query, replace=False)
+                for c in classes
+            ]
         )
         return Episode(classes=classes, support=picks[:, : self.n_shot], query=picks[:, self.n_shot :])
 
@@ -94,7 +102,8 @@ class EpisodeSampler:
             yield self.draw(rng)
 
     def as_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(classes [E, n_way], support [E, n_way, n_shot], query [E, n_way, n_query])`` of every episode."""
+        """``(classes [E, n_way], support [E, n_way, n_shot], query [E, n_way, n_query])`` of every
+        episode."""
         episodes = list(self)
         return (
             np.stack([e.classes for e in episodes]),
@@ -106,14 +115,22 @@ class EpisodeSampler:
 class EpisodicDataset(FewDataset):
     """Episodes as dataset items, for episodic training through the engine (one item = one whole episode).
 
-    ``sample(index, rng)`` draws the episode from ``rng`` (the engine's per-(seed, epoch, index) generator, so a
-    resumed run sees the same episodes); without a generator (evaluation) episode ``index`` of a fixed seed is used.
-    Returns ``support [n_way * n_shot, C, H, W]``, ``query [n_way * n_query, C, H, W]`` (class-major) and their
-    episode labels ``support_labels``, ``query_labels``.
+    ``sample(index, rng)`` draws the episode from ``rng`` (the engine's per-(seed, epoch, index) generator, so
+    a resumed run sees the same episodes); without a generator (evaluation) episode ``index`` of a fixed seed
+    is used.
+    Returns ``support [n_way * n_shot, C, H, W]``, ``query [n_way * n_query, C, H, W]`` (class-major) and
+    their episode labels ``support_labels``, ``query_labels``.
     """
 
-    def __init__(self, dataset: FewDataset, labels: np.ndarray, n_way: int, n_shot: int, n_query: int,
-                 episodes_per_epoch: int = 1000) -> None:
+    def __init__(
+        self,
+        dataset: FewDataset,
+        labels: np.ndarray,
+        n_way: int,
+        n_shot: int,
+        n_query: int,
+        episodes_per_epoch: int = 1000,
+    ) -> None:
         self.dataset = dataset
         self.sampler = EpisodeSampler(labels, n_way, n_shot, n_query, episodes_per_epoch, seed=0)
         self.episodes_per_epoch = episodes_per_epoch
@@ -122,7 +139,9 @@ class EpisodicDataset(FewDataset):
         return self.episodes_per_epoch
 
     def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
-        episode = self.sampler.draw(rng if rng is not None else np.random.default_rng([self.sampler.seed, index]))
+        episode = self.sampler.draw(
+            rng if rng is not None else np.random.default_rng([self.sampler.seed, index])
+        )
         s = self.sampler
 
         def images(idx: np.ndarray) -> torch.Tensor:

@@ -1,15 +1,16 @@
 """Episodic few-shot evaluation: a linear probe per episode on frozen, L2-normalised features.
 
-Protocol (RFS / SCL): for each N-way K-shot episode, fit a multinomial logistic regression (L2, ``C = 1``) on the
-support features of each feature type -- the globally pooled vector ``[D]`` and the 2x2 max-pooled spatial map
-``[4D]`` -- and sum the predicted query probabilities. Report the mean accuracy over episodes with its 95% Student-t
-confidence half-width, in percent.
+Protocol (RFS / SCL): for each N-way K-shot episode, fit a multinomial logistic regression (L2, ``C = 1``) on
+the support features of each feature type -- the globally pooled vector ``[D]`` and the 2x2 max-pooled spatial
+map ``[4D]`` -- and sum the predicted query probabilities. Report the mean accuracy over episodes with its 95%
+Student-t confidence half-width, in percent.
 
-Fast path (default): every test image's features (and a fixed number of augmented copies for support augmentation)
-are extracted once, then the classifiers of all episodes are solved together by :func:`batched_logistic_regression`
-(batched Newton in the span of the support features, float64). Exact path (``exact=True``): scikit-learn's
-``LogisticRegression(C=1)`` per episode on the same features. :func:`reference_protocol_evaluate` additionally re-runs
-the backbone on every episode, as the reference did (used by ``benchmarks/fewshot_eval.py`` for comparison).
+Fast path (default): every test image's features (and a fixed number of augmented copies for support
+augmentation) are extracted once, then the classifiers of all episodes are solved together by
+:func:`batched_logistic_regression` (batched Newton-CG in the span of the support features, float64). Exact
+path (``exact=True``): scikit-learn's ``LogisticRegression(C=1)`` per episode on the same features.
+:func:`reference_protocol_evaluate` additionally re-runs the backbone on every episode, as the reference did
+(used by ``benchmarks/fewshot_eval.py`` for comparison).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class EvalFeatures:
 
 @dataclass
 class LinearSolution:
-    """Per-episode multinomial classifier ``logits = x @ weight + bias``: ``weight [E, F, W]``, ``bias [E, W]``."""
+    """Per-episode multinomial classifier ``logits = x @ weight + bias``: ``weight [E, F, W]``, ``bias [E,
+    W]``."""
 
     weight: Tensor
     bias: Tensor
@@ -83,11 +85,14 @@ def extract_features(
     augment_view: str = "standard",
     seed: int = 0,
 ) -> EvalFeatures:
-    """Run the backbone once over ``dataset`` (plus ``augment_copies`` augmented passes, seeded by ``seed``)."""
+    """Run the backbone once over ``dataset`` (plus ``augment_copies`` augmented passes, seeded by
+    ``seed``)."""
     device = torch.device(device)
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks: dict[str, list[list[Tensor]]] = {t: [[] for _ in range(1 + augment_copies)] for t in FEATURE_TYPES}
+    chunks: dict[str, list[list[Tensor]]] = {
+        t: [[] for _ in range(1 + augment_copies)] for t in FEATURE_TYPES
+    }
     view: nn.Module | None = None
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -120,7 +125,8 @@ def _objective(design: Tensor, theta: Tensor, onehot: Tensor, penalty: Tensor) -
 def _hessian_product(design: Tensor, p: Tensor, penalty: Tensor, v: Tensor) -> Tensor:
     """``H v`` for the Hessian of :func:`_objective` at probabilities ``p [E, n, W]``; ``v [E, d, W]``.
 
-    ``H v = X^T (p * u - p * <p, u>) + penalty * v`` with ``u = X v``: two batched products, no ``(dW)^2`` matrix.
+    ``H v = X^T (p * u - p * <p, u>) + penalty * v`` with ``u = X v``: two batched products, no ``(dW)^2``
+    matrix.
     """
     u = design @ v
     pu = p * u
@@ -132,12 +138,14 @@ def _conjugate_gradient(
 ) -> Tensor:
     """Solve ``H x = rhs`` for every episode by conjugate gradients (H symmetric positive semi-definite).
 
-    With L2-normalised features the Hessian is well conditioned (eigenvalues between the penalty ``1/C`` and about
-    ``1/C + n/4``); its only null direction, a constant shift of the biases, is orthogonal to the gradient, so CG
-    stays in the range and converges in a few tens of iterations without forming or factorising ``H``.
-    ``rel_tol`` bounds the squared residual relative to the squared right-hand side (1e-8 relative residual: an
-    inexact Newton step that still converges quadratically to the float64 limit).
+    With L2-normalised features the Hessian is well conditioned (eigenvalues between the penalty ``1/C`` and
+    about ``1/C + n/4``); its only null direction, a constant shift of the biases, is orthogonal to the
+    gradient, so CG stays in the range and converges in a few tens of iterations without forming or
+    factorising ``H``.
+    ``rel_tol`` bounds the squared residual relative to the squared right-hand side (1e-8 relative residual:
+    an inexact Newton step that still converges quadratically to the float64 limit).
     """
+
     def project(v: Tensor) -> Tensor:
         # Remove the bias-shift component (last row, mean over classes): zero curvature, and round-off there
         # would otherwise be amplified by CG into a useless huge step.
@@ -193,16 +201,21 @@ def _newton(design: Tensor, onehot: Tensor, penalty: Tensor, max_iter: int, tol:
 
 
 def batched_logistic_regression(
-    x: Tensor, y: Tensor, n_classes: int, C: float = 1.0, max_iter: int = 100, tol: float = 1e-8,
+    x: Tensor,
+    y: Tensor,
+    n_classes: int,
+    C: float = 1.0,
+    max_iter: int = 100,
+    tol: float = 1e-8,
     max_hessian_bytes: int = 256 * 2**20,
 ) -> LinearSolution:
     """Multinomial L2 logistic regression for ``E`` episodes at once, with scikit-learn's semantics.
 
     Minimises ``sum_i CE(W^T x_i + b, y_i) + ||W||^2 / (2C)`` (bias unpenalised) for each episode, with
-    ``x [E, n, F]``, ``y [E, n]`` in ``0..n_classes-1``. By the representer theorem ``W`` lies in the span of the
-    episode's ``n`` support vectors, so the problem is solved exactly in an orthonormal basis of that span
-    (eigenvectors of the Gram matrix ``x x^T``, dimension ``n`` instead of ``F``) by Newton's method in float64,
-    converging to ``max |gradient| < tol``. Returns ``weight [E, F, W]``, ``bias [E, W]``.
+    ``x [E, n, F]``, ``y [E, n]`` in ``0..n_classes-1``. By the representer theorem ``W`` lies in the span of
+    the episode's ``n`` support vectors, so the problem is solved exactly in an orthonormal basis of that span
+    (eigenvectors of the Gram matrix ``x x^T``, dimension ``n`` instead of ``F``) by Newton's method in
+    float64, converging to ``max |gradient| < tol``. Returns ``weight [E, F, W]``, ``bias [E, W]``.
     """
     e, n, f = x.shape
     xd = x.to(torch.float64)
@@ -239,8 +252,8 @@ def nearest_centroid_proba(xs: Tensor, ys: Tensor, xq: Tensor, n_classes: int) -
 def _sklearn_proba(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray, C: float) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
-    # No `multi_class=` argument: scikit-learn >= 1.8 rejects it (a defect of the reference); the lbfgs solver is
-    # multinomial for more than two classes.
+    # No `multi_class=` argument: scikit-learn >= 1.8 rejects it (a defect of the reference); the lbfgs solver
+    # is multinomial for more than two classes.
     clf = LogisticRegression(C=C, max_iter=1000)
     clf.fit(xs, ys)
     return clf.predict_proba(xq)
@@ -315,8 +328,9 @@ def fewshot_evaluate(
 ) -> dict[str, Any]:
     """Mean accuracy (percent) and 95% CI half-width of ``ways``-way episodes for each number of ``shots``.
 
-    ``model(images, mode="features")`` must return ``(spatial [B, D, h, w], pooled [B, D])``. Episodes are seeded
-    by ``seed`` (the same episodes for every model). Returns ``{"acc_{K}shot", "ci95_{K}shot"}`` per shot, plus
+    ``model(images, mode="features")`` must return ``(spatial [B, D, h, w], pooled [B, D])``. Episodes are
+    seeded by ``seed`` (the same episodes for every model). Returns ``{"acc_{K}shot", "ci95_{K}shot"}`` per
+    shot, plus
     ``episodes``, ``ways``, ``queries``, ``classifier``, ``exact`` and ``seconds``.
     """
     start = time.perf_counter()
@@ -328,10 +342,18 @@ def fewshot_evaluate(
     out: dict[str, Any] = {}
     for k, sampler in samplers.items():
         _, support, query = sampler.as_arrays()
-        accs = episode_accuracies(feats, support, query, classifier, exact, support_augment, C=C, device=device)
+        accs = episode_accuracies(
+            feats, support, query, classifier, exact, support_augment, C=C, device=device
+        )
         out[f"acc_{k}shot"], out[f"ci95_{k}shot"] = _summary(accs)
-    out.update(episodes=episodes, ways=ways, queries=queries, classifier=classifier, exact=exact,
-               seconds=time.perf_counter() - start)
+    out.update(
+        episodes=episodes,
+        ways=ways,
+        queries=queries,
+        classifier=classifier,
+        exact=exact,
+        seconds=time.perf_counter() - start,
+    )
     return out
 
 
@@ -347,7 +369,8 @@ def reference_protocol_evaluate(
     device: torch.device | str = "cpu",
     C: float = 1.0,
 ) -> np.ndarray:
-    """The reference loop: for every episode, run the backbone on its images and fit scikit-learn per feature type.
+    """The reference loop: for every episode, run the backbone on its images and fit scikit-learn per feature
+    type.
 
     Same episodes as :func:`fewshot_evaluate` with the same seed; returns the per-episode accuracies ``[E]``.
     Kept for comparison and timing (it is what the fast path replaces).
@@ -359,6 +382,7 @@ def reference_protocol_evaluate(
     ys = np.repeat(np.arange(ways), shot)
     yq = np.repeat(np.arange(ways), queries)
     for ep in sampler:
+
         def load(idx: np.ndarray) -> Tensor:
             return torch.stack([dataset[int(i)]["image"] for i in idx.reshape(-1)]).to(device)
 

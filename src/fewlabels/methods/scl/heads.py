@@ -1,8 +1,10 @@
 """Projection heads of the contrastive regularisers.
 
-- :class:`GlobalProjection` (GC): ``Linear(C, C, no bias) -> ReLU -> Linear(C, out, no bias)`` on pooled features.
-- :class:`SpatialAttentionHead` (SC): q, k, v projectors, each ``Linear(C, C, no bias) -> ReLU -> Linear(C, d, no
-  bias)``, applied to every position of a spatial map; ``d = C / 8`` (80 for the 640-channel ResNet-12).
+- :class:`GlobalProjection` (GC): ``Linear(C, C, no bias) -> ReLU -> Linear(C, out, no bias)`` on
+  pooled features.
+- :class:`SpatialAttentionHead` (SC): q, k, v projectors, each
+  ``Linear(C, C, no bias) -> ReLU -> Linear(C, d, no bias)``, applied to every position of a spatial map;
+  ``d = C / 8`` (80 for the 640-channel ResNet-12).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from torch import Tensor, nn
 
 
 def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, in_dim, bias=False), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim, bias=False))
+    return nn.Sequential(
+        nn.Linear(in_dim, in_dim, bias=False), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim, bias=False)
+    )
 
 
 class GlobalProjection(nn.Module):

@@ -1,7 +1,8 @@
 """SCL losses as pure functions of tensors.
 
-Shapes use ``N`` images seen in two views, ``M = 2N`` features in view-major order (rows ``0..N-1`` are view 1,
-``N..2N-1`` view 2), ``P`` spatial positions and ``d`` the projected (inner) size of the attention heads.
+Shapes use ``N`` images seen in two views, ``M = 2N`` features in view-major order (rows ``0..N-1`` are
+view 1, ``N..2N-1`` view 2), ``P`` spatial positions and ``d`` the projected (inner) size of the attention
+heads.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ Aggregation = Literal["mean", "sum", "max", "logsum"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "sum", "max", "logsum")
 
 
-def supcon_loss(similarity: Tensor, labels: Tensor | None = None, inverse_temperature: float = 10.0) -> Tensor:
+def supcon_loss(
+    similarity: Tensor, labels: Tensor | None = None, inverse_temperature: float = 10.0
+) -> Tensor:
     """Supervised (or self-supervised) contrastive loss over a precomputed similarity matrix.
 
-    ``logits = inverse_temperature * similarity`` with ``similarity`` of shape ``[M, M]`` (``M = 2N``, view-major).
-    Self-pairs are excluded from numerator and denominator. With ``labels`` ``[N]`` the positives of anchor ``i`` are
-    the other features with the same label; with ``labels=None`` they are only the other view of the same image.
+    ``logits = inverse_temperature * similarity`` with ``similarity`` of shape ``[M, M]`` (``M = 2N``,
+    view-major). Self-pairs are excluded from numerator and denominator. With ``labels`` ``[N]`` the positives
+    of anchor
+    ``i`` are
+    the other features with the same label; with ``labels=None`` they are only the other view of the same
+    image.
 
         loss = -1/M * sum_i 1/|P(i)| * sum_{p in P(i)} log( exp(l_ip) / sum_{a != i} exp(l_ia) )
 
@@ -39,7 +45,9 @@ def supcon_loss(similarity: Tensor, labels: Tensor | None = None, inverse_temper
     else:
         labels = labels.reshape(-1).to(device)
         if labels.numel() != n:
-            raise ValueError(f"labels must have N = {n} entries for a [{m}, {m}] similarity, got {labels.numel()}")
+            raise ValueError(
+                f"labels must have N = {n} entries for a [{m}, {m}] similarity, got {labels.numel()}"
+            )
         base = (labels[:, None] == labels[None, :]).to(similarity.dtype)
     not_self = 1.0 - torch.eye(m, device=device, dtype=similarity.dtype)
     positives = base.repeat(2, 2) * not_self
@@ -88,7 +96,8 @@ def spatial_similarity(
 
     ``q, k, v``: ``[M_a, P, d]`` projections of set A (``q_b, k_b, v_b`` ``[M_b, P, d]`` of set B, default A).
     For a pair (A, B): ``align_{B->A} = softmax(q_A k_B^T / sqrt(d)) v_B`` and ``align_{A->B}`` symmetrically;
-    per-position ``s = cos(v_A, align_{B->A}) + cos(v_B, align_{A->B})`` in ``[-2, 2]``, aggregated over the ``P``
+    per-position ``s = cos(v_A, align_{B->A}) + cos(v_B, align_{A->B})`` in ``[-2, 2]``, aggregated over the
+    ``P``
     positions by mean, sum, max or ``log(sum exp(lse_lambda * s)) / lse_lambda``.
     Returns ``S [M_b, M_a]`` with ``S[i, j] = sim(A = sample j, B = sample i)``.
     """
@@ -104,7 +113,8 @@ def spatial_similarity(
 
 
 def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
-    """Hinton distillation: ``T^2 / B * sum_b KL(softmax(t_b / T) || softmax(s_b / T))``; logits ``[B, C]``."""
+    """Hinton distillation: ``T^2 / B * sum_b KL(softmax(t_b / T) || softmax(s_b / T))``; logits ``[B,
+    C]``."""
     log_student = F.log_softmax(student_logits / temperature, dim=1)
     log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum()

@@ -46,11 +46,11 @@ class SCLNet(nn.Module):
         self.spatial_head = SpatialAttentionHead(dim) if spatial_head else None
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        # The frozen teacher of distillation lives outside the module tree (see attach_teacher): it must not be
-        # saved with the student, trained, or wrapped by DDP.
+        # The frozen teacher of distillation lives outside the module tree (see attach_teacher): it must not
+        # be saved with the student, trained, or wrapped by DDP.
         self._teacher: list[SCLNet] = []
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------------------
     def attach_teacher(self, teacher: SCLNet) -> None:
         """Hold ``teacher`` frozen for ``mode="distill"`` (moved with the student by ``.to()``)."""
         for p in teacher.parameters():
@@ -68,7 +68,7 @@ class SCLNet(nn.Module):
             t._apply(fn, recurse)
         return self
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------------------
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """``images [B, C, S, S]`` -> ``(spatial [B, D, h, w], pooled [B, D])``."""
         x = (images - self.mean[:, : images.shape[1]]) / self.std[:, : images.shape[1]]
@@ -79,7 +79,8 @@ class SCLNet(nn.Module):
 
         - ``"logits"``: ``[B, num_classes]``;
         - ``"features"``: ``(spatial [B, D, h, w], pooled [B, D])``;
-        - ``"train"``: dict with ``logits`` (if a classifier), ``pooled``, ``spatial`` and, for the enabled heads,
+        - ``"train"``: dict with ``logits`` (if a classifier), ``pooled``, ``spatial`` and, for the enabled
+        heads,
           ``projection [B, D/8]`` (GC) and ``q``, ``k``, ``v`` ``[B, h*w, D/8]`` (SC);
         - ``"distill"``: the ``"train"`` dict plus ``teacher_logits`` and ``teacher_pooled`` (teacher in eval
           mode, no gradient).

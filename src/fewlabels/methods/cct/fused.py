@@ -1,0 +1,300 @@
+"""Upsampling stages of the K auxiliary decoders fused with the consistency loss and its gradient.
+
+Why: with K = 30 decoders the full-resolution aux logits ``[K, B, C, H, W]`` are K times the size of the main
+decoder's output (82 MB at batch 2, 21 classes, 128x128). Autograd walks over that tensor ~20 times per step
+(bias, softmax, difference, square, mean, and their backward), which on a CPU costs far more than the 1.6% of
+the FLOPs the decoders represent (the reference: +35% step time at K = 30). Here the three pixel-shuffle
+stages, the loss and the backward pass through them are computed together, a few decoders at a time, so the
+full-resolution tensors of a chunk stay in cache and are never all held in memory. The forward stores the
+gradients with respect to the stage inputs and weights; the backward only scales them by the incoming gradient
+(the loss is a scalar).
+
+Supported distances: ``mse`` and ``kl`` (with or without confidence masking); other terms use the autograd
+path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["fold_batch", "fused_stages_consistency", "fused_vat_direction", "stages_value_and_grad"]
+
+
+def _full(x: Tensor) -> Tensor:
+    """Half-precision tensors (autocast outputs) to float32; float32/float64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _chunk_size(k: int, per_decoder: int, chunk_elements: int | None) -> int:
+    if chunk_elements is None:
+        return k
+    return max(1, min(k, chunk_elements // max(per_decoder, 1)))
+
+
+def _softmax_parts(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """``(exp(l - max), sum_c exp(l - max))`` over dim 1, overwriting ``logits`` with ``l - max``.
+
+    Three vectorised passes in cache; ``torch.softmax`` over a non-innermost dimension was 2-3x slower here.
+    """
+    shifted = logits.sub_(logits.amax(dim=1, keepdim=True))
+    e = shifted.exp()
+    return e, e.sum(dim=1, keepdim=True)
+
+
+def _mse_grad(logits: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Sum of ``(softmax(l) - t)^2`` over kept elements and its gradient w.r.t. ``l`` (class dim 1).
+
+    ``g = p * (e - sum_c p e)`` with ``p = softmax(l)`` and ``e = 2 (p - t)`` (softmax Jacobian).
+    """
+    e, total = _softmax_parts(logits)
+    p = e.div_(total)
+    d = p - target
+    if mask is not None:
+        d.mul_(mask)
+    loss = torch.dot(d.view(-1), d.view(-1))
+    s = (p * d).sum(dim=1, keepdim=True)
+    g = d.sub_(s).mul_(p).mul_(2.0)
+    return loss, g
+
+
+def _kl_grad(logits: Tensor, target: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``-sum t * log_softmax(l)`` over kept elements (the entropy term is added by the caller) and its
+    gradient ``softmax(l) - t`` (exact because each target pixel sums to 1)."""
+    e, total = _softmax_parts(logits)
+    shifted = logits  # l - max after _softmax_parts
+    t = target if mask is None else target * mask
+    # -sum t (l - max - log total) = -sum t (l - max) + sum_pixels (sum_c t) log total   (t broadcast over K)
+    loss = (t.sum(dim=0, keepdim=True) * total.log()).sum() - (shifted * t).sum()
+    g = e.div_(total).sub_(target)
+    if mask is not None:
+        g.mul_(mask)
+    return loss, g
+
+
+def stages_value_and_grad(
+    h: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    kind: str,
+    chunk_elements: int | None,
+    param_grads: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Loss sum and its gradients through the pixel-shuffle stages, a chunk of decoders at a time.
+
+    Layout (batch folded into the positions, so each stage is one ``[4C, C] @ [C, M]`` product per decoder):
+    ``h [K, C, B*hw]``, ``target [C, S, B, hw]``, ``mask [1, S, B, hw]`` or None, ``weight [S_st, K, 4C, C]``,
+    ``bias [S_st, K, 4C]``. Returns ``(sum, grad_h [K, C, B*hw], grad_weight, grad_bias)`` (the last two None
+    when ``param_grads`` is False, e.g. for the VAT power iteration).
+    """
+    k, c, n = h.shape
+    stages = weight.shape[0]
+    grad_h = torch.empty_like(h)
+    grad_w = torch.empty_like(weight) if param_grads else None
+    grad_b = torch.empty_like(bias) if param_grads else None
+    total = h.new_zeros(())
+    step = _chunk_size(k, c * n * 4**stages, chunk_elements)
+    loss_grad = _mse_grad if kind == "mse" else _kl_grad
+    for k0 in range(0, k, step):
+        k1 = min(k, k0 + step)
+        kc = k1 - k0
+        acts = [h[k0:k1]]
+        for s in range(stages):
+            m = acts[-1].shape[-1]
+            out = torch.baddbmm(bias[s, k0:k1].unsqueeze(-1).expand(kc, 4 * c, m), weight[s, k0:k1], acts[-1])
+            if s < stages - 1:
+                out.relu_()
+            # channels c*4 + sub-pixel -> (c, sub-pixel): the sub-pixel becomes the outermost position index
+            acts.append(out.view(kc, c, 4 * m))
+        logits = acts[-1].view(kc, *target.shape)
+        loss, g = loss_grad(logits, target, mask)
+        total += loss
+        g = g.view(kc, 4 * c, -1)
+        for s in range(stages - 1, -1, -1):
+            a = acts[s]  # input of stage s: [kc, C, M]
+            if grad_w is not None and grad_b is not None:
+                torch.bmm(g, a.transpose(1, 2), out=grad_w[s, k0:k1])
+                torch.sum(g, dim=2, out=grad_b[s, k0:k1])
+            ga = torch.bmm(weight[s, k0:k1].transpose(1, 2), g)  # [kc, C, M]
+            if s > 0:
+                # a = relu(previous pre-activation) viewed as [C, 4M]: its positive part is the ReLU's support
+                ga.mul_(a > 0)
+                g = ga.view(kc, 4 * c, -1)
+            else:
+                grad_h[k0:k1] = ga
+    return total, grad_h, grad_w, grad_b
+
+
+class _FusedStages(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        h: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        target: Tensor,
+        mask: Tensor | None,
+        kind: str,
+        chunk_elements: int | None,
+    ) -> Tensor:
+        # float32 throughout: under bf16 autocast the stored gradients would not match the float32 parameters
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            total, grad_h, grad_w, grad_b = stages_value_and_grad(
+                _full(h), _full(weight), _full(bias), _full(target), mask, kind, chunk_elements
+            )
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, grad_b * grad_out, None, None, None, None
+
+
+def fold_batch(target_sub: Tensor) -> Tensor:
+    """``[B, C, S, hw]`` (sub-pixel layout) -> ``[C, S, B, hw]``: the target layout of the fused stages."""
+    return target_sub.permute(1, 2, 0, 3).contiguous()
+
+
+def fused_stages_consistency(
+    h: Tensor,
+    stage_weight: Tensor,
+    stage_bias: Tensor,
+    target_sub: Tensor,
+    kind: str = "mse",
+    conf_threshold: float | None = None,
+    chunk_elements: int | None = 1 << 20,
+) -> Tensor:
+    """``1/K sum_k d(target, stages_k(h_k))``: the pixel-shuffle stages of K decoders and the consistency
+    loss.
+
+    Args:
+        h: classifier outputs ``[K, B, C, h*w]`` (the ``D -> C`` 1x1 convolution of the perturbed features).
+        stage_weight: ``[S, K, 4C, C]``, stage_bias ``[S, K, 4C]`` (see
+            :class:`~fewlabels.methods.cct.decoders.StackedUpsampleDecoders`).
+        target_sub: main-decoder probabilities in the sub-pixel layout ``[B, C, 4**S, h*w]``.
+        kind: ``"mse"`` or ``"kl"`` (same values as :func:`~fewlabels.methods.cct.losses.softmax_mse_loss` /
+            :func:`~fewlabels.methods.cct.losses.softmax_kl_loss` on the stacked outputs).
+        conf_threshold: optional confidence masking of the target pixels.
+        chunk_elements: full-resolution elements processed at once (about 4 MB by default: cache sized for a
+            CPU); ``None`` processes all K decoders in one chunk (GPUs).
+
+    Returns:
+        The scalar loss; its gradient reaches ``h``, ``stage_weight`` and ``stage_bias``.
+    """
+    if kind not in ("mse", "kl"):
+        raise ValueError(f"fused consistency supports mse and kl, got {kind!r}")
+    h = _full(h)  # bf16 autocast outputs: the loss and its gradients are computed in float32
+    k, b, c, hw = h.shape
+    target = fold_batch(target_sub.detach().to(h.dtype))  # [C, S, B, hw]
+    mask = None
+    if conf_threshold is not None:
+        mask = (target.amax(dim=0, keepdim=True) > conf_threshold).to(h.dtype)  # [1, S, B, hw]
+    h_folded = h.permute(0, 2, 1, 3).reshape(k, c, b * hw)  # small: [K, C, B*hw]
+    # The fused function returns the raw sum; normalisation stays in autograd (a tensor when it is
+    # data-dependent).
+    raw = _FusedStages.apply(h_folded, stage_weight, stage_bias, target, mask, kind, chunk_elements)
+    elements = k * target.numel()
+    if kind == "mse":
+        if mask is None:
+            return raw / elements
+        # mean over kept elements: K * C * kept pixels (none kept -> loss 0 and zero gradient)
+        return raw / (mask.sum() * (k * c)).clamp(min=1.0)
+    # KL: sum over kept elements of t (log t - log q), divided by all elements (mean) or by the pixel count.
+    t_kept = target if mask is None else target * mask
+    entropy = k * torch.special.xlogy(t_kept, target).sum()
+    return (entropy + raw) / (elements if mask is None else elements // c)
+
+
+@torch.no_grad()
+def fused_vat_direction(
+    z: Tensor,
+    classifier: Tensor,
+    stage_weight: Tensor,
+    stage_bias: Tensor,
+    xi: float = 1e-4,
+    iterations: int = 1,
+    init: Tensor | None = None,
+    chunk_elements: int | None = 1 << 20,
+) -> Tensor:
+    """:func:`~fewlabels.methods.cct.perturbations.vat_direction` for ``n`` stacked decoders.
+
+    The gradient of the KL comes from the fused stages instead of autograd: same result, no full-resolution
+    autograd graph. Computed in float32 even under bf16 autocast (in bf16 the finite difference of the power
+    iteration would be rounding noise).
+
+    Shapes: ``z [B, D, h, w]``, ``classifier [n, C, D]``, ``stage_weight [S, n, 4C, C]``,
+    ``stage_bias [S, n, 4C]`` -> unit-norm directions ``[n, B, D, h, w]``.
+    """
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        d = _vat_direction_fp32(
+            _full(z),
+            _full(classifier),
+            _full(stage_weight),
+            _full(stage_bias),
+            xi,
+            iterations,
+            init,
+            chunk_elements,
+        )
+    return d.to(z.dtype)
+
+
+def _vat_direction_fp32(
+    z: Tensor,
+    classifier: Tensor,
+    stage_weight: Tensor,
+    stage_bias: Tensor,
+    xi: float,
+    iterations: int,
+    init: Tensor | None,
+    chunk_elements: int | None,
+) -> Tensor:
+    from fewlabels.methods.cct.perturbations import l2_normalize
+
+    n, c, dim = classifier.shape
+    b, _, hh, ww = z.shape
+    hw = hh * ww
+    z = z.detach()
+    zf = z.flatten(2)  # [B, D, hw]
+
+    def project(x: Tensor) -> Tensor:  # [n, B, D, hw] -> folded classifier output [n, C, B*hw]
+        return torch.matmul(classifier.unsqueeze(1), x).permute(0, 2, 1, 3).reshape(n, c, b * hw)
+
+    # clean predictions of each VAT decoder: the KL targets [n, C, S, B, hw]
+    clean = project(zf.unsqueeze(0).expand(n, -1, -1, -1))
+    for s in range(stage_weight.shape[0]):
+        clean = torch.baddbmm(stage_bias[s].unsqueeze(-1), stage_weight[s], clean)
+        if s < stage_weight.shape[0] - 1:
+            clean.relu_()
+        clean = clean.view(n, c, -1)
+    targets = torch.softmax(clean.view(n, c, -1, b, hw), dim=1)
+    step = xi * z.flatten(1).norm(dim=1).clamp(min=1.0).view(1, -1, 1, 1)
+    d = l2_normalize(
+        init.to(z) if init is not None else torch.rand(n, *z.shape, device=z.device, dtype=z.dtype) - 0.5
+    )
+    for _ in range(iterations):
+        h = project(zf.unsqueeze(0) + step * d.flatten(-2))
+        grads = []
+        for k in range(n):
+            _, grad_h, _, _ = stages_value_and_grad(
+                h[k : k + 1],
+                stage_weight[:, k : k + 1],
+                stage_bias[:, k : k + 1],
+                targets[k],
+                None,
+                "kl",
+                chunk_elements,
+                param_grads=False,
+            )
+            grads.append(grad_h)
+        grad_h = torch.cat(grads).view(n, c, b, hw).permute(0, 2, 1, 3)  # [n, B, C, hw]
+        # back through the classifier: grad_d = step * W^T grad_h (the positive step vanishes in the
+        # normalisation)
+        grad_d = torch.matmul(classifier.transpose(1, 2).unsqueeze(1), grad_h)  # [n, B, D, hw]
+        d = l2_normalize(grad_d.view(n, b, dim, hh, ww))
+    return d

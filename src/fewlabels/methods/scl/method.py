@@ -1,0 +1,253 @@
+"""The ``scl`` method: pre-training on merged base classes with CE and the GC / SC regularisers.
+
+One training step (``training_step``): augment the batch into two views (view-major ``[2B, C, S, S]``), run
+the network once in ``mode="train"``, then
+
+    loss = lambda_cls * CE(both views) + lambda_sc * SupCon(S_spatial, y) + lambda_gc * SupCon(S_global, y)
+           + lambda_ss_sc * SupCon(S_spatial, None) + lambda_ss_gc * SupCon(S_global, None)
+
+Under DDP the contrastive terms are computed on the features of the whole global batch (gathered with
+gradient), so that a distributed run optimises the same objective as a single process with the same global
+batch.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fewlabels.data.base import DataError, FewDataset
+from fewlabels.methods.base import Method, Source, StepOutput
+from fewlabels.methods.scl.augment import MultiViewAugment
+from fewlabels.methods.scl.backbones import build_backbone
+from fewlabels.methods.scl.config import FewShotConfig, SCLConfig
+from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
+from fewlabels.methods.scl.losses import spatial_similarity, supcon_loss
+from fewlabels.methods.scl.model import SCLNet
+from fewlabels.registry import register_method
+
+_GLYPH_SPLITS = {"train": "base", "val": "val", "test": "novel"}
+
+
+def load_split(config: FewShotConfig, split: str) -> FewDataset:
+    """The ``train`` (base), ``val`` or ``test`` (novel) split of the configured dataset."""
+    data = config.data
+    size = data.resolved_image_size()
+    if data.dataset == "glyphs":
+        from fewlabels.data.glyphs import GlyphsDataset
+
+        return GlyphsDataset(
+            _GLYPH_SPLITS[split], image_size=size, per_class=data.glyphs_per_class, seed=data.glyphs_seed
+        )
+    from fewlabels.data.fewshot import load_fewshot
+
+    return load_fewshot(data.dataset, data.root, split, size, data.split_file)
+
+
+def build_net(
+    config: FewShotConfig, num_classes: int, global_head: bool = False, spatial_head: bool = False
+) -> SCLNet:
+    """The network of a few-shot config (backbone from ``config.model``)."""
+    m = config.model
+    backbone = build_backbone(
+        m.backbone,
+        image_size=config.data.resolved_image_size(),
+        drop_rate=m.drop_rate,
+        block_size=m.dropblock_size or None,
+        ramp_steps=m.dropblock_ramp_steps,
+    )
+    return SCLNet(backbone, num_classes, global_head=global_head, spatial_head=spatial_head)
+
+
+def _gather_views(x: Tensor, views: int) -> Tensor:
+    """All-gather ``x [V*b, ...]`` across processes into ``[V*world*b, ...]`` keeping view-major order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    chunks = x.reshape(views, -1, *x.shape[1:])
+    gathered = torch.cat(
+        all_gather(chunks.contiguous()), dim=1
+    )  # differentiable: gradients flow to each rank
+    return gathered.reshape(-1, *x.shape[1:])
+
+
+def _gather_labels(y: Tensor) -> Tensor:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return y
+    out = [torch.empty_like(y) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, y.contiguous())
+    return torch.cat(out)
+
+
+class FewShotMethod(Method):
+    """Shared plumbing of the few-shot methods: splits, episodic validation, prediction."""
+
+    metric = "acc"
+    metric_mode = "max"
+
+    def __init__(self, config: FewShotConfig) -> None:
+        super().__init__(config)
+        self.config: FewShotConfig = config
+        self._splits: dict[str, FewDataset] = {}
+
+    def split(self, name: str) -> FewDataset:
+        if name not in self._splits:
+            self._splits[name] = load_split(self.config, name)
+        return self._splits[name]
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Quick episodic validation: ``eval.val_episodes`` episodes per shot on the val split (percent).
+
+        ``acc`` (the selection metric) is the mean over the configured shots; ``acc_{K}shot`` /
+        ``ci95_{K}shot``
+        are reported for each.
+        """
+        ev = self.config.eval
+        res = fewshot_evaluate(
+            model,
+            self.split("val"),
+            shots=tuple(ev.shots),
+            ways=ev.ways,
+            queries=ev.queries,
+            episodes=ev.val_episodes,
+            seed=ev.seed,
+            classifier=ev.classifier,
+            device=device,
+            batch_size=ev.batch_size,
+        )
+        out = {k: float(v) for k, v in res.items() if k.startswith(("acc_", "ci95_"))}
+        out["acc"] = float(np.mean([res[f"acc_{k}shot"] for k in ev.shots]))
+        return out
+
+    def predict(
+        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
+    ) -> list[Path]:
+        """Base-class predictions of image files -> ``predictions.csv`` (path, class, name, probability), or
+        their L2-normalised pooled features -> ``features.npy`` for networks without a classifier."""
+        from PIL import Image
+
+        from fewlabels.data.base import to_chw_float
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        size = self.config.data.resolved_image_size()
+        rows, feats = [], []
+        for path in inputs:
+            try:
+                with Image.open(path) as im:
+                    image = to_chw_float(
+                        np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+                    )
+            except OSError as e:
+                raise DataError(f"cannot decode image {path}: {e}") from None
+            x = image[None].to(device)
+            if getattr(model, "classifier", None) is not None:
+                prob = model(x, mode="logits").softmax(dim=1)[0]
+                rows.append((str(path), int(prob.argmax()), float(prob.max())))
+            else:
+                feats.append(F.normalize(model(x, mode="features")[1], dim=1)[0].cpu().numpy())
+        if feats:
+            target = out_dir / "features.npy"
+            np.save(target, np.stack(feats))
+            return [target]
+        names = getattr(self.split("train"), "class_names", None)
+        target = out_dir / "predictions.csv"
+        with target.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "class", "name", "probability"])
+            for p, c, pr in rows:
+                writer.writerow([p, c, names[c] if names else c, f"{pr:.6f}"])
+        return [target]
+
+
+@register_method
+class SCLMethod(FewShotMethod):
+    """Spatial contrastive pre-training (and its CE / GC / SS baselines, by loss weights)."""
+
+    name = "scl"
+    description = "few-shot classification: CE pre-training + spatial/global contrastive regularisers (SCL)"
+    config_class = SCLConfig
+
+    def __init__(self, config: SCLConfig) -> None:
+        super().__init__(config)
+        self.config: SCLConfig = config
+        self.augment = MultiViewAugment(config.augment.views, config.data.resolved_image_size())
+
+    def build_model(self) -> nn.Module:
+        loss = self.config.loss
+        num_classes = int(self.split("train").num_classes)  # type: ignore[attr-defined]
+        return build_net(
+            self.config, num_classes, global_head=loss.uses_global(), spatial_head=loss.uses_spatial()
+        )
+
+    def train_sources(self) -> dict[str, Source]:
+        return {"base": Source(self.split("train"), self.config.train.batch_size)}
+
+    def contrastive_terms(self, out: dict[str, Tensor], labels: Tensor, views: int) -> dict[str, Tensor]:
+        """The enabled GC / SC / SS-GC / SS-SC losses of a ``mode="train"`` output (unweighted)."""
+        loss = self.config.loss
+        terms: dict[str, Tensor] = {}
+        if not loss.contrastive():
+            return terms
+        all_labels = _gather_labels(labels)
+        if loss.uses_global():
+            z = F.normalize(_gather_views(out["projection"], views).float(), dim=1)
+            sim = z @ z.T
+            if loss.lambda_gc > 0:
+                terms["gc"] = supcon_loss(sim, all_labels, loss.inverse_temperature)
+            if loss.lambda_ss_gc > 0:
+                terms["ss_gc"] = supcon_loss(sim, None, loss.inverse_temperature)
+        if loss.uses_spatial():
+            q, k, v = (_gather_views(out[n], views).float() for n in ("q", "k", "v"))
+            sim = spatial_similarity(q, k, v, aggregation=loss.aggregation, lse_lambda=loss.lse_lambda)
+            if loss.lambda_sc > 0:
+                terms["sc"] = supcon_loss(sim, all_labels, loss.inverse_temperature)
+            if loss.lambda_ss_sc > 0:
+                terms["ss_sc"] = supcon_loss(sim, None, loss.inverse_temperature)
+        return terms
+
+    def weighted_loss(
+        self, out: dict[str, Tensor], labels: Tensor, views: int
+    ) -> tuple[Tensor, dict[str, Any]]:
+        loss = self.config.loss
+        logs: dict[str, Any] = {}
+        total = out["pooled"].new_zeros(())
+        if "logits" in out:
+            targets = labels.repeat(views)
+            # The mean over the V * B rows is the average of the per-view CE (the reference's CE term).
+            ce = F.cross_entropy(out["logits"].float(), targets)
+            logs["ce"] = ce.detach()
+            logs["train_acc"] = (out["logits"].argmax(dim=1) == targets).float().mean().detach()
+            if loss.lambda_cls > 0:
+                total = total + loss.lambda_cls * ce
+        weights = {
+            "gc": loss.lambda_gc,
+            "sc": loss.lambda_sc,
+            "ss_gc": loss.lambda_ss_gc,
+            "ss_sc": loss.lambda_ss_sc,
+        }
+        for name, value in self.contrastive_terms(out, labels, views).items():
+            logs[name] = value.detach()
+            total = total + weights[name] * value
+        return total, logs
+
+    def training_step(
+        self, model: nn.Module, batch: dict[str, dict[str, Any]], step: int, total_steps: int
+    ) -> StepOutput:
+        images, labels = batch["base"]["image"], batch["base"]["label"]
+        with torch.no_grad():
+            x = self.augment(images.float())
+        out = model(x, mode="train")
+        total, logs = self.weighted_loss(out, labels, len(self.config.augment.views))
+        return StepOutput(total, logs)
