@@ -44,9 +44,7 @@ from fewlabels.methods.cct.perturbations import (
 )
 from fewlabels.models import SegmentationNet, UpsampleDecoder, build_segmentation_model
 
-K1 = PerturbationsConfig(
-    vat=0, dropout=1, cutout=0, context_mask=0, object_mask=0, feature_drop=0, feature_noise=0
-)
+K1 = PerturbationsConfig(vat=0, dropout=1, cutout=0, context_mask=0, object_mask=0, feature_drop=0, feature_noise=0)
 K30 = PerturbationsConfig()  # 2 + 6 + 6 + 2 + 2 + 6 + 6
 
 
@@ -54,9 +52,7 @@ class LoopCCT(nn.Module):
     """The reference's structure: a list of K decoder modules, each perturbing ``z`` and decoding alone,
     and K separate loss calls. Same perturbation functions (``n = 1``) and losses as :class:`CCTModel`."""
 
-    def __init__(
-        self, net: SegmentationNet, cfg: PerturbationsConfig, background: tuple[int, ...] = (0,)
-    ) -> None:
+    def __init__(self, net: SegmentationNet, cfg: PerturbationsConfig, background: tuple[int, ...] = (0,)) -> None:
         super().__init__()
         self.net, self.cfg, self.background = net, cfg, background
         self.kinds = [name for name, count in cfg.counts.items() for _ in range(count)]
@@ -87,8 +83,7 @@ class LoopCCT(nn.Module):
             target = F.softmax(self.net.decode(z), dim=1)
         fg = foreground_mask(target, tuple(z.shape[-2:]), self.background)
         losses = [
-            softmax_mse_loss(dec(self._perturb(kind, dec, z, fg)), target)
-            for kind, dec in zip(self.kinds, self.aux)
+            softmax_mse_loss(dec(self._perturb(kind, dec, z, fg)), target) for kind, dec in zip(self.kinds, self.aux)
         ]
         return {"logits_l": logits_l, "loss_u": sum(losses) / len(losses)}
 
@@ -192,9 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     for (impl, k), t in med.items():
         spread = f"[{min(wall[(impl, k)]):.3f}..{max(wall[(impl, k)]):.3f}]"
-        line = (
-            f"{impl:8s} K={k:2d}: wall median {t:.3f} s/step {spread}, process CPU {med_cpu[(impl, k)]:.3f} s"
-        )
+        line = f"{impl:8s} K={k:2d}: wall median {t:.3f} s/step {spread}, process CPU {med_cpu[(impl, k)]:.3f} s"
         result[f"{impl}_k{k}_s"] = round(t, 4)
         result[f"{impl}_k{k}_cpu_s"] = round(med_cpu[(impl, k)], 4)
         if not args.no_memory:

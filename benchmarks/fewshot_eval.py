@@ -35,17 +35,13 @@ def _model(run: str, backbone: str, image_size: int) -> torch.nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--backbone", default="conv4", choices=["conv4", "resnet12", "resnet18"])
-    parser.add_argument(
-        "--run", default="", help="use the model of this run directory instead of a random conv-4"
-    )
+    parser.add_argument("--run", default="", help="use the model of this run directory instead of a random conv-4")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -67,9 +63,7 @@ def main() -> None:
     ref_time, ref = 0.0, {}
     for k in args.shots:
         start = time.perf_counter()
-        accs = reference_protocol_evaluate(
-            model, dataset, k, args.ways, args.queries, args.episodes, args.seed
-        )
+        accs = reference_protocol_evaluate(model, dataset, k, args.ways, args.queries, args.episodes, args.seed)
         ref_time += time.perf_counter() - start
         ref[k] = mean_confidence_interval(torch.from_numpy(accs * 100))
         print(f"reference {k}-shot: {ref[k][0]:.2f} +- {ref[k][1]:.2f}")

@@ -59,7 +59,8 @@ def main() -> int:
         print(f"   {time.perf_counter() - t0:.0f} s: {lines[-1]}", flush=True)
     out = HERE / "results.md"
     out.write_text(
-        "# Benchmark results (`make bench`)\n\n| benchmark | figure | value | target | machine |\n|---|---|---|---|---|\n"
+        "# Benchmark results (`make bench`)\n\n"
+        "| benchmark | figure | value | target | machine |\n|---|---|---|---|---|\n"
         + "\n".join(rows)
         + "\n"
     )

@@ -69,12 +69,21 @@ CASES = [
     ("missing dataset root", [*FOLDER, "data.root={t}/nope"], ["not found", "{t}/nope"]),
     ("empty dataset root", [*FOLDER, "data.root={t}/emptydir"], ["images", "not found"]),
     ("wrong layout for voc", [*SEG, "data.dataset=voc", "data.root={t}/emptydir"], ["JPEGImages"]),
-    ("image that fails to decode", [*FOLDER, "data.root={t}/corrupt", "train.batch_size=1", "train.steps=1"],
-     ["{t}/corrupt/images/a.png"]),
-    ("mask class outside range", [*FOLDER, "data.root={t}/badclass", "train.batch_size=1", "train.steps=1"],
-     ["a.png", "9"]),
-    ("image/mask size mismatch", [*FOLDER, "data.root={t}/mismatch", "train.batch_size=1", "train.steps=1"],
-     ["16x16", "8x8"]),
+    (
+        "image that fails to decode",
+        [*FOLDER, "data.root={t}/corrupt", "train.batch_size=1", "train.steps=1"],
+        ["{t}/corrupt/images/a.png"],
+    ),
+    (
+        "mask class outside range",
+        [*FOLDER, "data.root={t}/badclass", "train.batch_size=1", "train.steps=1"],
+        ["a.png", "9"],
+    ),
+    (
+        "image/mask size mismatch",
+        [*FOLDER, "data.root={t}/mismatch", "train.batch_size=1", "train.steps=1"],
+        ["16x16", "8x8"],
+    ),
     ("folder without images", [*FOLDER, "data.root={t}/noimages"], ["no"]),
     ("labeled fraction zero", [*SEG, "data.labeled=0"], ["data.labeled", "> 0"]),
     ("labeled count not whole", [*SEG, "data.labeled=1.5"], ["data.labeled", "whole number"]),
@@ -87,30 +96,50 @@ CASES = [
     ("zero batch size", [*SEG, "train.batch_size=0"], ["train.batch_size", ">= 1"]),
     ("negative batch size", [*SEG, "train.batch_size=-4"], ["train.batch_size", ">= 1"]),
     ("negative learning rate", [*SEG, "train.lr=-0.1"], ["train.lr", "> 0"]),
-    ("batch not divisible by accumulation", [*SEG, "train.batch_size=8", "train.grad_accum=3"],
-     ["train.batch_size", "divisible"]),
-    ("batch larger than the labeled set", [*SEG, "data.labeled=4", "train.batch_size=8"],
-     ["train.batch_size", "fewer than one batch"]),
+    (
+        "batch not divisible by accumulation",
+        [*SEG, "train.batch_size=8", "train.grad_accum=3"],
+        ["train.batch_size", "divisible"],
+    ),
+    (
+        "batch larger than the labeled set",
+        [*SEG, "data.labeled=4", "train.batch_size=8"],
+        ["train.batch_size", "fewer than one batch"],
+    ),
     ("missing pretrained weight file", [*SEG, "model.pretrained={t}/resnet.pth"], ["{t}/resnet.pth"]),
-    ("pretrained file that does not fit", [*SEG, "model.encoder=resnet18", "model.pretrained={t}/weights.pth"],
-     ["weights.pth"]),
+    (
+        "pretrained file that does not fit",
+        [*SEG, "model.encoder=resnet18", "model.pretrained={t}/weights.pth"],
+        ["weights.pth"],
+    ),
     ("config file not found", ["train", "{t}/nope.yaml"], ["{t}/nope.yaml"]),
     ("config that is not a mapping", ["train", "{t}/list.yaml"], ["mapping"]),
     ("two config files", ["train", "{t}/sup.yaml", "{t}/toy.yaml"], ["only one config file"]),
     ("no config and no resume", ["train"], ["config"]),
     ("eval of a folder that is not a run", ["eval", "{t}/emptydir"], ["not a run directory"]),
     ("eval of a missing folder", ["eval", "{t}/nothing"], ["not a run directory"]),
-    ("resume from a run of another method", ["train", "{t}/sup.yaml", "--resume", "{t}/runs/toyrun"],
-     ["'toy' run", "'supervised'"]),
-    ("resume changing the trajectory", ["train", "--resume", "{t}/runs/toyrun", "train.lr=1"],
-     ["train.lr", "cannot be changed when resuming"]),
+    (
+        "resume from a run of another method",
+        ["train", "{t}/sup.yaml", "--resume", "{t}/runs/toyrun"],
+        ["'toy' run", "'supervised'"],
+    ),
+    (
+        "resume changing the trajectory",
+        ["train", "--resume", "{t}/runs/toyrun", "train.lr=1"],
+        ["train.lr", "cannot be changed when resuming"],
+    ),
     ("corrupt checkpoint", ["train", "--resume", "{t}/runs/toyrun"], ["checkpoints", "corrupt"]),
-    ("predict with a run without weights", ["predict", "{t}/runs/toyrun", "{t}/corrupt", "--out", "{t}/o"],
-     ["no weights"]),
-    ("predict --out inside the input", ["predict", "{t}/runs/toyrun", "{t}/noimages", "--out", "{t}/noimages/o"],
-     ["inside the input folder"]),
-    ("predict on a missing input", ["predict", "{t}/runs/toyrun", "{t}/absent", "--out", "{t}/o"],
-     ["input not found"]),
+    (
+        "predict with a run without weights",
+        ["predict", "{t}/runs/toyrun", "{t}/corrupt", "--out", "{t}/o"],
+        ["no weights"],
+    ),
+    (
+        "predict --out inside the input",
+        ["predict", "{t}/runs/toyrun", "{t}/noimages", "--out", "{t}/noimages/o"],
+        ["inside the input folder"],
+    ),
+    ("predict on a missing input", ["predict", "{t}/runs/toyrun", "{t}/absent", "--out", "{t}/o"], ["input not found"]),
     ("data check of an unknown kind", ["data", "check", "vco", "{t}"], ["did you mean 'voc'"]),
     ("methods of an unknown method", ["methods", "cctt"], ["unknown method"]),
 ]
@@ -118,8 +147,9 @@ CASES = [
 
 def _run(world: Path, args: list[str]) -> subprocess.CompletedProcess:
     argv = [a.replace("{t}", str(world)) for a in args]
-    return subprocess.run([sys.executable, ENTRY, *argv], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=300, cwd=world)
+    return subprocess.run(
+        [sys.executable, ENTRY, *argv], capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=world
+    )
 
 
 @pytest.fixture(scope="module")

@@ -214,9 +214,7 @@ P_BIN = np.array([1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1])
 def test_binary_metrics_match_sklearn():
     assert metrics.accuracy(P_BIN, Y_BIN) == pytest.approx(sklearn.metrics.accuracy_score(Y_BIN, P_BIN))
     assert metrics.f1_score(P_BIN, Y_BIN) == pytest.approx(sklearn.metrics.f1_score(Y_BIN, P_BIN))
-    assert metrics.matthews_corrcoef(P_BIN, Y_BIN) == pytest.approx(
-        sklearn.metrics.matthews_corrcoef(Y_BIN, P_BIN)
-    )
+    assert metrics.matthews_corrcoef(P_BIN, Y_BIN) == pytest.approx(sklearn.metrics.matthews_corrcoef(Y_BIN, P_BIN))
     # by hand: TP 5, TN 4, FP 1, FN 2 -> F1 = 10 / 13, MCC = (20 - 2) / sqrt(6 * 7 * 5 * 6)
     assert metrics.f1_score(P_BIN, Y_BIN) == pytest.approx(10 / 13)
     assert metrics.matthews_corrcoef(P_BIN, Y_BIN) == pytest.approx(18 / math.sqrt(6 * 7 * 5 * 6))

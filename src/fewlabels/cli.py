@@ -55,16 +55,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = read_run_config(args.resume, overrides)
     else:
         if config_path is None:
-            raise ConfigError(
-                "config", "give a config file (e.g. configs/supervised/scenes.yaml) or --resume RUN_DIR"
-            )
+            raise ConfigError("config", "give a config file (e.g. configs/supervised/scenes.yaml) or --resume RUN_DIR")
         config = load_config(config_path, overrides)
     result = train(config, args.resume)
-    print(
-        json.dumps(
-            {"run_dir": str(result.run_dir), "steps": result.steps, "metrics": result.metrics}, indent=2
-        )
-    )
+    print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, "metrics": result.metrics}, indent=2))
     return 0
 
 
@@ -88,9 +82,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not p.exists():
             raise FileNotFoundError(f"input not found: {item}")
         if p.is_dir() and (out == p or p in out.parents):
-            raise ConfigError(
-                "--out", f"{args.out} is inside the input folder {item}; choose a folder outside it"
-            )
+            raise ConfigError("--out", f"{args.out} is inside the input folder {item}; choose a folder outside it")
     run = load_run(args.run_dir, which=args.weights, device=args.device)
     written = run.predict(args.inputs, out)
     print(f"wrote {len(written)} files to {out}")
@@ -138,9 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from fewlabels import __version__
 
-    p = argparse.ArgumentParser(
-        prog="fewlabels", description="Deep learning with few labels: CCT, AC, SCL, RelBitFit."
-    )
+    p = argparse.ArgumentParser(prog="fewlabels", description="Deep learning with few labels: CCT, AC, SCL, RelBitFit.")
     p.add_argument("--version", action="version", version=f"fewlabels {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -155,9 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
             "`torchrun --nproc_per_node=N -m fewlabels train CONFIG`."
         ),
     )
-    t.add_argument(
-        "args", nargs="*", metavar="CONFIG_OR_OVERRIDE", help="config file and key.sub=value overrides"
-    )
+    t.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE", help="config file and key.sub=value overrides")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory")
     t.set_defaults(func=cmd_train)
 

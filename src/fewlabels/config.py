@@ -53,9 +53,7 @@ class TrainConfig:
     """Optimisation and bookkeeping shared by every method. Steps count optimizer updates."""
 
     steps: int = field(default=1000, metadata={"help": "optimizer steps (ignored when epochs > 0)", "min": 1})
-    epochs: float = field(
-        default=0.0, metadata={"help": "if > 0: passes over the largest training source", "min": 0}
-    )
+    epochs: float = field(default=0.0, metadata={"help": "if > 0: passes over the largest training source", "min": 0})
     batch_size: int = field(default=8, metadata={"help": "global batch size per step", "min": 1})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches accumulated per step", "min": 1})
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -75,9 +73,7 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = field(
         default="auto", metadata={"help": "auto = bf16 on CUDA, no on CPU"}
     )
-    eval_every: int = field(
-        default=0, metadata={"help": "steps between evaluations (0 = at the end)", "min": 0}
-    )
+    eval_every: int = field(default=0, metadata={"help": "steps between evaluations (0 = at the end)", "min": 0})
     checkpoint_every: int = field(default=100, metadata={"min": 1})
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints kept (>= 2)", "min": 2})
     log_every: int = field(default=10, metadata={"min": 1})

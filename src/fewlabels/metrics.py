@@ -74,9 +74,7 @@ def _check_same_shape(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def confusion_matrix(
-    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = 255
-) -> torch.Tensor:
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """Confusion matrix of integer label maps.
 
     ``C[i, j] = #{pixels p : target[p] = i, pred[p] = j, target[p] != ignore_index}`` — rows are the
@@ -214,8 +212,7 @@ class SegmentationMeter:
         if pred_t.ndim == target_t.ndim + 1:
             if pred_t.shape[1] != self.num_classes:
                 raise ValueError(
-                    f"pred scores have {pred_t.shape[1]} channels in dim 1 but the meter has "
-                    f"{self.num_classes} classes"
+                    f"pred scores have {pred_t.shape[1]} channels in dim 1 but the meter has {self.num_classes} classes"
                 )
             pred_t = pred_t.argmax(dim=1)
         batch = confusion_matrix(pred_t, target_t, self.num_classes, self.ignore_index)

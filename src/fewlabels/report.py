@@ -40,8 +40,7 @@ def build_report(run_dir: str | Path, device: str = "auto") -> Path:
         lines += [
             "## Training",
             "",
-            f"{train_rows[-1]['step'] if train_rows else 0} steps; "
-            f"final training loss {train_rows[-1]['loss']:.4f}."
+            f"{train_rows[-1]['step'] if train_rows else 0} steps; final training loss {train_rows[-1]['loss']:.4f}."
             if train_rows
             else "",
             "",

@@ -222,9 +222,7 @@ def _read_metric_records(metrics_jsonl: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{metrics_jsonl}:{lineno} is not valid JSON ({err.msg})") from err
             if not isinstance(record, dict) or "step" not in record or "split" not in record:
-                raise ValueError(
-                    f"{metrics_jsonl}:{lineno} must be a JSON object with 'step' and 'split' keys"
-                )
+                raise ValueError(f"{metrics_jsonl}:{lineno} must be a JSON object with 'step' and 'split' keys")
             records.append(record)
     return records
 

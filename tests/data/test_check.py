@@ -94,14 +94,10 @@ def test_cityscapes_check_counts_and_flags_missing_annotations(tmp_path: Path) -
     assert report.counts == {"train images": 2, "train annotations": 1, "masks sampled": 1}
     assert len(report.problems) == 1
     assert "bremen_000001_000019_gtFine_labelIds.png" in report.problems[0]
-    write_png(
-        tmp_path / "gtFine/train/bremen/bremen_000001_000019_gtFine_labelTrainIds.png", np.full((2, 3), 19)
-    )
+    write_png(tmp_path / "gtFine/train/bremen/bremen_000001_000019_gtFine_labelTrainIds.png", np.full((2, 3), 19))
     report = check_dataset("cityscapes", tmp_path)
     assert report.counts["train annotations"] == 2
-    assert (
-        len(report.problems) == 1 and "labelTrainIds.png" in report.problems[0] and "19" in report.problems[0]
-    )
+    assert len(report.problems) == 1 and "labelTrainIds.png" in report.problems[0] and "19" in report.problems[0]
 
 
 def test_seg_folder_check_counts_and_orphan_masks(tmp_path: Path) -> None:

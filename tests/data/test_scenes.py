@@ -53,9 +53,7 @@ def test_cache_builds_once_then_reads_back(fresh_cache: Path) -> None:
     assert len(files) == 2 and all(f.startswith("unit-") and f.endswith(".npz") for f in files)
 
 
-def test_an_interrupted_write_leaves_no_partial_file(
-    fresh_cache: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_interrupted_write_leaves_no_partial_file(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fewlabels.data import cache
 
     def fail_replace(src: str, dst: str) -> None:

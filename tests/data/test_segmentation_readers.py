@@ -257,9 +257,7 @@ def test_folder_infers_classes_and_rejects_binary_255_masks(tmp_path: Path) -> N
         FolderSegmentation(tmp_path, num_classes=4)
     (tmp_path / "classes.txt").unlink()
     for name in "ab":
-        Image.fromarray(np.array([[0, 255]] * H, dtype=np.uint8).repeat(W // 2, 1)).save(
-            tmp_path / f"masks/{name}.png"
-        )
+        Image.fromarray(np.array([[0, 255]] * H, dtype=np.uint8).repeat(W // 2, 1)).save(tmp_path / f"masks/{name}.png")
     with pytest.raises(DataError, match="only 0 and 255"):
         FolderSegmentation(tmp_path)
 

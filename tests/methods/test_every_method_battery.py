@@ -122,7 +122,9 @@ def _train_losses(run: Path) -> list[float]:
 def _close(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=0), f"{k}: max diff {(a[k].double() - b[k].double()).abs().max()}"
+        assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=0), (
+            f"{k}: max diff {(a[k].double() - b[k].double()).abs().max()}"
+        )
 
 
 def test_every_registered_method_has_a_tiny_config():
@@ -136,8 +138,13 @@ def test_kill_9_mid_training_then_resume_equals_an_uninterrupted_run(method, tmp
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump(_config(method, tmp_path, "run", 5)))
     env = {**subprocess_env(), "FEWLABELS_TEST_KILL_AT": "3"}  # dies inside step 4, after the step-2 checkpoint
-    res = subprocess.run([sys.executable, str(TESTS / "kill_during_step.py"), "train", str(cfg_file)], env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(TESTS / "kill_during_step.py"), "train", str(cfg_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == -9, res.stderr[-2000:]
     run = tmp_path / "run"
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000002.pt"]
@@ -155,8 +162,16 @@ def test_two_processes_equal_one_process(method, tmp_path):
     cfg_file = tmp_path / "dist.yaml"
     cfg_file.write_text(yaml.safe_dump(_config(method, tmp_path, "dist", 3, deterministic=True)))
     port = 29600 + sorted(TINY).index(method)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           str(TESTS / "toy_method.py"), "train", str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={port}",
+        str(TESTS / "toy_method.py"),
+        "train",
+        str(cfg_file),
+    ]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     dist = tmp_path / "dist"

@@ -118,9 +118,7 @@ def test_output_stride_8_dilates_layer3_by_2_and_layer4_by_4() -> None:
 def test_dilation_keeps_resolution_where_stride_would_halve_it() -> None:
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        sizes = {
-            os_: build_encoder("small_cnn", output_stride=os_).eval()(x).shape[-1] for os_ in (8, 16, 32)
-        }
+        sizes = {os_: build_encoder("small_cnn", output_stride=os_).eval()(x).shape[-1] for os_ in (8, 16, 32)}
     assert sizes == {8: 8, 16: 4, 32: 2}
 
 
@@ -199,9 +197,7 @@ def test_build_encoder_loads_safetensors_and_nested_checkpoints(tmp_path: Path) 
     st_path = tmp_path / "weights.safetensors"
     save_file({f"backbone.{k}": v.contiguous() for k, v in source.state_dict().items()}, str(st_path))
     pth_path = tmp_path / "checkpoint.pth"
-    torch.save(
-        {"state_dict": {f"encoder.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, pth_path
-    )
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, pth_path)
     for path in (st_path, pth_path):
         loaded = build_encoder("small_cnn", pretrained=str(path)).eval()
         with torch.no_grad():

@@ -109,9 +109,7 @@ def test_psp_reference_size_is_four_2048_to_512_branches_and_a_4096_to_512_fusio
 
 def test_cct_reference_model_parameter_count() -> None:
     # ResNet-50 deep stem, OS 8, PSP 512, one decoder for 21 classes.
-    model = build_segmentation_model(
-        "resnet50", 21, output_stride=8, psp=True, psp_channels=512, deep_stem=True
-    )
+    model = build_segmentation_model("resnet50", 21, output_stride=8, psp=True, psp_channels=512, deep_stem=True)
     assert count_parameters(model.encoder) == 23_631_808
     assert count_parameters(model.psp) == 23_073_792
     assert count_parameters(model.decoder) == 16_296
@@ -193,6 +191,4 @@ def test_backbone_and_head_parameters_partition_the_model() -> None:
     head = {id(p) for p in model.head_parameters()}
     assert backbone.isdisjoint(head)
     assert backbone | head == {id(p) for p in model.parameters()}
-    assert count_parameters(model) == count_parameters(model.encoder) + sum(
-        p.numel() for p in model.head_parameters()
-    )
+    assert count_parameters(model) == count_parameters(model.encoder) + sum(p.numel() for p in model.head_parameters())

@@ -114,9 +114,7 @@ def cached_arrays(
         raise TypeError(f"cached_arrays({name!r}): build() must return a dict of numpy arrays")
     for key, value in arrays.items():
         if value.dtype == object:
-            raise TypeError(
-                f"cached_arrays({name!r}): array {key!r} has dtype object, which cannot be cached"
-            )
+            raise TypeError(f"cached_arrays({name!r}): array {key!r} has dtype object, which cannot be cached")
     try:
         _write_atomic(path, arrays)
     except OSError as err:

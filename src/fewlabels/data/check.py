@@ -328,9 +328,7 @@ def check_cityscapes(root: Path, report: CheckReport) -> None:
         if split not in ("train", "val"):
             continue
         if not gt_dir.is_dir():
-            report.add_problem(
-                f"annotation folder not found: {gt_dir}\nExpected layout:\n{CITYSCAPES_LAYOUT}"
-            )
+            report.add_problem(f"annotation folder not found: {gt_dir}\nExpected layout:\n{CITYSCAPES_LAYOUT}")
             continue
         missing = []
         n_labels = 0
@@ -383,9 +381,7 @@ def check_segmentation_folder(root: Path, report: CheckReport) -> None:
             report.add_problem(f"{classes_file} names no class")
             num_classes = None
     if not mask_dir.is_dir():
-        report.add_problem(
-            f"mask folder not found: {mask_dir} (no labeled images)\nExpected layout:\n{FOLDER_LAYOUT}"
-        )
+        report.add_problem(f"mask folder not found: {mask_dir} (no labeled images)\nExpected layout:\n{FOLDER_LAYOUT}")
         return
     masks = {p.stem: p for p in sorted(mask_dir.glob("*.png")) if not p.name.startswith(".")}
     report.counts["masks"] = len(masks)
@@ -393,9 +389,7 @@ def check_segmentation_folder(root: Path, report: CheckReport) -> None:
     report.counts["labeled images"] = len(labeled)
     report.counts["images without a mask"] = len(images) - len(labeled)
     orphans = [masks[s] for s in sorted(masks) if s not in images]
-    _report_missing(
-        report, "images for masks in masks/ (a mask needs images/<its name>.<ext>)", orphans, len(masks)
-    )
+    _report_missing(report, "images for masks in masks/ (a mask needs images/<its name>.<ext>)", orphans, len(masks))
     if not labeled:
         report.add_problem(f"no image in {image_dir} has a mask {mask_dir}/<name>.png")
         return
@@ -405,6 +399,5 @@ def check_segmentation_folder(root: Path, report: CheckReport) -> None:
         report.counts["largest class id in sampled masks"] = max(valid)
     if num_classes is None and seen and seen <= {0, IGNORE_INDEX}:
         report.add_problem(
-            "sampled masks hold only 0 and 255, but 255 is the ignore index: "
-            "store a binary task's foreground as 1"
+            "sampled masks hold only 0 and 255, but 255 is the ignore index: store a binary task's foreground as 1"
         )

@@ -62,9 +62,7 @@ LAYOUTS: dict[str, str] = {
         "  ROOT/{train,val,test}_images.npz   (key images: N x 84 x 84 x 3 uint8)\n"
         "  ROOT/{train,val,test}_labels.pkl   (key label_specific)"
     ),
-    "cifar-fs": (
-        "  ROOT/{train,val,test}.pickle   (or CIFAR_FS_{split}.pickle; dict data N x 32 x 32 x 3, labels)"
-    ),
+    "cifar-fs": ("  ROOT/{train,val,test}.pickle   (or CIFAR_FS_{split}.pickle; dict data N x 32 x 32 x 3, labels)"),
     "fc100": "  ROOT/{train,val,test}.pickle   (or FC100_{split}.pickle; dict data N x 32 x 32 x 3, labels)",
     "fewshot-folder": (
         "  ROOT/<class>/<image>.{jpg,png,...}\n"
@@ -92,9 +90,7 @@ def _contiguous(labels: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
 def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
     if image.shape[-2:] == (size, size):
         return image
-    return F.interpolate(
-        image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )[0]
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 class ArrayFewShotDataset(FewDataset):
@@ -134,9 +130,7 @@ class ArrayFewShotDataset(FewDataset):
 class FileFewShotDataset(FewDataset):
     """Image files decoded on access (RGB, resized to ``image_size``); labels remapped to ``0..K-1``."""
 
-    def __init__(
-        self, paths: Sequence[Path], labels: Sequence[Any], image_size: int = 84, source: str = ""
-    ) -> None:
+    def __init__(self, paths: Sequence[Path], labels: Sequence[Any], image_size: int = 84, source: str = "") -> None:
         if len(paths) == 0:
             raise DataError(f"{source}: the split is empty (no images found)")
         self.paths = [Path(p) for p in paths]
@@ -279,9 +273,7 @@ def read_split_file(path: Path) -> dict[str, list[str]]:
     return splits
 
 
-def load_fewshot_folder(
-    root: str | Path, split: str, image_size: int = 84, split_file: str | Path = ""
-) -> FewDataset:
+def load_fewshot_folder(root: str | Path, split: str, image_size: int = 84, split_file: str | Path = "") -> FewDataset:
     """A class-per-folder image tree restricted to the classes that the split file assigns to ``split``."""
     root = Path(root).expanduser()
     split = normalise_split(split)

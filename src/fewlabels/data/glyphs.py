@@ -109,9 +109,7 @@ def dejavu_faces() -> tuple[Path, ...]:
         if all(font.get_char_index(c) != 0 for c in SCRIPTS["latin"]):
             faces.append(path)
     if not faces:
-        raise DataError(
-            f"no DejaVu TrueType faces with Latin letters found in {_font_dir()}; reinstall matplotlib"
-        )
+        raise DataError(f"no DejaVu TrueType faces with Latin letters found in {_font_dir()}; reinstall matplotlib")
     return tuple(faces)
 
 
@@ -169,10 +167,7 @@ def _all_classes() -> dict[str, tuple[int, ...]]:
     order = [(script, code) for script in _DEDUP_PRIORITY for code in letters[script]]
     # renders[f, k] = letter k in face f, flattened, in [0, 1]
     renders = np.stack(
-        [
-            np.stack([render_glyph(chr(code), _DEDUP_SIZE, face).ravel() for _, code in order])
-            for face in faces
-        ]
+        [np.stack([render_glyph(chr(code), _DEDUP_SIZE, face).ravel() for _, code in order]) for face in faces]
     ).astype(np.float32)
     renders /= 255.0
     # Mean squared difference of every pair of letters in every face, from one Gram matrix per face.
@@ -213,9 +208,7 @@ def _affine_inverse(params: np.ndarray, side: int) -> tuple[float, ...]:
     return (inverse[0, 0], inverse[0, 1], offset[0], inverse[1, 0], inverse[1, 1], offset[1])
 
 
-def generate_glyphs(
-    split: str, image_size: int = 32, per_class: int = 24, seed: int = 0
-) -> dict[str, np.ndarray]:
+def generate_glyphs(split: str, image_size: int = 32, per_class: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
     """Build (or read from the cache) the images of one split.
 
     Returns:

@@ -157,9 +157,7 @@ def _letter_silhouette(letter: str, side: int, face: str) -> np.ndarray:
     return silhouette
 
 
-def _paste(
-    dest: np.ndarray, dest_mask: np.ndarray, shape: np.ndarray, cy: int, cx: int, crop: np.ndarray
-) -> int:
+def _paste(dest: np.ndarray, dest_mask: np.ndarray, shape: np.ndarray, cy: int, cx: int, crop: np.ndarray) -> int:
     """Paste ``crop`` through ``shape`` centred at (cy, cx), clipped to the canvas; returns pixels written."""
     size, side = dest.shape[0], shape.shape[0]
     top, left = cy - side // 2, cx - side // 2
@@ -173,9 +171,7 @@ def _paste(
     return int(sel.sum())
 
 
-def _render_chunk(
-    draws: dict[str, np.ndarray], size: int, things: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
+def _render_chunk(draws: dict[str, np.ndarray], size: int, things: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Images and masks of a chunk of scenes from their draws (``things=False``: the stuff layer only)."""
     textures = _textures(size)
     letter_face = str(dejavu_faces()[0])

@@ -31,9 +31,7 @@ from fewlabels.data.base import DataError, FewDataset, require_path, to_chw_floa
 
 IGNORE_INDEX = 255
 
-Transform = Callable[
-    [np.ndarray, np.ndarray | None, np.random.Generator], tuple[np.ndarray, np.ndarray | None]
-]
+Transform = Callable[[np.ndarray, np.ndarray | None, np.random.Generator], tuple[np.ndarray, np.ndarray | None]]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -193,9 +191,7 @@ def read_index_mask(path: str | Path) -> np.ndarray:
     return arr
 
 
-def check_mask_values(
-    mask: np.ndarray, num_classes: int, path: str | Path, ignore_index: int = IGNORE_INDEX
-) -> None:
+def check_mask_values(mask: np.ndarray, num_classes: int, path: str | Path, ignore_index: int = IGNORE_INDEX) -> None:
     """Raise DataError naming ``path`` and the offending values if ``mask`` has values outside
     ``[0, num_classes)`` other than ``ignore_index``."""
     if mask.size == 0:
@@ -263,9 +259,7 @@ def read_split_list(path: str | Path) -> list[ListEntry]:
 def _missing_error(what: str, paths: Sequence[str], layout: str, total: int) -> DataError:
     shown = "\n".join(f"  {p}" for p in paths[:5])
     more = f"\n  ... and {len(paths) - 5} more" if len(paths) > 5 else ""
-    return DataError(
-        f"{len(paths)} of {total} {what} not found, e.g.:\n{shown}{more}\nExpected layout:\n{layout}"
-    )
+    return DataError(f"{len(paths)} of {total} {what} not found, e.g.:\n{shown}{more}\nExpected layout:\n{layout}")
 
 
 def _to_image_tensor(image: Any) -> torch.Tensor:
@@ -545,9 +539,7 @@ def list_images(folder: Path) -> dict[str, Path]:
         if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         if path.stem in found:
-            raise DataError(
-                f"two images share the name {path.stem!r}: {found[path.stem]} and {path}; rename one"
-            )
+            raise DataError(f"two images share the name {path.stem!r}: {found[path.stem]} and {path}; rename one")
         found[path.stem] = path
     return found
 
@@ -638,9 +630,7 @@ class FolderSegmentation(SegmentationDataset):
         classes_file = self.root / "classes.txt"
         names = read_class_names(classes_file) if classes_file.is_file() else None
         if num_classes is not None and names is not None and len(names) != num_classes:
-            raise DataError(
-                f"num_classes={num_classes} but {classes_file} names {len(names)} classes; make them agree"
-            )
+            raise DataError(f"num_classes={num_classes} but {classes_file} names {len(names)} classes; make them agree")
         if num_classes is None and names is not None:
             num_classes = len(names)
         if num_classes is None and masks:

@@ -25,28 +25,20 @@ def labeled_count(n: int, labeled: int | float) -> int:
     if n <= 0:
         raise DataError(f"cannot split an empty dataset (n={n}); check the dataset path and split name")
     if isinstance(labeled, bool):
-        raise DataError(
-            f"labeled must be a count (int) or a fraction (float in (0, 1]), got the bool {labeled}"
-        )
+        raise DataError(f"labeled must be a count (int) or a fraction (float in (0, 1]), got the bool {labeled}")
     if isinstance(labeled, numbers.Integral):
         k = int(labeled)
         if k <= 0:
-            raise DataError(
-                f"labeled count must be at least 1, got {k}: semi-supervised training needs labels"
-            )
+            raise DataError(f"labeled count must be at least 1, got {k}: semi-supervised training needs labels")
         if k > n:
             raise DataError(f"labeled count {k} is larger than the dataset ({n} samples)")
         return k
     if isinstance(labeled, numbers.Real):
         f = float(labeled)
         if not np.isfinite(f) or f <= 0.0:
-            raise DataError(
-                f"labeled fraction must be in (0, 1], got {labeled}: semi-supervised training needs labels"
-            )
+            raise DataError(f"labeled fraction must be in (0, 1], got {labeled}: semi-supervised training needs labels")
         if f > 1.0:
-            raise DataError(
-                f"labeled fraction must be in (0, 1], got {labeled}; pass an int for a sample count"
-            )
+            raise DataError(f"labeled fraction must be in (0, 1], got {labeled}; pass an int for a sample count")
         # A tiny positive fraction still means "some labels": keep at least one.
         return min(n, max(1, int(round(f * n))))
     raise DataError(f"labeled must be an int count or a float fraction, got {type(labeled).__name__}")

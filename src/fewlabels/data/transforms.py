@@ -58,9 +58,7 @@ def _resize_mask(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((w, h), Image.Resampling.NEAREST))
 
 
-def resize_pair(
-    image: np.ndarray, mask: np.ndarray | None, size: Size
-) -> tuple[np.ndarray, np.ndarray | None]:
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: Size) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize ``image`` (bilinear) and ``mask`` (nearest) to ``size`` (an int for a square, or ``(h, w)``)."""
     _check_pair(image, mask)
     h, w = _hw(size)

@@ -146,8 +146,9 @@ class Trainer:
         self.run_dir = Path(resume_dir) if resume_dir is not None else Path(config.output_dir) / (config.name or "")
         if resume_dir is None and config.name and any((self.run_dir / "checkpoints").glob("step_*.pt")):
             raise ConfigError(
-                "name", f"run directory {self.run_dir} already holds a run; resume it with --resume {self.run_dir} "
-                "or choose another name"
+                "name",
+                f"run directory {self.run_dir} already holds a run; resume it with --resume {self.run_dir} "
+                "or choose another name",
             )
 
     # ------------------------------------------------------------------------------------------------------------

@@ -83,9 +83,7 @@ class Method:
         """Metrics on the validation split (unwrapped model in eval mode). Must contain ``self.metric``."""
         return {}
 
-    def predict(
-        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
-    ) -> list[Path]:
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         """Write predictions for ``inputs`` into ``out_dir`` and return the written files."""
         raise NotImplementedError(f"{self.name}: predict is not available for this method")
 

@@ -39,9 +39,7 @@ def _check_output_stride(output_stride: int) -> None:
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_ch, out_ch, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False
-    )
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False)
 
 
 def _init_conv_bn(module: nn.Module) -> None:
@@ -74,9 +72,7 @@ class Encoder(nn.Module):
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        _conv3x3(in_ch, out_ch, stride, dilation), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(_conv3x3(in_ch, out_ch, stride, dilation), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 
 class SmallCNN(Encoder):

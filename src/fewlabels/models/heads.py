@@ -21,9 +21,7 @@ class PSPModule(nn.Module):
     Shapes: ``[B, in_channels, h, w]`` -> ``[B, out_channels, h, w]``.
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int = 512, bins: tuple[int, ...] = (1, 2, 3, 6)
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int = 512, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__()
         if not bins:
             raise ValueError("PSPModule needs at least one bin size")
@@ -41,9 +39,7 @@ class PSPModule(nn.Module):
             for b in self.bins
         )
         self.bottleneck = nn.Sequential(
-            nn.Conv2d(
-                in_channels + branch * len(self.bins), out_channels, kernel_size=3, padding=1, bias=False
-            ),
+            nn.Conv2d(in_channels + branch * len(self.bins), out_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )

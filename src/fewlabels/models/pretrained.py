@@ -90,9 +90,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
-def normalize_keys(
-    state: Mapping[str, Tensor], deep_stem: bool = False
-) -> tuple[dict[str, Tensor], list[str]]:
+def normalize_keys(state: Mapping[str, Tensor], deep_stem: bool = False) -> tuple[dict[str, Tensor], list[str]]:
     """Strip wrapper prefixes, drop classifier keys and (``deep_stem=True``) map PSPNet/CCT stem names.
 
     Returns:
@@ -127,9 +125,7 @@ def _strip(key: str) -> str:
     return key
 
 
-def load_backbone_weights(
-    module: nn.Module, path: str | Path, strict_backbone: bool = True
-) -> dict[str, list[str]]:
+def load_backbone_weights(module: nn.Module, path: str | Path, strict_backbone: bool = True) -> dict[str, list[str]]:
     """Copy pretrained weights from a local file into ``module`` (an encoder from ``build_encoder``).
 
     Args:
@@ -156,9 +152,7 @@ def load_backbone_weights(
             f"(or anywhere) and pass its path as pretrained=PATH (config: model.pretrained=PATH), "
             f"or set pretrained to null to train from scratch."
         )
-    state, dropped = normalize_keys(
-        read_state_dict(path), deep_stem=bool(getattr(module, "deep_stem", False))
-    )
+    state, dropped = normalize_keys(read_state_dict(path), deep_stem=bool(getattr(module, "deep_stem", False)))
     own = module.state_dict()
     for name, tensor in state.items():
         if name in own and own[name].shape != tensor.shape:

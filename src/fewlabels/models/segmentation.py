@@ -83,8 +83,7 @@ class SegmentationNet(nn.Module):
         """``x [B, C_in, H, W]`` in ``[0, 1]`` -> ``(x - mean) / std``, same shape."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"expected images [B, {self.in_channels}, H, W] with values in [0, 1], "
-                f"got shape {tuple(x.shape)}"
+                f"expected images [B, {self.in_channels}, H, W] with values in [0, 1], got shape {tuple(x.shape)}"
             )
         return (x - self.mean) / self.std
 

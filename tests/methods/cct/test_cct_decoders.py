@@ -65,15 +65,11 @@ def test_fused_stages_and_loss_match_autograd_in_value_and_gradient(
     target_sub = stacked.to_subpixel_layout(target)
 
     def grads(loss: torch.Tensor) -> list[torch.Tensor]:
-        return list(
-            torch.autograd.grad(loss, [x, stacked.classifier, stacked.stage_weight, stacked.stage_bias])
-        )
+        return list(torch.autograd.grad(loss, [x, stacked.classifier, stacked.stage_weight, stacked.stage_bias]))
 
     ref = batched_consistency_loss(stacked.forward_subpixel(x), target_sub, kind, conf)
     h = torch.matmul(stacked.classifier.unsqueeze(1), x.flatten(-2))
-    fused = fused_stages_consistency(
-        h, stacked.stage_weight, stacked.stage_bias, target_sub, kind, conf, chunk
-    )
+    fused = fused_stages_consistency(h, stacked.stage_weight, stacked.stage_bias, target_sub, kind, conf, chunk)
     torch.testing.assert_close(fused, ref)
     for a, b in zip(grads(fused), grads(ref)):
         torch.testing.assert_close(a, b)

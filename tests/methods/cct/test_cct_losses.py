@@ -88,9 +88,7 @@ def test_abce_keeps_the_m_hardest_pixels_when_the_threshold_is_low() -> None:
     assert abce_loss(logits, torch.full_like(labels, 255), 0.5).item() == 0.0
 
 
-@pytest.mark.parametrize(
-    ("kind", "conf"), [("mse", None), ("mse", 0.3), ("kl", None), ("kl", 0.3), ("js", None)]
-)
+@pytest.mark.parametrize(("kind", "conf"), [("mse", None), ("mse", 0.3), ("kl", None), ("kl", 0.3), ("js", None)])
 def test_batched_loss_equals_mean_of_k_separate_losses(kind: str, conf: float | None) -> None:
     g = torch.Generator().manual_seed(0)
     aux = torch.randn(4, 2, 3, 5, 6, generator=g, dtype=torch.float64)

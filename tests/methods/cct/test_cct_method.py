@@ -82,10 +82,7 @@ def test_one_step_combines_supervised_and_weighted_consistency_losses() -> None:
     sources = method.train_sources()
     assert set(sources) == {"labeled", "unlabeled"}
     assert "mask" not in sources["unlabeled"].dataset.sample(0, np.random.default_rng(0))
-    batch = {
-        k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)])
-        for k, s in sources.items()
-    }
+    batch = {k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)]) for k, s in sources.items()}
     model = method.build_model()
     out = method.training_step(model, batch, step=3, total_steps=10)
     w_u = consistency_weight(3, 1, 30.0)
@@ -111,10 +108,7 @@ def test_weak_labels_mode_adds_the_weighted_aux_cross_entropy(tmp_path: Path) ->
     torch.manual_seed(0)
     method = CCTMethod(build_config(CCTConfig, {**TINY, "weak": {"labels_dir": str(tmp_path)}}))
     sources = method.train_sources()
-    batch = {
-        k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)])
-        for k, s in sources.items()
-    }
+    batch = {k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)]) for k, s in sources.items()}
     assert batch["unlabeled"]["mask"].shape == (2, 32, 32)
     out = method.training_step(method.build_model(), batch, step=3, total_steps=10)
     w_u, w_w = method.weights(3, 10)

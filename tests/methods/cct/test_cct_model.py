@@ -11,9 +11,7 @@ from fewlabels.methods.cct.config import PerturbationsConfig
 from fewlabels.methods.cct.model import CCTLossSettings, CCTModel
 from fewlabels.models import build_segmentation_model
 
-SMALL = PerturbationsConfig(
-    vat=1, dropout=1, cutout=1, context_mask=1, object_mask=1, feature_drop=1, feature_noise=1
-)
+SMALL = PerturbationsConfig(vat=1, dropout=1, cutout=1, context_mask=1, object_mask=1, feature_drop=1, feature_noise=1)
 
 
 def _model(losses: CCTLossSettings | None = None, num_domains: int = 1, classes: int = 4) -> CCTModel:
@@ -67,9 +65,7 @@ def test_weak_labels_train_the_aux_decoders_with_cross_entropy_ignoring_255() ->
     out = model(torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32), mode="aux", pseudo_labels=pseudo)
     expected = torch.stack([F.cross_entropy(a, pseudo, ignore_index=255) for a in out["aux_logits"]]).mean()
     torch.testing.assert_close(out["loss_w"], expected, rtol=1e-4, atol=1e-6)
-    all_ignored = model(
-        torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32), pseudo_labels=torch.full_like(pseudo, 255)
-    )
+    all_ignored = model(torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32), pseudo_labels=torch.full_like(pseudo, 255))
     assert all_ignored["loss_w"].item() == 0.0
 
 

@@ -67,9 +67,7 @@ def test_object_and_context_masking_split_the_features_by_the_prediction() -> No
     assert (obj[:, :, :, fg[0] == 1] == 0).all() and (obj[:, :, :, fg[0] == 0] > 0).all()
     torch.testing.assert_close(obj + ctx, z.expand(2, -1, -1, -1, -1))
     # configurable background: class 2 as background too; nearest resize keeps every 2nd pixel of a 4x4 map
-    fg2 = foreground_mask(
-        labels.repeat_interleave(2, 1).repeat_interleave(2, 2), (2, 2), background_classes=(0, 2)
-    )
+    fg2 = foreground_mask(labels.repeat_interleave(2, 1).repeat_interleave(2, 2), (2, 2), background_classes=(0, 2))
     torch.testing.assert_close(fg2, torch.tensor([[[0.0, 1.0], [0.0, 0.0]]]))
 
 
@@ -130,9 +128,7 @@ def test_vat_perturbation_has_norm_eps_per_sample_and_follows_the_adversarial_di
     torch.testing.assert_close(norms, torch.full((2, 3), eps))
     # the same power iteration in float64 with a tiny step (the exact direction) agrees with float32's
     dec64 = copy.deepcopy(dec).double()
-    r64 = vat_direction(
-        z.double(), lambda x: dec64.forward_subpixel(x, slice(0, 2)), n=2, xi=1e-9, init=d0.double()
-    )
+    r64 = vat_direction(z.double(), lambda x: dec64.forward_subpixel(x, slice(0, 2)), n=2, xi=1e-9, init=d0.double())
     cosine = (r.double() * r64).flatten(2).sum(-1)
     assert (cosine > 0.99).all()
     # the reference's absolute xi = 1e-6 (relative ~2.5e-8 here) in float32 does not give that direction

@@ -114,14 +114,10 @@ class _Identity(nn.Module):
 
 
 def test_fewshot_evaluate_reports_accuracy_and_confidence_for_each_shot():
-    res = fewshot_evaluate(
-        _Identity(), _Blobs(), shots=(1, 5), ways=5, queries=5, episodes=20, seed=0, device="cpu"
-    )
+    res = fewshot_evaluate(_Identity(), _Blobs(), shots=(1, 5), ways=5, queries=5, episodes=20, seed=0, device="cpu")
     assert res["acc_1shot"] == pytest.approx(100.0) and res["acc_5shot"] == pytest.approx(100.0)
     assert res["ci95_5shot"] == pytest.approx(0.0)
-    nc = fewshot_evaluate(
-        _Identity(), _Blobs(), shots=(5,), queries=5, episodes=20, classifier="nc", device="cpu"
-    )
+    nc = fewshot_evaluate(_Identity(), _Blobs(), shots=(5,), queries=5, episodes=20, classifier="nc", device="cpu")
     assert nc["acc_5shot"] == pytest.approx(100.0)
 
 

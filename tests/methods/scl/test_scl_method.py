@@ -70,9 +70,7 @@ def test_every_thesis_row_trains_with_exactly_its_loss_terms(row, base_method):
     assert (model.global_head is not None) == (gc + ss_gc > 0)
     assert (model.spatial_head is not None) == (sc + ss_sc > 0)
     out = method.training_step(model, _batch(), 0, 10)
-    expected = {"ce", "train_acc"} | {
-        k for k, w in (("gc", gc), ("sc", sc), ("ss_gc", ss_gc), ("ss_sc", ss_sc)) if w
-    }
+    expected = {"ce", "train_acc"} | {k for k, w in (("gc", gc), ("sc", sc), ("ss_gc", ss_gc), ("ss_sc", ss_sc)) if w}
     assert set(out.logs) == expected
     total = sum(float(out.logs[k]) for k in expected - {"train_acc"})
     assert float(out.loss.detach()) == pytest.approx(total, rel=1e-5)
@@ -112,9 +110,7 @@ def test_distillation_from_an_identical_teacher_costs_nothing(tmp_path, base_met
     write_yaml(teacher_cfg, tmp_path / "config.yaml")
     save_model(teacher, str(tmp_path / "model.safetensors"))
 
-    cfg = _config(
-        "scl-distill", distill={"teacher": str(tmp_path), "lambda_spatial": 1.0}, augment={"views": ["none"]}
-    )
+    cfg = _config("scl-distill", distill={"teacher": str(tmp_path), "lambda_spatial": 1.0}, augment={"views": ["none"]})
     method = SCLDistillMethod(cfg)
     method._splits = base_method._splits
     student = method.build_model()
@@ -134,9 +130,7 @@ def test_distillation_from_an_identical_teacher_costs_nothing(tmp_path, base_met
 
 
 def test_distillation_without_a_teacher_run_names_the_missing_file(tmp_path, base_method):
-    method = SCLDistillMethod(
-        _config("scl-distill", distill={"teacher": str(tmp_path)}, augment={"views": ["none"]})
-    )
+    method = SCLDistillMethod(_config("scl-distill", distill={"teacher": str(tmp_path)}, augment={"views": ["none"]}))
     method._splits = base_method._splits
     with pytest.raises(ValueError, match="config.yaml not found"):
         method.training_step(method.build_model(), _batch(), 0, 10)

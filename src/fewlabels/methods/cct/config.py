@@ -37,9 +37,7 @@ class PerturbationsConfig:
     cutout_erase: float = field(
         default=0.4, metadata={"help": "box side / object bounding-box side", "gt": 0, "max": 1}
     )
-    cutout_min_area: int = field(
-        default=2, metadata={"help": "smallest object cut, in feature cells", "min": 1}
-    )
+    cutout_min_area: int = field(default=2, metadata={"help": "smallest object cut, in feature cells", "min": 1})
     cutout_max_objects: int = field(default=32, metadata={"help": "largest objects cut per image", "min": 1})
     context_mask: int = field(default=2, metadata={"help": "Con-Msk decoders (objects only)", "min": 0})
     object_mask: int = field(default=2, metadata={"help": "Obj-Msk decoders (context only)", "min": 0})
@@ -96,9 +94,7 @@ class CCTLossConfig:
         default=0.4, metadata={"help": "abCE threshold ramp, fraction of training", "gt": 0, "max": 1}
     )
     abce_min_kept: int = field(default=1, metadata={"help": "abCE pixels always kept per image", "min": 0})
-    unsupervised: Literal["mse", "kl", "js"] = field(
-        default="mse", metadata={"help": "consistency distance d"}
-    )
+    unsupervised: Literal["mse", "kl", "js"] = field(default="mse", metadata={"help": "consistency distance d"})
     unsup_weight: float = field(default=30.0, metadata={"help": "final w_u", "min": 0})
     rampup: float = field(
         default=0.1, metadata={"help": "w_u sigmoid ramp-up, fraction of training", "min": 0, "max": 1}
@@ -109,9 +105,7 @@ class CCTLossConfig:
     pairwise_weight: float = field(
         default=0.0, metadata={"help": "weight of the variance among aux outputs (0 = off)", "min": 0}
     )
-    pairwise_decoders: int = field(
-        default=8, metadata={"help": "random aux decoders in the pairwise term", "min": 2}
-    )
+    pairwise_decoders: int = field(default=8, metadata={"help": "random aux decoders in the pairwise term", "min": 2})
 
     def validate(self) -> None:
         if self.conf_threshold is not None:
@@ -126,12 +120,8 @@ class CCTWeakConfig:
     """Weak labels: CAM pseudo-labels of the unlabeled images (``fewlabels cct-pseudo-labels``) train the aux
     decoders too, with ``w_w(t) = weight * w_u(t) / unsup_weight``."""
 
-    labels_dir: str = field(
-        default="", metadata={"help": "folder of <image id>.png pseudo-labels (empty = off)"}
-    )
-    weight: float = field(
-        default=0.4, metadata={"help": "w_w relative to the ramped w_u / its final value", "min": 0}
-    )
+    labels_dir: str = field(default="", metadata={"help": "folder of <image id>.png pseudo-labels (empty = off)"})
+    weight: float = field(default=0.4, metadata={"help": "w_w relative to the ramped w_u / its final value", "min": 0})
 
 
 @dataclass

@@ -274,9 +274,7 @@ def _vat_direction_fp32(
         clean = clean.view(n, c, -1)
     targets = torch.softmax(clean.view(n, c, -1, b, hw), dim=1)
     step = xi * z.flatten(1).norm(dim=1).clamp(min=1.0).view(1, -1, 1, 1)
-    d = l2_normalize(
-        init.to(z) if init is not None else torch.rand(n, *z.shape, device=z.device, dtype=z.dtype) - 0.5
-    )
+    d = l2_normalize(init.to(z) if init is not None else torch.rand(n, *z.shape, device=z.device, dtype=z.dtype) - 0.5)
     for _ in range(iterations):
         h = project(zf.unsqueeze(0) + step * d.flatten(-2))
         grads = []

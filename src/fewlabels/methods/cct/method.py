@@ -149,12 +149,8 @@ class CCTMethod(Method):
             self.data.class_names,
         )
 
-    def predict(
-        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
-    ) -> list[Path]:
-        return predict_masks(
-            self._predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device
-        )
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
+        return predict_masks(self._predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device)
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
         path = segmentation_figure(

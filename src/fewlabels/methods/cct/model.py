@@ -136,9 +136,7 @@ class CCTModel(nn.Module):
         if cfg.cutout:
             assert fg is not None
             parts.append(
-                guided_cutout(
-                    z, fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects
-                )
+                guided_cutout(z, fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)
             )
         if cfg.context_mask:
             assert fg is not None
@@ -192,9 +190,9 @@ class CCTModel(nn.Module):
                 fg = foreground_mask(target, (hh, ww), self.background_classes)  # [B, h, w]
                 if cfg.cutout:
                     masks.append(
-                        cutout_keep_mask(
-                            fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects
-                        )[:, :, 0]
+                        cutout_keep_mask(fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)[
+                            :, :, 0
+                        ]
                     )
                 if cfg.context_mask:
                     masks.append(fg.unsqueeze(0).expand(cfg.context_mask, -1, -1, -1))
@@ -273,9 +271,7 @@ class CCTModel(nn.Module):
             )
             return out
         aux_sub = self.aux.stages_subpixel(h)  # [K, B, C, S, hw]
-        out["loss_u"] = batched_consistency_loss(
-            aux_sub.float(), target_sub, s.unsupervised, s.conf_threshold
-        )
+        out["loss_u"] = batched_consistency_loss(aux_sub.float(), target_sub, s.unsupervised, s.conf_threshold)
         if pseudo_labels is not None:
             k, b, c = aux_sub.shape[:3]
             labels_sub = self.aux.to_subpixel_layout(pseudo_labels.long()).unsqueeze(0).expand(k, -1, -1, -1)

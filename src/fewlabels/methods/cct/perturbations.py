@@ -135,9 +135,7 @@ def feature_drop(z: Tensor, n: int, gamma_range: tuple[float, float] = (0.7, 0.9
     return z.unsqueeze(0) * feature_drop_keep(z, n, gamma_range)
 
 
-def foreground_mask(
-    prediction: Tensor, size: tuple[int, int], background_classes: Sequence[int] = (0,)
-) -> Tensor:
+def foreground_mask(prediction: Tensor, size: tuple[int, int], background_classes: Sequence[int] = (0,)) -> Tensor:
     """Foreground (not a background class) of the predicted label map, nearest-resized to the feature size.
 
     Args:
@@ -221,9 +219,7 @@ def cutout_keep_mask(
     dev = fg.device
     labels = connected_components(fg, iterations).view(b, -1)
     slots = h * w + 1
-    area = torch.zeros(b, slots, device=dev).scatter_add_(
-        1, labels, torch.ones_like(labels, dtype=torch.float32)
-    )
+    area = torch.zeros(b, slots, device=dev).scatter_add_(1, labels, torch.ones_like(labels, dtype=torch.float32))
     rows = torch.arange(h, device=dev).repeat_interleave(w).expand(b, -1)
     cols = torch.arange(w, device=dev).repeat(h).expand(b, -1)
     big = torch.full((b, slots), h + w, device=dev, dtype=torch.long)

@@ -53,9 +53,7 @@ class CAMClassifier(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(
-        self, encoder: str, num_classes: int, output_stride: int = 16, pretrained: str | None = None
-    ):
+    def __init__(self, encoder: str, num_classes: int, output_stride: int = 16, pretrained: str | None = None):
         super().__init__()
         self.encoder = build_encoder(encoder, output_stride, pretrained=pretrained)
         self.classifier = nn.Conv2d(self.encoder.out_channels, num_classes, kernel_size=1, bias=False)
@@ -83,9 +81,7 @@ def image_labels_from_mask(mask: Tensor, num_classes: int, ignore_index: int = 2
 
 
 @torch.no_grad()
-def multiscale_cams(
-    model: CAMClassifier, image: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0)
-) -> Tensor:
+def multiscale_cams(model: CAMClassifier, image: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0)) -> Tensor:
     """Per-class normalised CAMs of one image: ``sum_s up(cam(resize(x, s)))`` divided by its per-class
     maximum.
 
@@ -203,8 +199,7 @@ class PseudoLabeledImages(FewDataset):
         self.labels_dir = Path(labels_dir)
         if not self.labels_dir.is_dir():
             raise DataError(
-                f"weak-label folder not found: {self.labels_dir} "
-                "(write it with `fewlabels cct-pseudo-labels`)"
+                f"weak-label folder not found: {self.labels_dir} (write it with `fewlabels cct-pseudo-labels`)"
             )
         self.transform = getattr(images, "transform", None)
 
@@ -215,9 +210,7 @@ class PseudoLabeledImages(FewDataset):
         item = dict(self.images.sample(index, None))
         path = self.labels_dir / f"{sample_id(item)}.png"
         if not path.is_file():
-            raise DataError(
-                f"pseudo-label missing: {path} (run `fewlabels cct-pseudo-labels` for this dataset)"
-            )
+            raise DataError(f"pseudo-label missing: {path} (run `fewlabels cct-pseudo-labels` for this dataset)")
         mask = np.asarray(Image.open(path))
         image = (item["image"].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
         if mask.shape != image.shape[:2]:
@@ -233,9 +226,7 @@ def read_image_labels(path: str | Path, ids: Sequence[str], num_classes: int) ->
     """Multi-hot ``[C]`` vectors from a JSON file ``{"<image id>": [class, ...]}``, in ``ids`` order."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(
-            f"image-level label file not found: {p} (JSON mapping image id -> list of class indices)"
-        )
+        raise DataError(f"image-level label file not found: {p} (JSON mapping image id -> list of class indices)")
     table = json.loads(p.read_text())
     missing = [i for i in ids if i not in table]
     if missing:
@@ -257,9 +248,7 @@ def _run_cli(args: argparse.Namespace) -> int:
 
     config: Any = load_config(args.config, args.overrides)
     if config.method != "cct":
-        raise DataError(
-            f"{args.config} is a {config.method!r} config; pseudo-labels are written for cct configs"
-        )
+        raise DataError(f"{args.config} is a {config.method!r} config; pseudo-labels are written for cct configs")
     data = build_segmentation_data(config.data)
     nc = data.num_classes
     chosen = config.perturbations.background_classes
@@ -280,14 +269,10 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """``fewlabels cct-pseudo-labels CONFIG [key=value ...] --image-labels FILE.json --out DIR``."""
-    p = subparsers.add_parser(
-        "cct-pseudo-labels", help="CAM pseudo-labels from image-level labels (CCT weak labels)"
-    )
+    p = subparsers.add_parser("cct-pseudo-labels", help="CAM pseudo-labels from image-level labels (CCT weak labels)")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument(
-        "--image-labels", required=True, help="JSON {image id: [class, ...]} of the unlabeled images"
-    )
+    p.add_argument("--image-labels", required=True, help="JSON {image id: [class, ...]} of the unlabeled images")
     p.add_argument("--out", required=True, help="folder for <image id>.png")
     p.add_argument("--encoder", default="resnet18")
     p.add_argument("--steps", type=int, default=200)

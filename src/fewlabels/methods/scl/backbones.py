@@ -59,9 +59,7 @@ class DropBlock(nn.Module):
         gamma = dropblock_gamma(self.keep_prob(), bs, h) if h == w else (1.0 - self.keep_prob()) / bs**2
         # Seeds are sampled on x's own device from torch's global RNG: the reference called `.cuda()` here and
         # could not run on CPU.
-        seeds = torch.bernoulli(
-            torch.full((b, c, h - bs + 1, w - bs + 1), gamma, device=x.device, dtype=x.dtype)
-        )
+        seeds = torch.bernoulli(torch.full((b, c, h - bs + 1, w - bs + 1), gamma, device=x.device, dtype=x.dtype))
         # A seed at (i, j) drops the block [i, i + bs) x [j, j + bs): a max-pool over a zero-padded seed map.
         dropped = F.max_pool2d(F.pad(seeds, (bs - 1, bs - 1, bs - 1, bs - 1)), kernel_size=bs, stride=1)
         mask = 1.0 - dropped
@@ -139,10 +137,7 @@ class ResNet12(FewShotBackbone):
         super().__init__()
         chans = (in_channels, *widths)
         self.layers = nn.Sequential(
-            *(
-                ResNet12Block(chans[i], chans[i + 1], drop_rate, i >= 2, block_size, ramp_steps)
-                for i in range(4)
-            )
+            *(ResNet12Block(chans[i], chans[i + 1], drop_rate, i >= 2, block_size, ramp_steps) for i in range(4))
         )
         self.out_channels = widths[-1]
         for m in self.modules():

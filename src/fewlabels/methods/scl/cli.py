@@ -60,9 +60,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--classifier", choices=["lr", "nc"], default="lr")
-    p.add_argument(
-        "--exact", action="store_true", help="scikit-learn per episode instead of the batched solver"
-    )
+    p.add_argument("--exact", action="store_true", help="scikit-learn per episode instead of the batched solver")
     p.add_argument("--support-augment", type=int, default=0, help="augmented copies per support image")
     p.add_argument("--weights", choices=["best", "last"], default="best")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -31,9 +31,7 @@ class FewShotModelConfig:
     backbone: Literal["resnet12", "conv4", "resnet18"] = field(
         default="resnet12", metadata={"help": "resnet12 (640-d), conv4 (64-d) or resnet18 (512-d)"}
     )
-    drop_rate: float = field(
-        default=0.1, metadata={"help": "ResNet-12 dropout / DropBlock rate", "min": 0, "max": 1}
-    )
+    drop_rate: float = field(default=0.1, metadata={"help": "ResNet-12 dropout / DropBlock rate", "min": 0, "max": 1})
     dropblock_size: int = field(default=0, metadata={"help": "0 = 5, or 2 for images <= 32 px", "min": 0})
     dropblock_ramp_steps: int = field(
         default=40_000,
@@ -89,14 +87,10 @@ class EpisodeEvalConfig:
 
 @dataclass
 class SCLLossConfig:
-    lambda_cls: float = field(
-        default=1.0, metadata={"help": "cross-entropy weight (averaged over views)", "min": 0}
-    )
+    lambda_cls: float = field(default=1.0, metadata={"help": "cross-entropy weight (averaged over views)", "min": 0})
     lambda_sc: float = field(default=1.0, metadata={"help": "supervised spatial contrastive (SC)", "min": 0})
     lambda_gc: float = field(default=0.0, metadata={"help": "supervised global contrastive (GC)", "min": 0})
-    lambda_ss_sc: float = field(
-        default=0.0, metadata={"help": "self-supervised SC (positives: other view)", "min": 0}
-    )
+    lambda_ss_sc: float = field(default=0.0, metadata={"help": "self-supervised SC (positives: other view)", "min": 0})
     lambda_ss_gc: float = field(default=0.0, metadata={"help": "self-supervised GC", "min": 0})
     inverse_temperature: float = field(default=10.0, metadata={"gt": 0})
     aggregation: Literal["mean", "sum", "max", "logsum"] = "mean"
@@ -170,9 +164,7 @@ class SCLConfig(FewShotConfig):
 
 @dataclass
 class DistillConfig:
-    teacher: str = field(
-        default="", metadata={"help": "run directory of the teacher (config.yaml + weights)"}
-    )
+    teacher: str = field(default="", metadata={"help": "run directory of the teacher (config.yaml + weights)"})
     weights: Literal["last", "best"] = field(
         default="last",
         metadata={"help": "teacher weights: last = model.safetensors, best = best.safetensors"},

@@ -45,9 +45,7 @@ def load_teacher(run_dir: str | Path, which: str = "last") -> SCLNet:
         raise DataError(f"teacher run {run} is a {config.method!r} run, not a few-shot (scl) run")
     state = load_file(str(weights))
     if "classifier.weight" not in state:
-        raise DataError(
-            f"teacher weights {weights} have no classifier: a teacher must be an scl/scl-distill run"
-        )
+        raise DataError(f"teacher weights {weights} have no classifier: a teacher must be an scl/scl-distill run")
     num_classes = int(state["classifier.weight"].shape[0])
     teacher = build_net(
         config,

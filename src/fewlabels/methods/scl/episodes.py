@@ -37,14 +37,10 @@ def check_episode_request(labels: np.ndarray, n_way: int, n_shot: int, n_query: 
     """Indices of each class, or a :class:`DataError` saying why ``n_way``-way ``n_shot``-shot is
     impossible."""
     if n_way < 1 or n_shot < 1 or n_query < 0:
-        raise DataError(
-            f"an episode needs n_way >= 1, n_shot >= 1, n_query >= 0; got {n_way}, {n_shot}, {n_query}"
-        )
+        raise DataError(f"an episode needs n_way >= 1, n_shot >= 1, n_query >= 0; got {n_way}, {n_shot}, {n_query}")
     members = _class_members(np.asarray(labels).reshape(-1))
     if len(members) < n_way:
-        raise DataError(
-            f"{n_way}-way episodes need at least {n_way} classes, but the split has only {len(members)}"
-        )
+        raise DataError(f"{n_way}-way episodes need at least {n_way} classes, but the split has only {len(members)}")
     need = n_shot + n_query
     small = [(c, len(idx)) for c, idx in members.items() if len(idx) < need]
     if small:
@@ -89,10 +85,7 @@ class EpisodeSampler:
         """One episode drawn with ``rng``."""
         classes = rng.choice(self.class_ids, size=self.n_way, replace=False)
         picks = np.stack(
-            [
-                rng.choice(self.members[int(c)], size=self.n_shot + self.n_query, replace=False)
-                for c in classes
-            ]
+            [rng.choice(self.members[int(c)], size=self.n_shot + self.n_query, replace=False) for c in classes]
         )
         return Episode(classes=classes, support=picks[:, : self.n_shot], query=picks[:, self.n_shot :])
 
@@ -139,9 +132,7 @@ class EpisodicDataset(FewDataset):
         return self.episodes_per_epoch
 
     def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
-        episode = self.sampler.draw(
-            rng if rng is not None else np.random.default_rng([self.sampler.seed, index])
-        )
+        episode = self.sampler.draw(rng if rng is not None else np.random.default_rng([self.sampler.seed, index]))
         s = self.sampler
 
         def images(idx: np.ndarray) -> torch.Tensor:

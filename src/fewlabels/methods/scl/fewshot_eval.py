@@ -90,9 +90,7 @@ def extract_features(
     device = torch.device(device)
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    chunks: dict[str, list[list[Tensor]]] = {
-        t: [[] for _ in range(1 + augment_copies)] for t in FEATURE_TYPES
-    }
+    chunks: dict[str, list[list[Tensor]]] = {t: [[] for _ in range(1 + augment_copies)] for t in FEATURE_TYPES}
     view: nn.Module | None = None
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -325,6 +323,7 @@ def fewshot_evaluate(
     support_augment: int = 0,
     batch_size: int = 128,
     C: float = 1.0,
+    return_episodes: bool = False,
 ) -> dict[str, Any]:
     """Mean accuracy (percent) and 95% CI half-width of ``ways``-way episodes for each number of ``shots``.
 
@@ -342,10 +341,10 @@ def fewshot_evaluate(
     out: dict[str, Any] = {}
     for k, sampler in samplers.items():
         _, support, query = sampler.as_arrays()
-        accs = episode_accuracies(
-            feats, support, query, classifier, exact, support_augment, C=C, device=device
-        )
+        accs = episode_accuracies(feats, support, query, classifier, exact, support_augment, C=C, device=device)
         out[f"acc_{k}shot"], out[f"ci95_{k}shot"] = _summary(accs)
+        if return_episodes:  # per-episode accuracies, e.g. for a histogram
+            out[f"episodes_{k}shot"] = [float(a) for a in np.asarray(accs).ravel()]
     out.update(
         episodes=episodes,
         ways=ways,

@@ -17,9 +17,7 @@ Aggregation = Literal["mean", "sum", "max", "logsum"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "sum", "max", "logsum")
 
 
-def supcon_loss(
-    similarity: Tensor, labels: Tensor | None = None, inverse_temperature: float = 10.0
-) -> Tensor:
+def supcon_loss(similarity: Tensor, labels: Tensor | None = None, inverse_temperature: float = 10.0) -> Tensor:
     """Supervised (or self-supervised) contrastive loss over a precomputed similarity matrix.
 
     ``logits = inverse_temperature * similarity`` with ``similarity`` of shape ``[M, M]`` (``M = 2N``,
@@ -45,9 +43,7 @@ def supcon_loss(
     else:
         labels = labels.reshape(-1).to(device)
         if labels.numel() != n:
-            raise ValueError(
-                f"labels must have N = {n} entries for a [{m}, {m}] similarity, got {labels.numel()}"
-            )
+            raise ValueError(f"labels must have N = {n} entries for a [{m}, {m}] similarity, got {labels.numel()}")
         base = (labels[:, None] == labels[None, :]).to(similarity.dtype)
     not_self = 1.0 - torch.eye(m, device=device, dtype=similarity.dtype)
     positives = base.repeat(2, 2) * not_self

@@ -51,9 +51,7 @@ def load_split(config: FewShotConfig, split: str) -> FewDataset:
     return load_fewshot(data.dataset, data.root, split, size, data.split_file)
 
 
-def build_net(
-    config: FewShotConfig, num_classes: int, global_head: bool = False, spatial_head: bool = False
-) -> SCLNet:
+def build_net(config: FewShotConfig, num_classes: int, global_head: bool = False, spatial_head: bool = False) -> SCLNet:
     """The network of a few-shot config (backbone from ``config.model``)."""
     m = config.model
     backbone = build_backbone(
@@ -75,9 +73,7 @@ def _gather_views(x: Tensor, views: int) -> Tensor:
     from torch.distributed.nn.functional import all_gather
 
     chunks = x.reshape(views, -1, *x.shape[1:])
-    gathered = torch.cat(
-        all_gather(chunks.contiguous()), dim=1
-    )  # differentiable: gradients flow to each rank
+    gathered = torch.cat(all_gather(chunks.contiguous()), dim=1)  # differentiable: gradients flow to each rank
     return gathered.reshape(-1, *x.shape[1:])
 
 
@@ -131,9 +127,7 @@ class FewShotMethod(Method):
         out["acc"] = float(np.mean([res[f"acc_{k}shot"] for k in ev.shots]))
         return out
 
-    def predict(
-        self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device
-    ) -> list[Path]:
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         """Base-class predictions of image files -> ``predictions.csv`` (path, class, name, probability), or
         their L2-normalised pooled features -> ``features.npy`` for networks without a classifier."""
         from PIL import Image
@@ -146,9 +140,7 @@ class FewShotMethod(Method):
         for path in inputs:
             try:
                 with Image.open(path) as im:
-                    image = to_chw_float(
-                        np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-                    )
+                    image = to_chw_float(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
             except OSError as e:
                 raise DataError(f"cannot decode image {path}: {e}") from None
             x = image[None].to(device)
@@ -187,9 +179,7 @@ class SCLMethod(FewShotMethod):
     def build_model(self) -> nn.Module:
         loss = self.config.loss
         num_classes = int(self.split("train").num_classes)  # type: ignore[attr-defined]
-        return build_net(
-            self.config, num_classes, global_head=loss.uses_global(), spatial_head=loss.uses_spatial()
-        )
+        return build_net(self.config, num_classes, global_head=loss.uses_global(), spatial_head=loss.uses_spatial())
 
     def train_sources(self) -> dict[str, Source]:
         return {"base": Source(self.split("train"), self.config.train.batch_size)}
@@ -217,9 +207,7 @@ class SCLMethod(FewShotMethod):
                 terms["ss_sc"] = supcon_loss(sim, None, loss.inverse_temperature)
         return terms
 
-    def weighted_loss(
-        self, out: dict[str, Tensor], labels: Tensor, views: int
-    ) -> tuple[Tensor, dict[str, Any]]:
+    def weighted_loss(self, out: dict[str, Tensor], labels: Tensor, views: int) -> tuple[Tensor, dict[str, Any]]:
         loss = self.config.loss
         logs: dict[str, Any] = {}
         total = out["pooled"].new_zeros(())
