@@ -58,6 +58,30 @@ def world(tmp_path_factory) -> Path:
     (t / "toy.yaml").write_text(yaml.safe_dump({"method": "toy", "output_dir": str(t / "runs")}))
     (t / "list.yaml").write_text("- just\n- a list\n")
     torch.save({"x": torch.zeros(1)}, t / "weights.pth")
+    # text files: one without the label column, one with a label outside label_names
+    (t / "nolabel.csv").write_text("text,other\ngood film,1\nbad film,0\n")
+    (t / "badlabel.csv").write_text("text,label\ngood film,positive\nbad film,maybe\n")
+    (t / "rb.yaml").write_text(yaml.safe_dump({"method": "relbitfit", "output_dir": str(t / "runs")}))
+    (t / "cct.yaml").write_text(yaml.safe_dump({"method": "cct", "output_dir": str(t / "runs")}))
+    # a tiny trained few-shot run for the episode-request cases
+    scl = {
+        "method": "scl",
+        "name": "sclrun",
+        "output_dir": str(t / "runs"),
+        "model": {"backbone": "conv4"},
+        "data": {"dataset": "glyphs", "image_size": 32, "glyphs_per_class": 4},
+        "eval": {"shots": [1], "queries": 2, "val_episodes": 3},
+        "train": {"steps": 1, "batch_size": 4, "checkpoint_every": 1},
+    }
+    (t / "scl.yaml").write_text(yaml.safe_dump(scl))
+    res = subprocess.run(
+        [sys.executable, "-m", "fewlabels", "train", str(t / "scl.yaml")],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
     return t
 
 
@@ -142,6 +166,45 @@ CASES = [
     ("predict on a missing input", ["predict", "{t}/runs/toyrun", "{t}/absent", "--out", "{t}/o"], ["input not found"]),
     ("data check of an unknown kind", ["data", "check", "vco", "{t}"], ["did you mean 'voc'"]),
     ("methods of an unknown method", ["methods", "cctt"], ["unknown method"]),
+    (
+        "unknown perturbation name",
+        ["train", "{t}/cct.yaml", "perturbations.vatt=2"],
+        ["perturbations.vatt", "did you mean 'vat'"],
+    ),
+    (
+        "n_shot + n_query larger than a class",
+        ["fewshot-eval", "{t}/runs/sclrun", "--shots", "5", "--queries", "15"],
+        ["4"],
+    ),
+    (
+        "ways larger than the number of classes",
+        ["fewshot-eval", "{t}/runs/sclrun", "--shots", "1", "--ways", "500"],
+        ["500"],
+    ),
+    (
+        "text file without the label column",
+        [
+            "train",
+            "{t}/rb.yaml",
+            "data.dataset=csv",
+            "data.train_file={t}/nolabel.csv",
+            "data.eval_file={t}/nolabel.csv",
+        ],
+        ["nolabel.csv", "label"],
+    ),
+    (
+        "text file with an unknown label",
+        [
+            "train",
+            "{t}/rb.yaml",
+            "data.dataset=csv",
+            "data.train_file={t}/badlabel.csv",
+            "data.eval_file={t}/badlabel.csv",
+            "data.label_names=[positive, negative]",
+        ],
+        ["badlabel.csv", "maybe"],
+    ),
+    ("sequence length over the model's limit", ["train", "{t}/rb.yaml", "data.max_length=4096"], ["4096", "512"]),
 ]
 
 

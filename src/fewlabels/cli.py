@@ -123,7 +123,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fewlabels.demo import run_demo
 
-    run_demo(out_dir=args.out, methods=args.method, minutes=args.minutes)
+    run_demo(out_dir=args.out, methods=args.method, minutes=args.minutes, seed=args.seed)
     return 0
 
 
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--method", action="append", help="run only this method (repeatable)")
     dm.add_argument("--minutes", type=float, default=None, help="scale the time budget")
     dm.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    dm.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     dm.set_defaults(func=cmd_demo)
 
     from fewlabels.methods import extend_cli

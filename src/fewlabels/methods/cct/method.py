@@ -135,13 +135,14 @@ class CCTMethod(Method):
         return StepOutput(loss, logs)
 
     # --- evaluation and inference ---------------------------------------------------------------------------
-    def _predictor(self, model: nn.Module):
+    def predictor(self, model: nn.Module):
+        """Logits function of the main decoder (what evaluation, prediction and figures use)."""
         cct = _unwrap(model)
         return lambda images: cct(images, mode="predict")
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return evaluate_segmentation(
-            self._predictor(model),
+            self.predictor(model),
             self.data.val,
             self.data.num_classes,
             self.config.eval,
@@ -150,11 +151,11 @@ class CCTMethod(Method):
         )
 
     def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
-        return predict_masks(self._predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device)
+        return predict_masks(self.predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device)
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
         path = segmentation_figure(
-            {"CCT": self._predictor(model)},
+            {"CCT": self.predictor(model)},
             self.data.val,
             self.data.num_classes,
             out_dir / "predictions.png",

@@ -53,6 +53,9 @@ def load_base_model(config: RelBitFitConfig) -> nn.Module:
 
     from fewlabels.methods.relbitfit.method import model_dir
 
+    from fewlabels.methods.relbitfit.method import quiet_transformers
+
+    quiet_transformers()
     return AutoModelForSequenceClassification.from_pretrained(str(model_dir(config)), local_files_only=True)
 
 

@@ -86,6 +86,14 @@ def _primary_metric(metrics: dict[str, float], glue: str | None, regression: boo
     return metrics["accuracy"]
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars (the new task head is expected to be missing)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 @register_method
 class RelBitFitMethod(Method):
     """RelBitFit / BitFit / full fine-tuning of a pretrained BERT or RoBERTa on a few labelled sentences."""
@@ -139,6 +147,8 @@ class RelBitFitMethod(Method):
     # --- model ----------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        quiet_transformers()
 
         path = model_dir(self.config)
         hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)

@@ -59,6 +59,10 @@ class SupervisedSegmentation(Method):
         # Mean over the labeled pixels of the global batch (the same value with 1 or N processes).
         return StepOutput(global_mean(total, (mask != ignore).sum()))
 
+    def predictor(self, model: nn.Module) -> nn.Module:
+        """Logits function used by evaluation, prediction and figures (the model itself)."""
+        return model
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         return evaluate_segmentation(
             model, self.data.val, self.data.num_classes, self.config.eval, device, self.data.class_names
