@@ -60,9 +60,7 @@ def main() -> int:
     out = HERE / "results.md"
     out.write_text(
         "# Benchmark results (`make bench`)\n\n"
-        "| benchmark | figure | value | target | machine |\n|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n"
+        "| benchmark | figure | value | target | machine |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     print(f"wrote {out}")
     if failures:

@@ -51,9 +51,7 @@ def load_base_model(config: RelBitFitConfig) -> nn.Module:
     """The unmodified pretrained model of a run config (the head is irrelevant for bias changes)."""
     from transformers import AutoModelForSequenceClassification
 
-    from fewlabels.methods.relbitfit.method import model_dir
-
-    from fewlabels.methods.relbitfit.method import quiet_transformers
+    from fewlabels.methods.relbitfit.method import model_dir, quiet_transformers
 
     quiet_transformers()
     return AutoModelForSequenceClassification.from_pretrained(str(model_dir(config)), local_files_only=True)
