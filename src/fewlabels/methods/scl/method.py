@@ -127,6 +127,35 @@ class FewShotMethod(Method):
         out["acc"] = float(np.mean([res[f"acc_{k}shot"] for k in ev.shots]))
         return out
 
+    def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
+        """Histogram of the accuracies of the validation episodes, one figure per number of shots."""
+        from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
+        from fewlabels.viz import save_histogram
+
+        ev = self.config.eval
+        res = fewshot_evaluate(
+            model,
+            self.split("val"),
+            shots=tuple(ev.shots),
+            ways=ev.ways,
+            queries=ev.queries,
+            episodes=ev.val_episodes,
+            seed=ev.seed,
+            classifier=ev.classifier,
+            device=device,
+            return_episodes=True,
+        )
+        figures = {}
+        for k in ev.shots:
+            title = (
+                f"{ev.ways}-way {k}-shot validation episodes: {res[f'acc_{k}shot']:.1f} +- {res[f'ci95_{k}shot']:.1f}"
+            )
+            path = save_histogram(
+                res[f"episodes_{k}shot"], out_dir / f"episodes_{k}shot.png", title, "episode accuracy"
+            )
+            figures[f"{k}-shot episode accuracies ({ev.val_episodes} validation episodes)"] = path
+        return figures
+
     def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         """Base-class predictions of image files -> ``predictions.csv`` (path, class, name, probability), or
         their L2-normalised pooled features -> ``features.npy`` for networks without a classifier."""
