@@ -111,7 +111,15 @@ class FewShotMethod(Method):
         are reported for each.
         """
         ev = self.config.eval
-        res = fewshot_evaluate(
+        res = self.validation_episodes(model, device)
+        out = {k: float(v) for k, v in res.items() if k.startswith(("acc_", "ci95_"))}
+        out["acc"] = float(np.mean([res[f"acc_{k}shot"] for k in ev.shots]))
+        return out
+
+    def validation_episodes(self, model: nn.Module, device: torch.device, return_episodes: bool = False) -> dict:
+        """``fewshot_evaluate`` on the seeded validation episodes of ``eval`` (selection metric and report)."""
+        ev = self.config.eval
+        return fewshot_evaluate(
             model,
             self.split("val"),
             shots=tuple(ev.shots),
@@ -122,29 +130,15 @@ class FewShotMethod(Method):
             classifier=ev.classifier,
             device=device,
             batch_size=ev.batch_size,
+            return_episodes=return_episodes,
         )
-        out = {k: float(v) for k, v in res.items() if k.startswith(("acc_", "ci95_"))}
-        out["acc"] = float(np.mean([res[f"acc_{k}shot"] for k in ev.shots]))
-        return out
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
         """Histogram of the accuracies of the validation episodes, one figure per number of shots."""
-        from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
         from fewlabels.viz import save_histogram
 
         ev = self.config.eval
-        res = fewshot_evaluate(
-            model,
-            self.split("val"),
-            shots=tuple(ev.shots),
-            ways=ev.ways,
-            queries=ev.queries,
-            episodes=ev.val_episodes,
-            seed=ev.seed,
-            classifier=ev.classifier,
-            device=device,
-            return_episodes=True,
-        )
+        res = self.validation_episodes(model, device, return_episodes=True)
         figures = {}
         for k in ev.shots:
             title = (
