@@ -17,8 +17,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 
-#: scripts that are not timing benchmarks (method_vs_baseline trains for minutes per seed: docs/results.md)
-SKIP = {"run_all.py", "method_vs_baseline.py"}
+#: scripts that are not timing benchmarks (they train for minutes per seed; docs/results.md quotes them)
+SKIP = {"run_all.py", "method_vs_baseline.py", "scl_ablation.py", "relbitfit_fewsample.py"}
 
 #: figure -> (target text, predicate) for the figures that have a target in the issues
 TARGETS = {

@@ -221,7 +221,15 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         _check_bounds(f, getattr(obj, name), f"{prefix}.{name}" if prefix else name)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError as e:
+            # Section validators name their keys as they sit in a run config ("data.root"); the same section
+            # used elsewhere (an item of a list, e.g. "domains[0]") names the key where it actually is.
+            head, dot, rest = e.key.partition(".")
+            if prefix and dot and "." not in prefix and head != prefix:
+                raise ConfigError(f"{prefix}.{rest}", str(e).split("': ", 1)[1]) from None
+            raise
     return obj
 
 

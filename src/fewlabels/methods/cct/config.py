@@ -138,10 +138,37 @@ class CCTConfig(RunConfig):
     unlabeled_batch_size: int = field(
         default=0, metadata={"help": "unlabeled images per step (0 = train.batch_size)", "min": 0}
     )
+    domains: list[SegDataConfig] = field(
+        default_factory=list,
+        metadata={
+            "help": "multi-domain CCT: further domains, each a data section (dataset, root, labeled, ...) with the "
+            "classes of `data` (domain 0); shared encoder and aux decoders, one main decoder per domain"
+        },
+    )
+    predict_domain: int = field(
+        default=0, metadata={"help": "multi-domain: the main decoder that predict and the figures use", "min": 0}
+    )
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=8, lr=0.01))
+
+    @property
+    def all_domains(self) -> list[SegDataConfig]:
+        """The data section of every domain, domain 0 (``data``) first."""
+        return [self.data, *self.domains]
 
     def validate(self) -> None:
         # Training crops go through the pixel-shuffle decoders without padding: catch a bad size up front.
         stride, crop = self.model.output_stride, self.data.crop_size
         if crop % stride:
             fail("data.crop_size", f"must be a multiple of model.output_stride={stride}, got {crop}")
+        for i, domain in enumerate(self.domains):
+            if domain.crop_size != crop:
+                # The domains' crops are concatenated into one batch per step.
+                fail(
+                    f"domains[{i}].crop_size",
+                    f"every domain trains on data.crop_size={crop} crops, got {domain.crop_size}",
+                )
+        if self.predict_domain > len(self.domains):
+            n = len(self.domains) + 1
+            fail("predict_domain", f"there are {n} domains (0..{n - 1}), got {self.predict_domain}")
+        if self.domains and self.weak.labels_dir:
+            fail("weak.labels_dir", "weak labels are for single-domain runs; remove `domains` or `weak.labels_dir`")

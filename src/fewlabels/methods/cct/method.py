@@ -62,6 +62,24 @@ class CCTMethod(Method):
             data.unlabeled = PseudoLabeledImages(data.unlabeled, self.config.weak.labels_dir)
         return data
 
+    @cached_property
+    def domain_data(self) -> list[SegData]:
+        """The datasets of every domain (multi-domain CCT), domain 0 (``data``) first; all share the classes."""
+        from fewlabels.config import ConfigError
+
+        out = [self.data]
+        for i, cfg in enumerate(self.config.domains):
+            data = build_segmentation_data(cfg)
+            if (data.num_classes, data.ignore_index) != (out[0].num_classes, out[0].ignore_index):
+                raise ConfigError(
+                    f"domains[{i}]",
+                    f"has {data.num_classes} classes (ignore index {data.ignore_index}) but `data` has "
+                    f"{out[0].num_classes} (ignore index {out[0].ignore_index}): the domains share the aux decoders, "
+                    "so they need the same classes; map the labels to one class list",
+                )
+            out.append(data)
+        return out
+
     @property
     def background_classes(self) -> list[int]:
         """Configured background classes, or the dataset's non-thing classes."""
@@ -81,14 +99,33 @@ class CCTMethod(Method):
             pairwise_decoders=cfg.loss.pairwise_decoders,
             ignore_index=self.data.ignore_index,
         )
-        return CCTModel(net, cfg.perturbations, self.background_classes, losses)
+        return CCTModel(net, cfg.perturbations, self.background_classes, losses, num_domains=len(cfg.all_domains))
+
+    @staticmethod
+    def _source_names(domain: int) -> tuple[str, str]:
+        return ("labeled", "unlabeled") if domain == 0 else (f"labeled_{domain}", f"unlabeled_{domain}")
 
     def train_sources(self) -> dict[str, Source]:
+        """``labeled`` and ``unlabeled`` batches (and ``labeled_<d>`` / ``unlabeled_<d>`` of every further
+        domain d, with the same batch sizes)."""
         cfg = self.config
-        return {
-            "labeled": Source(self.data.labeled, cfg.train.batch_size),
-            "unlabeled": Source(self.data.unlabeled, cfg.unlabeled_batch_size or cfg.train.batch_size),
-        }
+        sources = {}
+        for d, data in enumerate(self.domain_data):
+            lab, unl = self._source_names(d)
+            sources[lab] = Source(data.labeled, cfg.train.batch_size)
+            sources[unl] = Source(data.unlabeled, cfg.unlabeled_batch_size or cfg.train.batch_size)
+        return sources
+
+    def _domain_batch(self, batch: dict, kind: str, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``batch[...][key]`` of every domain concatenated, and the per-image domain ids (None: one domain)."""
+        if not self.config.domains:
+            return batch[kind][key], None
+        parts, ids = [], []
+        for d in range(len(self.domain_data)):
+            x = batch[self._source_names(d)[0 if kind == "labeled" else 1]][key]
+            parts.append(x)
+            ids.append(torch.full((x.shape[0],), d, dtype=torch.long, device=x.device))
+        return torch.cat(parts), torch.cat(ids)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return backbone_param_groups(model, self.config.model.backbone_lr_scale)
@@ -102,14 +139,18 @@ class CCTMethod(Method):
 
     def training_step(self, model: nn.Module, batch: dict, step: int, total_steps: int) -> StepOutput:
         cfg = self.config
-        labeled, unlabeled = batch["labeled"], batch["unlabeled"]
+        images_l, domains_l = self._domain_batch(batch, "labeled", "image")
+        mask, _ = self._domain_batch(batch, "labeled", "mask")
+        images_u, domains_u = self._domain_batch(batch, "unlabeled", "image")
         out = model(
-            labeled["image"],
-            unlabeled["image"],
+            images_l,
+            images_u,
             mode="train",
-            pseudo_labels=unlabeled.get("mask") if cfg.weak.labels_dir else None,
+            pseudo_labels=batch["unlabeled"].get("mask") if cfg.weak.labels_dir else None,
+            domains_l=domains_l,
+            domains_u=domains_u,
         )
-        logits, mask = out["logits_l"].float(), labeled["mask"]
+        logits = out["logits_l"].float()
         ignore = self.data.ignore_index
         if cfg.loss.supervised == "abce":
             ramp_steps = int(cfg.loss.abce_rampup * total_steps)
@@ -135,20 +176,29 @@ class CCTMethod(Method):
         return StepOutput(loss, logs)
 
     # --- evaluation and inference ---------------------------------------------------------------------------
-    def predictor(self, model: nn.Module):
-        """Logits function of the main decoder (what evaluation, prediction and figures use)."""
+    def predictor(self, model: nn.Module, domain: int | None = None):
+        """Logits function of a main decoder (what evaluation, prediction and figures use): the one of
+        ``domain``, by default ``predict_domain`` (0 unless configured)."""
         cct = _unwrap(model)
-        return lambda images: cct(images, mode="predict")
+        chosen = self.config.predict_domain if domain is None else domain
+        return lambda images: cct(images, mode="predict", domains_l=chosen)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        return evaluate_segmentation(
-            self.predictor(model),
-            self.data.val,
-            self.data.num_classes,
-            self.config.eval,
-            device,
-            self.data.class_names,
-        )
+        """mIoU, pixel accuracy and per-class IoU on the val split. With several domains each domain's val split
+        is evaluated with its own main decoder (keys suffixed ``_d<domain>``) and ``miou`` / ``pixel_accuracy``
+        are the means over the domains."""
+        per_domain = [
+            evaluate_segmentation(
+                self.predictor(model, d), data.val, data.num_classes, self.config.eval, device, data.class_names
+            )
+            for d, data in enumerate(self.domain_data)
+        ]
+        if len(per_domain) == 1:
+            return per_domain[0]
+        metrics = {f"{k}_d{d}": v for d, values in enumerate(per_domain) for k, v in values.items()}
+        for key in ("miou", "pixel_accuracy"):
+            metrics[key] = sum(values[key] for values in per_domain) / len(per_domain)
+        return metrics
 
     def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         return predict_masks(self.predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device)

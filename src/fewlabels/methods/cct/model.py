@@ -96,12 +96,16 @@ class CCTModel(nn.Module):
         return self.net.encoder
 
     # --- pieces ---------------------------------------------------------------------------------------------
-    def main_decode(self, z: Tensor, domains: Tensor | None = None) -> Tensor:
-        """Main-decoder logits ``[B, C, H, W]`` of features ``z [B, D, h, w]``; ``domains [B]`` picks the
-        decoder.
+    def main_decode(self, z: Tensor, domains: Tensor | int | None = None) -> Tensor:
+        """Main-decoder logits ``[B, C, H, W]`` of features ``z [B, D, h, w]``; ``domains`` picks the decoder:
+        ``None`` or an int for the whole batch, or a tensor ``[B]`` of per-sample domain ids.
 
-        With several domains every main decoder runs on the whole batch and each sample keeps its domain's
-        output: no data-dependent indexing, hence no host synchronisation (the main decoders are cheap)."""
+        With a tensor every main decoder runs on the whole batch and each sample keeps its domain's output: no
+        data-dependent indexing, hence no host synchronisation (the main decoders are cheap)."""
+        if isinstance(domains, int):
+            if not 0 <= domains < self.num_domains:
+                raise ValueError(f"domain {domains} out of range: the model has {self.num_domains} domains")
+            return self.net.decode(z) if domains == 0 else self.domain_decoders[domains - 1](z)
         logits = self.net.decode(z)
         if self.num_domains == 1 or domains is None:
             return logits
@@ -223,8 +227,8 @@ class CCTModel(nn.Module):
         images_u: Tensor | None = None,
         mode: str = "train",
         pseudo_labels: Tensor | None = None,
-        domains_l: Tensor | None = None,
-        domains_u: Tensor | None = None,
+        domains_l: Tensor | int | None = None,
+        domains_u: Tensor | int | None = None,
     ) -> dict[str, Tensor] | Tensor:
         """Run one of three computations.
 
@@ -237,6 +241,9 @@ class CCTModel(nn.Module):
           decoders get gradient from these terms: the main prediction is computed without a graph.
         * ``mode="aux"``: as ``train`` but also returns ``target [B_u, C, H, W]`` (main probabilities) and
           ``aux_logits [K, B_u, C, H, W]`` in image layout (inspection and figures; slower).
+
+        ``domains_l`` / ``domains_u`` choose the main decoder of each image (multi-domain CCT, see
+        :meth:`main_decode`); the aux decoders are shared by every domain.
         """
         if mode == "predict":
             height, width = images_l.shape[-2:]

@@ -1,0 +1,90 @@
+"""SCL loss ablation on the embedded ``glyphs`` (novel script never seen in pre-training), several seeds.
+
+    python benchmarks/scl_ablation.py --seeds 0 1 2 --steps 400
+
+Pre-trains a conv-4 with each loss combination of the thesis table at the same budget (steps, batch, schedule),
+then evaluates 5-way 1-shot and 5-shot episodes on the novel classes (600 episodes, the same episodes for every
+model, logistic regression on the pooled + spatial features). Prints one line per run, a markdown table of
+mean +- 95% CI over seeds (Student-t on the per-seed means), and a JSON object as the last stdout line.
+Not part of `make bench` (minutes per run); docs/results.md quotes its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from _seeds import SeedTable, train_run
+
+#: name -> (loss weights, augmentation views); every run has the same budget and optimiser
+VARIANTS: dict[str, tuple[dict[str, float], list[str]]] = {
+    "CE": ({"lambda_sc": 0.0, "lambda_gc": 0.0}, ["none"]),
+    "CE+aug": ({"lambda_sc": 0.0, "lambda_gc": 0.0}, ["standard", "simclr"]),
+    "CE+SC": ({"lambda_sc": 0.1, "lambda_gc": 0.0}, ["standard", "simclr"]),
+    "CE+GC": ({"lambda_sc": 0.0, "lambda_gc": 0.1}, ["standard", "simclr"]),
+    "CE+GC+SC": ({"lambda_sc": 0.1, "lambda_gc": 0.1}, ["standard", "simclr"]),
+}
+
+
+def config(seed: int, steps: int, weights: dict[str, float], views: list[str], weight: float) -> dict[str, Any]:
+    scaled = {k: (v / 0.1 * weight if v else 0.0) for k, v in weights.items()}
+    return {
+        "method": "scl",
+        "seed": seed,
+        "model": {"backbone": "conv4"},
+        "data": {"dataset": "glyphs", "image_size": 32, "glyphs_per_class": 24},
+        "eval": {"shots": [1, 5], "val_episodes": 50},
+        "loss": {"lambda_cls": 1.0, **scaled},
+        "augment": {"views": views},
+        "train": {
+            "steps": steps,
+            "batch_size": 64,
+            "lr": 0.05,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "scheduler": "step",
+            "milestones": [0.667, 0.889],
+            "max_grad_norm": 5.0,
+            "checkpoint_every": steps,
+            "log_every": 20,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--weight", type=float, default=0.1, help="weight of the GC and SC terms")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--out", default="runs/scl_ablation")
+    args = parser.parse_args()
+
+    from fewlabels.engine import load_run
+    from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
+
+    out = Path(args.out)
+    table = SeedTable(out / "values.jsonl")
+    for seed in args.seeds:
+        for name in args.variants:
+            weights, views = VARIANTS[name]
+            run_dir, _, seconds = train_run(
+                out, f"{name.replace('+', '_')}-seed{seed}", config(seed, args.steps, weights, views, args.weight)
+            )
+            run = load_run(run_dir, device="cpu")
+            res = fewshot_evaluate(
+                run.model, run.method.split("test"), shots=(1, 5), episodes=args.episodes, seed=0, device=run.device
+            )
+            for k in (1, 5):
+                table.add(
+                    name, f"{k}-shot", seed, res[f"acc_{k}shot"], ci95_episodes=res[f"ci95_{k}shot"], seconds=seconds
+                )
+    print(table.markdown(digits=1))
+    print(json.dumps({"steps": args.steps, "weight": args.weight, "seeds": args.seeds, "summary": table.summary()}))
+
+
+if __name__ == "__main__":
+    main()
