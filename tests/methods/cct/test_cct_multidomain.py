@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cct_method import TINY
 
 from fewlabels.config import ConfigError, build_config
 from fewlabels.data.scenes import SCENE_CLASSES, generate_scenes
 from fewlabels.engine.data import collate
 from fewlabels.methods.cct import CCTConfig, CCTMethod
 from fewlabels.methods.cct.model import CCTModel
-
-from test_cct_method import TINY
 
 NUM_CLASSES = len(SCENE_CLASSES)
 
@@ -67,7 +66,7 @@ def test_domains_with_other_classes_are_refused(tmp_path: Path) -> None:
         CCTConfig, {**TINY, "domains": [{"dataset": "folder", "root": str(folder), "crop_size": 32, "num_classes": 3}]}
     )
     with pytest.raises(ConfigError) as err:
-        CCTMethod(cfg).domain_data
+        _ = CCTMethod(cfg).domain_data
     assert err.value.key == "domains[0]" and "3 classes" in str(err.value) and f"{NUM_CLASSES}" in str(err.value)
 
 
@@ -150,7 +149,8 @@ def test_two_domain_training_runs_through_the_engine_and_predicts_with_the_chose
     assert run.config.predict_domain == 1 and run.model.num_domains == 2
     image = torch.rand(1, 3, 40, 36)
     with torch.no_grad():
-        torch.testing.assert_close(run.method.predictor(run.model)(image), run.model(image, mode="predict", domains_l=1))
+        chosen = run.method.predictor(run.model)(image)
+        torch.testing.assert_close(chosen, run.model(image, mode="predict", domains_l=1))
 
 
 def test_a_domain_sections_own_checks_name_the_domain() -> None:
