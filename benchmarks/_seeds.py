@@ -43,15 +43,31 @@ def summarise(values: list[float]) -> dict[str, Any]:
 
 class SeedTable:
     """Per-seed values of named cells; prints a markdown table of ``mean +- CI (std)`` and appends raw rows to a
-    JSONL file as they arrive, so a long sweep that is stopped keeps what it measured."""
+    JSONL file as they arrive, so a long sweep that is stopped keeps what it measured. With ``resume`` the
+    values already in the file are loaded and :meth:`has` lets the sweep skip them."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, resume: bool = False) -> None:
         self.cells: dict[tuple[str, str], list[float]] = {}
+        self.seeds: dict[tuple[str, str], list[int]] = {}
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
+        if resume and log.is_file():
+            for line in log.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    self._record(r["row"], r["column"], r["seed"], r["value"])
+        elif log.is_file():
+            log.unlink()
+
+    def _record(self, row: str, column: str, seed: int, value: float) -> None:
+        self.cells.setdefault((row, column), []).append(value)
+        self.seeds.setdefault((row, column), []).append(seed)
+
+    def has(self, row: str, column: str, seed: int) -> bool:
+        return seed in self.seeds.get((row, column), [])
 
     def add(self, row: str, column: str, seed: int, value: float, **extra: Any) -> None:
-        self.cells.setdefault((row, column), []).append(value)
+        self._record(row, column, seed, value)
         with self.log.open("a") as f:
             f.write(json.dumps({"row": row, "column": column, "seed": seed, "value": value, **extra}) + "\n")
         print(f"{row} | {column} | seed {seed}: {value:.4f}", flush=True)

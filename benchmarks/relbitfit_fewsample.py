@@ -60,14 +60,17 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", default="runs/relbitfit_fewsample")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run folders (full runs are ~90 MB each)")
+    parser.add_argument("--resume", action="store_true", help="keep OUT/values.jsonl and skip the runs it holds")
     args = parser.parse_args()
 
     out = Path(args.out)
-    table = SeedTable(out / "values.jsonl")
+    table = SeedTable(out / "values.jsonl", resume=args.resume)
     for n in args.n:
         epochs = EPOCHS.get(n, 2.0)
         for seed in args.seeds:
             for name in args.variants:
+                if table.has(name, f"N={n}", seed):
+                    continue
                 model, lr = VARIANTS[name]
                 run_name = f"{name.replace('+', '_')}-n{n}-seed{seed}"
                 data = config(seed, n, model, lr, epochs, args.max_length)

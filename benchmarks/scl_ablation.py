@@ -61,15 +61,18 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=0.1, help="weight of the GC and SC terms")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/scl_ablation")
+    parser.add_argument("--resume", action="store_true", help="keep OUT/values.jsonl and skip the runs it holds")
     args = parser.parse_args()
 
     from fewlabels.engine import load_run
     from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
 
     out = Path(args.out)
-    table = SeedTable(out / "values.jsonl")
+    table = SeedTable(out / "values.jsonl", resume=args.resume)
     for seed in args.seeds:
         for name in args.variants:
+            if table.has(name, "5-shot", seed):
+                continue
             weights, views = VARIANTS[name]
             run_dir, _, seconds = train_run(
                 out, f"{name.replace('+', '_')}-seed{seed}", config(seed, args.steps, weights, views, args.weight)

@@ -2,7 +2,8 @@
 
 - kill -9 in the middle of training, resume: final weights equal an uninterrupted run's (within 1e-6);
 - two processes (gloo) equal one process at the same global batch (loss trajectory and weights);
-- save/load round trip of the weights through ``fewlabels.load``.
+- save/load round trip of the weights through ``fewlabels.load``;
+- a NaN in one step's inputs stops the run with a message, the last good checkpoint intact and finite.
 Each method contributes a tiny configuration (small model, a few steps) to ``TINY``.
 """
 
@@ -20,9 +21,9 @@ from safetensors.torch import load_file
 
 import toy_method  # noqa: F401
 from conftest import subprocess_env
-from fewlabels.engine import load_run, train
-from fewlabels.engine.checkpoint import list_checkpoints
-from fewlabels.registry import available_methods, config_from_dict
+from fewlabels.engine import TrainingDiverged, load_run, train
+from fewlabels.engine.checkpoint import latest_valid_checkpoint, list_checkpoints
+from fewlabels.registry import available_methods, config_from_dict, get_method
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -178,3 +179,44 @@ def test_two_processes_equal_one_process(method, tmp_path):
     assert _train_losses(dist) == pytest.approx(_train_losses(single), abs=1e-4)
     _close(_weights(single), _weights(dist), atol=1e-4)
     assert res.stderr.count("step 3/3") <= 1  # progress printed by one rank only
+
+
+def _poison(batch, model) -> None:
+    """Set every floating-point input of ``batch`` to NaN in place; a batch of token ids (no float input) gets
+    its NaN where the ids become vectors, in the output of the model's first embedding layer (once)."""
+    poisoned = False
+    for source in batch.values():
+        for value in source.values():
+            if torch.is_tensor(value) and value.is_floating_point():
+                value.fill_(float("nan"))
+                poisoned = True
+    if not poisoned:
+        embedding = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding))
+        handle = None
+
+        def hook(module, args, output):
+            handle.remove()
+            return output * float("nan")
+
+        handle = embedding.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_a_nan_in_a_batch_stops_the_run_and_keeps_the_last_good_checkpoint(method, tmp_path, monkeypatch):
+    cfg = _config(method, tmp_path, "nan", 6)
+    cfg["train"]["checkpoint_every"] = 1
+    config = config_from_dict(cfg)
+    cls = get_method(config.method)
+    original = cls.training_step
+
+    def training_step(self, model, batch, step, total_steps):
+        if step == 3:  # the 4th optimizer step
+            _poison(batch, model)
+        return original(self, model, batch, step, total_steps)
+
+    monkeypatch.setattr(cls, "training_step", training_step)
+    with pytest.raises(TrainingDiverged, match=r"NaN or infinite at step 4.*step_00000003\.pt\) is intact"):
+        train(config)
+    path, state = latest_valid_checkpoint(tmp_path / "nan" / "checkpoints")
+    assert path.name == "step_00000003.pt" and state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
