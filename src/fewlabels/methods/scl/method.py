@@ -222,7 +222,9 @@ class SCLMethod(FewShotMethod):
             if loss.lambda_ss_gc > 0:
                 terms["ss_gc"] = supcon_loss(sim, None, loss.inverse_temperature)
         if loss.uses_spatial():
-            q, k, v = (_gather_views(out[n], views).float() for n in ("q", "k", "v"))
+            # One collective for the three projections (the same shape): fewer messages than three gathers.
+            qkv = _gather_views(torch.cat([out["q"], out["k"], out["v"]], dim=-1), views).float()
+            q, k, v = qkv.chunk(3, dim=-1)
             sim = spatial_similarity(q, k, v, aggregation=loss.aggregation, lse_lambda=loss.lse_lambda)
             if loss.lambda_sc > 0:
                 terms["sc"] = supcon_loss(sim, all_labels, loss.inverse_temperature)
