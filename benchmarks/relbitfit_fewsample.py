@@ -4,9 +4,10 @@ vs RelBitFit (and RelBitFit + PT + LR + Clip), N training snippets drawn with ea
     python benchmarks/relbitfit_fewsample.py --n 100 500 2000 --seeds 0 1 2
 
 Every variant sees the same N snippets for a seed (the seed draws the subset and initialises the head), the same
-batch, length, number of passes and evaluation (the fixed held-out test snippets); the learning rate is each
-variant's own (full fine-tuning 5e-5, the bias methods 1e-3, as in the BitFit recipe ranges). Prints one line per
-run, a markdown table of accuracy mean +- 95% CI over seeds, and a JSON object as the last stdout line.
+batch, length, number of optimizer steps (125) and evaluation (the first 1000 of the fixed held-out test
+snippets); the learning rate is each variant's own (full fine-tuning 5e-5, the bias methods 1e-3, within the
+BitFit paper's ranges). Prints one line per run, a markdown table of accuracy mean +- 95% CI over seeds, and a
+JSON object as the last stdout line.
 Not part of `make bench` (minutes per run); docs/results.md quotes its output.
 """
 
@@ -28,16 +29,19 @@ VARIANTS: dict[str, tuple[dict[str, Any], float]] = {
     "RelBitFit+PT+LR+Clip": ({"variant": "relbitfit", "pt": True, "lr": True, "clip": True}, 1e-3),
 }
 
-#: passes over the N snippets: fewer examples get more passes (125, 157 and 250 optimizer steps at batch 16)
-EPOCHS = {100: 20.0, 500: 5.0, 2000: 2.0}
+#: passes over the N snippets: the same budget for every N (125 optimizer steps at batch 16), so a larger N means
+#: more distinct examples, not more training
+EPOCHS = {100: 20.0, 500: 4.0, 2000: 1.0}
 
 
-def config(seed: int, n: int, model: dict[str, Any], lr: float, epochs: float, length: int) -> dict[str, Any]:
+def config(
+    seed: int, n: int, model: dict[str, Any], lr: float, epochs: float, length: int, max_eval: int
+) -> dict[str, Any]:
     return {
         "method": "relbitfit",
         "seed": seed,
         "model": model,
-        "data": {"dataset": "rotten-tomatoes", "n_train": n, "max_length": length},
+        "data": {"dataset": "rotten-tomatoes", "n_train": n, "max_length": length, "max_eval": max_eval},
         "train": {
             "epochs": epochs,
             "batch_size": 16,
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--max-eval", type=int, default=1000, help="held-out snippets evaluated (0 = all 2000)")
     parser.add_argument("--out", default="runs/relbitfit_fewsample")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run folders (full runs are ~90 MB each)")
     parser.add_argument("--resume", action="store_true", help="keep OUT/values.jsonl and skip the runs it holds")
@@ -73,7 +78,7 @@ def main() -> None:
                     continue
                 model, lr = VARIANTS[name]
                 run_name = f"{name.replace('+', '_')}-n{n}-seed{seed}"
-                data = config(seed, n, model, lr, epochs, args.max_length)
+                data = config(seed, n, model, lr, epochs, args.max_length, args.max_eval)
                 run_dir, metrics, seconds = train_run(out, run_name, data)
                 table.add(name, f"N={n}", seed, metrics["accuracy"], seconds=seconds)
                 if not args.keep_runs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ VARIANTS: dict[str, tuple[dict[str, float], list[str]]] = {
     "CE+SC": ({"lambda_sc": 0.1, "lambda_gc": 0.0}, ["standard", "simclr"]),
     "CE+GC": ({"lambda_sc": 0.0, "lambda_gc": 0.1}, ["standard", "simclr"]),
     "CE+GC+SC": ({"lambda_sc": 0.1, "lambda_gc": 0.1}, ["standard", "simclr"]),
+    # controls: the SC term without the augmented views (two identical views), i.e. SC as a supervised
+    # regulariser on the raw images, against plain CE
+    "CE+SC (no aug)": ({"lambda_sc": 0.1, "lambda_gc": 0.0}, ["none", "none"]),
 }
+
+#: what `--variants` runs by default (the thesis table's rows)
+DEFAULT_VARIANTS = ["CE", "CE+aug", "CE+SC", "CE+GC", "CE+GC+SC"]
 
 
 def config(seed: int, steps: int, weights: dict[str, float], views: list[str], weight: float) -> dict[str, Any]:
@@ -59,7 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--weight", type=float, default=0.1, help="weight of the GC and SC terms")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/scl_ablation")
     parser.add_argument("--resume", action="store_true", help="keep OUT/values.jsonl and skip the runs it holds")
     args = parser.parse_args()
@@ -75,7 +82,9 @@ def main() -> None:
                 continue
             weights, views = VARIANTS[name]
             run_dir, _, seconds = train_run(
-                out, f"{name.replace('+', '_')}-seed{seed}", config(seed, args.steps, weights, views, args.weight)
+                out,
+                f"{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}-seed{seed}",
+                config(seed, args.steps, weights, views, args.weight),
             )
             run = load_run(run_dir, device="cpu")
             res = fewshot_evaluate(

@@ -133,16 +133,34 @@ class ACNet(nn.Module):
         return self.mask_from != "none"
 
     # -- forward -------------------------------------------------------------------------------------------
-    def _ordered_views(self, features: torch.Tensor, orderings: Sequence[str], stacked: bool) -> torch.Tensor:
-        """``[B, C, h, w]`` (or ``[V B, ...]`` when ``stacked``) -> ``[V B, C', h, w]``: the ordered part
-        under each of the V orderings (view ``v`` reads chunk ``v`` of a stacked input)."""
+    def _head_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The 1x1 cluster heads at feature resolution: ``{"main": [N, k, h, w]}`` (+ ``"over"``)."""
+        out = {"main": self.head(features)}
+        if self.head_over is not None:
+            out["over"] = self.head_over(features)
+        return out
+
+    def _ordered_logits(
+        self, features: torch.Tensor, orderings: Sequence[str], stacked: bool
+    ) -> dict[str, torch.Tensor]:
+        """``[B, C, h, w]`` (or ``[V B, ...]`` when ``stacked``) -> head logits ``[V B, k, h, w]``: the ordered part
+        under each of the V orderings (view ``v`` reads chunk ``v`` of a stacked input).
+
+        The 1x1 heads act per position, so they commute with the flips and transposes of the views: they run in
+        the canonical layout on the stacked views, and only their k-channel outputs are mapped back (cheaper than
+        mapping back the wide feature maps, forward and backward)."""
         chunks = features.chunk(len(orderings)) if stacked else [features] * len(orderings)
         views = [to_canonical(c, o) for c, o in zip(chunks, orderings)]
         if all(v.shape == views[0].shape for v in views):
-            outs = self.ordered(torch.cat(views)).chunk(len(orderings))
+            stacked_logits = self._head_logits(self.ordered(torch.cat(views)))
+            per_view = {name: x.chunk(len(orderings)) for name, x in stacked_logits.items()}
         else:
-            outs = tuple(self.ordered(v) for v in views)
-        return torch.cat([from_canonical(out, o) for out, o in zip(outs, orderings)])
+            outs = [self._head_logits(self.ordered(v)) for v in views]
+            per_view = {name: tuple(o[name] for o in outs) for name in outs[0]}
+        return {
+            name: torch.cat([from_canonical(x, o) for x, o in zip(parts, orderings)])
+            for name, parts in per_view.items()
+        }
 
     def forward(
         self, images: torch.Tensor, orderings: Sequence[str] | None = None, stacked_views: bool = False
@@ -162,19 +180,14 @@ class ACNet(nn.Module):
         """
         features = self.unmasked(images)
         if orderings and self.uses_orderings:
-            features = self._ordered_views(features, orderings, stacked_views)
+            logits = self._ordered_logits(features, orderings, stacked_views)
         else:
-            features = self.ordered(features)
+            logits = self._head_logits(self.ordered(features))
         size = images.shape[-2:]
-        out = {"main": self._head(self.head, features, size)}
-        if self.head_over is not None:
-            out["over"] = self._head(self.head_over, features, size)
-        return out
-
-    @staticmethod
-    def _head(head: nn.Module, features: torch.Tensor, size: torch.Size) -> torch.Tensor:
-        logits = F.interpolate(head(features), size=size, mode="bilinear", align_corners=False)
-        return logits.softmax(dim=1)
+        return {
+            name: F.interpolate(x, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
+            for name, x in logits.items()
+        }
 
     @torch.no_grad()
     def cluster_probabilities(
