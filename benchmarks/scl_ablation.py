@@ -27,8 +27,10 @@ VARIANTS: dict[str, tuple[dict[str, float], list[str]]] = {
     "CE+GC": ({"lambda_sc": 0.0, "lambda_gc": 0.1}, ["standard", "simclr"]),
     "CE+GC+SC": ({"lambda_sc": 0.1, "lambda_gc": 0.1}, ["standard", "simclr"]),
     # controls: the SC term without the augmented views (two identical views), i.e. SC as a supervised
-    # regulariser on the raw images, against plain CE
+    # regulariser on the raw images, against plain CE; and CE with the RFS "standard" augmentation in one view
+    # (what the RFS/SCL papers call CE)
     "CE+SC (no aug)": ({"lambda_sc": 0.1, "lambda_gc": 0.0}, ["none", "none"]),
+    "CE (standard aug)": ({"lambda_sc": 0.0, "lambda_gc": 0.0}, ["standard"]),
 }
 
 #: what `--variants` runs by default (the thesis table's rows)
