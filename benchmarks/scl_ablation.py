@@ -38,27 +38,14 @@ DEFAULT_VARIANTS = ["CE", "CE+aug", "CE+SC", "CE+GC", "CE+GC+SC"]
 
 
 def config(seed: int, steps: int, weights: dict[str, float], views: list[str], weight: float) -> dict[str, Any]:
+    from fewlabels.demo import glyphs_pretraining
+
     scaled = {k: (v / 0.1 * weight if v else 0.0) for k, v in weights.items()}
     return {
+        **glyphs_pretraining(seed, steps),
         "method": "scl",
-        "seed": seed,
-        "model": {"backbone": "conv4"},
-        "data": {"dataset": "glyphs", "image_size": 32, "glyphs_per_class": 24},
-        "eval": {"shots": [1, 5], "val_episodes": 50},
         "loss": {"lambda_cls": 1.0, **scaled},
         "augment": {"views": views},
-        "train": {
-            "steps": steps,
-            "batch_size": 64,
-            "lr": 0.05,
-            "momentum": 0.9,
-            "weight_decay": 5e-4,
-            "scheduler": "step",
-            "milestones": [0.667, 0.889],
-            "max_grad_norm": 5.0,
-            "checkpoint_every": steps,
-            "log_every": 20,
-        },
     }
 
 

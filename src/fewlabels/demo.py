@@ -180,16 +180,11 @@ SCL_NOTE = (
 )
 
 
-def fewshot_stage(ctx: DemoContext) -> StageResult:
-    """SCL (CE + spatial contrastive, two views) vs CE-only pre-training on ``glyphs``; 5-way episodes on the
-    novel script (Greek letters, never seen in training), 1 and 5 shots."""
-    from fewlabels.engine import load_run
-    from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
-    from fewlabels.viz import save_histogram
-
-    steps = ctx.steps(150)
-    common: dict[str, Any] = {
-        "seed": ctx.seed,
+def glyphs_pretraining(seed: int, steps: int) -> dict[str, Any]:
+    """The CPU pre-training recipe on ``glyphs`` (conv-4, 32 px, batch 64, SGD 0.05 with the RFS step schedule
+    scaled to ``steps``), without the method's loss and views; shared by the demo and ``benchmarks/scl_ablation.py``."""
+    return {
+        "seed": seed,
         "model": {"backbone": "conv4"},
         "data": {"dataset": "glyphs", "image_size": 32, "glyphs_per_class": 24},
         "eval": {"shots": [1, 5], "val_episodes": 50},
@@ -206,6 +201,16 @@ def fewshot_stage(ctx: DemoContext) -> StageResult:
             "log_every": 10,
         },
     }
+
+
+def fewshot_stage(ctx: DemoContext) -> StageResult:
+    """SCL (CE + spatial contrastive, two views) vs CE-only pre-training on ``glyphs``; 5-way episodes on the
+    novel script (Greek letters, never seen in training), 1 and 5 shots."""
+    from fewlabels.engine import load_run
+    from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
+    from fewlabels.viz import save_histogram
+
+    common = glyphs_pretraining(ctx.seed, ctx.steps(150))
     scl_cfg = {
         **common,
         "method": "scl",
