@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from fewlabels.engine.allocator import keep_freed_memory
 from fewlabels.methods.ac.losses import iic_segmentation_loss
 from fewlabels.methods.ac.model import ACNet
 from fewlabels.methods.ac.views import sample_orderings
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     args = parser.parse_args()
+    keep_freed_memory()  # as the training engine does on CPU (fewlabels.engine.allocator)
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewlabels.engine.allocator import keep_freed_memory
 from fewlabels.methods.cct.config import PerturbationsConfig
 from fewlabels.methods.cct.losses import softmax_mse_loss
 from fewlabels.methods.cct.model import CCTModel
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--skip-loop", action="store_true", help="only the stacked implementation")
     p.add_argument("--no-memory", action="store_true")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the training engine does on CPU (fewlabels.engine.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    from fewlabels.engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the training engine does on CPU (fewlabels.engine.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--variants", nargs="+", default=["bitfit", "relbitfit"])
     args = parser.parse_args()
+    from fewlabels.engine.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the training engine does on CPU (fewlabels.engine.allocator)
     if "bitfit" not in args.variants or "relbitfit" not in args.variants:
         parser.error("--variants must include bitfit and relbitfit (the reported ratio)")
 

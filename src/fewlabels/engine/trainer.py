@@ -27,6 +27,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast_object_list, gather_object
 
 from fewlabels.config import ConfigError, RunConfig, TrainConfig, write_yaml
+from fewlabels.engine.allocator import keep_freed_memory
 from fewlabels.engine.checkpoint import (
     CheckpointError,
     latest_valid_checkpoint,
@@ -132,6 +133,8 @@ class Trainer:
         use_cuda = self.cfg.device != "cpu" and torch.cuda.is_available()
         if self.cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device", "cuda requested but no GPU is visible")
+        if not use_cuda:
+            keep_freed_memory()  # reuse freed activation memory instead of page-faulting it in every step
         self.accelerator = Accelerator(
             cpu=not use_cuda,
             mixed_precision=_mixed_precision(self.cfg, use_cuda),
