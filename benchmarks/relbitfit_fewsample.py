@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--max-eval", type=int, default=1000, help="held-out snippets evaluated (0 = all 2000)")
+    parser.add_argument("--budget", type=float, default=1.0, help="multiplies every N's number of passes (steps)")
     parser.add_argument("--out", default="runs/relbitfit_fewsample")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run folders (full runs are ~90 MB each)")
     parser.add_argument("--resume", action="store_true", help="keep OUT/values.jsonl and skip the runs it holds")
@@ -71,7 +72,7 @@ def main() -> None:
     out = Path(args.out)
     table = SeedTable(out / "values.jsonl", resume=args.resume)
     for n in args.n:
-        epochs = EPOCHS.get(n, 2.0)
+        epochs = EPOCHS.get(n, 1.0) * args.budget
         for seed in args.seeds:
             for name in args.variants:
                 if table.has(name, f"N={n}", seed):
@@ -84,7 +85,8 @@ def main() -> None:
                 if not args.keep_runs:
                     shutil.rmtree(run_dir)
     print(table.markdown())
-    print(json.dumps({"n": args.n, "seeds": args.seeds, "epochs": EPOCHS, "summary": table.summary()}))
+    epochs = {n: EPOCHS.get(n, 1.0) * args.budget for n in args.n}
+    print(json.dumps({"n": args.n, "seeds": args.seeds, "epochs": epochs, "summary": table.summary()}))
 
 
 if __name__ == "__main__":
