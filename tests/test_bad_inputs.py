@@ -167,6 +167,16 @@ CASES = [
     ("data check of an unknown kind", ["data", "check", "vco", "{t}"], ["did you mean 'voc'"]),
     ("methods of an unknown method", ["methods", "cctt"], ["unknown method"]),
     (
+        "multi-domain: a domain with other classes",
+        ["train", "{t}/cct.yaml", "domains=[{dataset: folder, root: {t}/badclass, crop_size: 96}]"],
+        ["domains[0]", "3 classes", "same classes"],
+    ),
+    (
+        "multi-domain: a domain with another crop size",
+        ["train", "{t}/cct.yaml", "domains=[{crop_size: 64}]"],
+        ["domains[0].crop_size", "96"],
+    ),
+    (
         "unknown perturbation name",
         ["train", "{t}/cct.yaml", "perturbations.vatt=2"],
         ["perturbations.vatt", "did you mean 'vat'"],
