@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -33,17 +34,14 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 1 << 30
 
-_done: list[bool] = []
 
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process (see the module doc); True if they were set.
 
     Does nothing (False) off Linux, on a C library without ``mallopt``, when ``FEWLABELS_MALLOC_TUNING=0``, or
     when the process already chose thresholds through the ``MALLOC_*_THRESHOLD_`` environment variables.
     """
-    if _done:
-        return _done[0]
     ok = False
     wanted = os.environ.get("FEWLABELS_MALLOC_TUNING", "1") != "0"
     preset = any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"))
@@ -61,5 +59,4 @@ def keep_freed_memory() -> bool:
             )
             if not ok:
                 log.debug("mallopt refused the thresholds; glibc defaults kept")
-    _done.append(ok)
     return ok

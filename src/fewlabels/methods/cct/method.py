@@ -116,16 +116,18 @@ class CCTMethod(Method):
             sources[unl] = Source(data.unlabeled, cfg.unlabeled_batch_size or cfg.train.batch_size)
         return sources
 
-    def _domain_batch(self, batch: dict, kind: str, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``batch[...][key]`` of every domain concatenated, and the per-image domain ids (None: one domain)."""
-        if not self.config.domains:
-            return batch[kind][key], None
-        parts, ids = [], []
-        for d in range(len(self.domain_data)):
-            x = batch[self._source_names(d)[0 if kind == "labeled" else 1]][key]
-            parts.append(x)
-            ids.append(torch.full((x.shape[0],), d, dtype=torch.long, device=x.device))
-        return torch.cat(parts), torch.cat(ids)
+    def _domain_batch(self, batch: dict, unlabeled: bool, *keys: str) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """``keys`` of every domain's labeled (or unlabeled) batch, each concatenated over the domains, and the
+        per-image domain ids (None with one domain)."""
+        sources = [batch[self._source_names(d)[int(unlabeled)]] for d in range(len(self.domain_data))]
+        if len(sources) == 1:
+            return [sources[0][k] for k in keys], None
+        values = [torch.cat([source[k] for source in sources]) for k in keys]
+        device = values[0].device
+        ids = torch.cat(
+            [torch.full((s[keys[0]].shape[0],), d, dtype=torch.long, device=device) for d, s in enumerate(sources)]
+        )
+        return values, ids
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return backbone_param_groups(model, self.config.model.backbone_lr_scale)
@@ -139,9 +141,8 @@ class CCTMethod(Method):
 
     def training_step(self, model: nn.Module, batch: dict, step: int, total_steps: int) -> StepOutput:
         cfg = self.config
-        images_l, domains_l = self._domain_batch(batch, "labeled", "image")
-        mask, _ = self._domain_batch(batch, "labeled", "mask")
-        images_u, domains_u = self._domain_batch(batch, "unlabeled", "image")
+        (images_l, mask), domains_l = self._domain_batch(batch, False, "image", "mask")
+        (images_u,), domains_u = self._domain_batch(batch, True, "image")
         out = model(
             images_l,
             images_u,
