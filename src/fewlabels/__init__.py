@@ -18,7 +18,13 @@ if TYPE_CHECKING:
 
 
 def train(config: Any, resume_dir: Any = None) -> TrainResult:
-    """Train a validated config (see :func:`load_config`); ``resume_dir`` continues that run exactly."""
+    """Train a validated config (see :func:`load_config`); ``resume_dir`` continues that run exactly.
+
+    The calling process keeps its malloc settings (the command line opts in to the CPU allocator tuning of
+    ``fewlabels.engine.allocator``; set ``FEWLABELS_MALLOC_TUNING=1`` to opt in here). Called from the main thread,
+    SIGTERM and SIGINT stop the run after the current step with a checkpoint of it and raise
+    ``fewlabels.engine.TrainingInterrupted``; the previous signal handlers come back when training ends.
+    """
     from fewlabels.engine import train as _train
 
     return _train(config, resume_dir)

@@ -6,14 +6,19 @@ impossible value raises :class:`ConfigError` naming the key and the valid choice
 a misspelt ``use_weak_lables``).
 
 Field metadata understood by the validator: ``help`` (text), ``min``/``max`` (inclusive bounds), ``gt`` (strict
-lower bound). Dataclasses may define ``validate(self) -> None`` for checks that involve several fields; it raises
-:class:`ConfigError` through :func:`fail`.
+lower bound). Every float value must be finite: ``.nan`` and ``.inf`` pass any bound check by the rules of IEEE
+comparisons, so they are refused before the bounds are looked at. Dataclasses may define ``validate(self) -> None``
+for checks that involve several fields; it raises :class:`ConfigError` through :func:`fail`.
+
+A config file that is not valid YAML (a tab, a bad indent, an unclosed bracket, a ``!!python`` tag, a binary file)
+raises :class:`ConfigFileError`, which names the file and the line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +37,17 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"config key '{key}': {message}")
+
+
+class ConfigFileError(ConfigError):
+    """A config file cannot be read as a mapping of keys: the message names the file and, where known, the line."""
+
+    def __init__(self, path: str | Path, message: str, line: int | None = None) -> None:
+        self.key = str(path)
+        self.path = Path(path)
+        self.line = line
+        where = f"{path}, line {line}" if line is not None else str(path)
+        ValueError.__init__(self, f"{where}: {message}")
 
 
 def fail(key: str, message: str) -> typing.NoReturn:
@@ -167,6 +183,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             fail(key, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            fail(key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -180,6 +198,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _check_bounds(f: dataclasses.Field, value: Any, key: str) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return
+    if not math.isfinite(value):  # a default set to nan or inf by mistake; given values are refused by _coerce
+        fail(key, f"expected a finite number, got {value!r}")
     lo, hi, gt = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("gt")
     if lo is not None and value < lo:
         fail(key, f"must be >= {lo}, got {value}")
@@ -285,12 +305,43 @@ def _deepcopy(data: Any) -> Any:
     return data
 
 
+def _yaml_line(error: yaml.YAMLError, text: str) -> int | None:
+    """The 1-based line of ``text`` that a YAML error points at, if it points at one."""
+    if isinstance(error, yaml.reader.ReaderError):
+        return text[: error.position].count("\n") + 1
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """The one-line reason of a YAML error, without PyYAML's multi-line excerpt of the file."""
+    if isinstance(error, yaml.reader.ReaderError):
+        char = error.character
+        code = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+        return f"the control character {code} cannot appear in a text config (is it a binary file?)"
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    if isinstance(error, yaml.constructor.ConstructorError) and "tag" in str(problem):
+        return f"{problem.rstrip('.')}; config files hold plain values only (no !!python or other tags)"
+    return f"{context}, {problem}" if context else str(problem)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) config file as a mapping; :class:`ConfigFileError` names the file and line if it is not."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
-    with p.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigFileError(p, "not a text file (it does not decode as UTF-8); give a YAML config", line) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigFileError(p, f"not valid YAML: {_yaml_problem(e)}", _yaml_line(e, text)) from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(str(p), "a config file must be a mapping of keys")
     return data
@@ -311,20 +362,39 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(config)
 
 
+def dump_yaml(config: Any) -> str:
+    """The YAML text of a config (or any nested mapping of plain values), keys in schema order."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def write_yaml(config: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    Path(path).write_text(dump_yaml(config))
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, help) for every key of ``cls``: used by ``fewlabels methods --keys``."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every key of ``cls``: used by ``fewlabels methods NAME``.
+
+    The defaults shown are the ones a run gets: those of the config built from nothing but the method's own
+    defaults, section values included (a method config that overrides the shared ``train`` defaults with
+    ``train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300))`` shows 300, not the bare default of
+    the section's class), after its validators have filled in any value derived from others. A config that cannot be
+    built without a key of the user's (a teacher run, say) shows the defaults of its plain instance. ``defaults`` is
+    the object whose values are shown (the config built that way when omitted).
+    """
     rows: list[tuple[str, str, Any, str]] = []
     hints = typing.get_type_hints(cls)
-    default_obj = cls()
+    if defaults is None:
+        try:
+            defaults = _build(cls, {})
+        except ConfigError:
+            defaults = cls()
+    default_obj = defaults
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, key))  # type: ignore[arg-type]
+        value = getattr(default_obj, f.name)
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            rows.extend(describe(tp, key, value if isinstance(value, tp) else None))
         else:
-            rows.append((key, _type_name(tp), getattr(default_obj, f.name), _help(f)))
+            rows.append((key, _type_name(tp), value, _help(f)))
     return rows

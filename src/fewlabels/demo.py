@@ -68,7 +68,7 @@ class DemoContext:
 def segmentation_stage(ctx: DemoContext) -> StageResult:
     """CCT vs the supervised-only baseline on ``scenes`` (10% of the images labeled)."""
     from fewlabels.engine import load_run
-    from fewlabels.methods.supervised.common import segmentation_figure
+    from fewlabels.methods.segmentation import LogitsFn, SegmentationMethod, segmentation_figure
 
     steps = ctx.steps(400)
     common = {
@@ -86,7 +86,7 @@ def segmentation_stage(ctx: DemoContext) -> StageResult:
         },
     }
     sup_dir, sup, sup_s = ctx.train("supervised-scenes", {"method": "supervised", **common})
-    runs, predictors = [sup_dir], {}
+    runs = [sup_dir]
     labels = "200 of 2000 images"
     rows = []
     if "cct" in available_methods():
@@ -96,12 +96,17 @@ def segmentation_stage(ctx: DemoContext) -> StageResult:
     else:
         rows.append(DemoRow("supervised", "-", "mIoU", sup["miou"], float("nan"), labels, sup_s))
     loaded = [load_run(r, device="cpu") for r in runs]
+    predictors: dict[str, LogitsFn] = {}
+    methods: list[SegmentationMethod] = []
     for run in loaded:
-        predictors[run.config.method] = run.method.predictor(run.model)  # type: ignore[attr-defined]
+        if not isinstance(run.method, SegmentationMethod):
+            raise TypeError(f"{run.run_dir} is a {run.config.method!r} run, not a segmentation one")
+        predictors[run.config.method] = run.method.predictor(run.model)
+        methods.append(run.method)
     fig = segmentation_figure(
         predictors,
-        loaded[0].method.data.val,  # type: ignore[attr-defined]
-        loaded[0].method.data.num_classes,  # type: ignore[attr-defined]
+        methods[0].data.val,
+        methods[0].data.num_classes,
         ctx.out_dir / "segmentation.png",
         loaded[0].device,
     )
@@ -208,6 +213,7 @@ def fewshot_stage(ctx: DemoContext) -> StageResult:
     (Greek letters, never seen in training), 1 and 5 shots."""
     from fewlabels.engine import load_run
     from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
+    from fewlabels.methods.scl.method import FewShotMethod
     from fewlabels.viz import save_histogram
 
     common = glyphs_pretraining(ctx.seed, ctx.steps(150))
@@ -229,10 +235,12 @@ def fewshot_stage(ctx: DemoContext) -> StageResult:
     for name, cfg in (("scl-glyphs", scl_cfg), ("ce-glyphs", ce_cfg)):
         run_dir, _, sec = ctx.train(name, cfg)
         run = load_run(run_dir, device="cpu")
+        if not isinstance(run.method, FewShotMethod):
+            raise TypeError(f"{run_dir} is a {run.config.method!r} run, not a few-shot one")
         print(f"== {name}: 300 test episodes per shot ==", file=sys.stderr, flush=True)
         results[name] = fewshot_evaluate(
             run.model,
-            run.method.split("test"),  # type: ignore[attr-defined]
+            run.method.split("test"),
             shots=(1, 5),
             episodes=300,
             seed=0,
@@ -267,7 +275,7 @@ def fewshot_stage(ctx: DemoContext) -> StageResult:
 
 def text_stage(ctx: DemoContext) -> StageResult:
     """RelBitFit vs BitFit on Rotten Tomatoes (500 labeled snippets) with the packaged MiniLM."""
-    from fewlabels.methods.relbitfit.biases import plot_bias_change_comparison
+    from fewlabels.commands.peft import plot_run_bias_changes as plot_bias_change_comparison
 
     steps = ctx.steps(60)
     common: dict[str, Any] = {

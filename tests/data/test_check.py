@@ -1,4 +1,4 @@
-"""`fewlabels data check` backend: registry, plugin loading and the segmentation checkers."""
+"""`fewlabels data check` backend: the dataset registry, plugin loading and the segmentation checkers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fewlabels.data import check
+from fewlabels.data import check, registry
 from fewlabels.data.base import DataError
-from fewlabels.data.check import CheckReport, check_dataset, register_checker
+from fewlabels.data.check import check_dataset
+from fewlabels.data.common import CheckReport
+from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
 
 H, W = 4, 6
 IDS = ["2007_000032", "2007_000039", "2008_000123"]
@@ -136,22 +138,22 @@ def test_unknown_kind_suggests_the_closest(tmp_path: Path) -> None:
 
 
 def test_register_checker_and_plugin_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check, "CHECKERS", dict(check.CHECKERS))
+    monkeypatch.setattr(registry, "DATASETS", dict(registry.DATASETS))
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "fewlabels_toy_plugin.py").write_text(
-        "from fewlabels.data.check import register_checker\n"
-        "@register_checker('toy', 'a toy kind')\n"
+        "from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset\n"
         "def check_toy(root, report):\n"
         "    report.counts['files'] = len(list(root.glob('*.py')))\n"
         "    raise OSError('disk hiccup')\n"
+        "register_dataset(DatasetSpec('toy', 'a toy kind', check_toy, DatasetMetadata(), text=print))\n"
     )
     (tmp_path / "fewlabels_broken_plugin.py").write_text("import fewlabels_no_such_dependency\n")
     try:
-        monkeypatch.setattr(check, "PLUGIN_MODULES", ("fewlabels_absent_plugin", "fewlabels_toy_plugin"))
+        monkeypatch.setattr(registry, "PLUGIN_MODULES", ("fewlabels_absent_plugin", "fewlabels_toy_plugin"))
         assert "toy" in check.available_kinds() and "voc" in check.available_kinds()
         report = check_dataset("toy", tmp_path)
         assert report.counts == {"files": 2} and report.problems == ["disk hiccup"] and not report.ok
-        monkeypatch.setattr(check, "PLUGIN_MODULES", ("fewlabels_broken_plugin",))
+        monkeypatch.setattr(registry, "PLUGIN_MODULES", ("fewlabels_broken_plugin",))
         with pytest.raises(ModuleNotFoundError, match="fewlabels_no_such_dependency"):
             check.available_kinds()
     finally:
@@ -162,4 +164,4 @@ def test_register_checker_and_plugin_loading(tmp_path: Path, monkeypatch: pytest
         pass
 
     with pytest.raises(ValueError, match="already registered"):
-        register_checker("voc", "again")(other)
+        register_dataset(DatasetSpec("voc", "again", other, DatasetMetadata(), text=print))

@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from fewlabels.data.base import DataError
-from fewlabels.data.fewshot import MINI_PICKLES, load_fewshot, read_pickle
+from fewlabels.data.fewshot import read_pickle
+from fewlabels.data.mini_imagenet import MINI_PICKLES
+from fewlabels.data.registry import load_fewshot
 
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from fewlabels.data.base import DataError
-from fewlabels.data.check import CHECKERS, CheckReport
+from fewlabels.data.common import CheckReport
 from fewlabels.data.glue import TextExample, glue_task, read_glue, read_hf_disk, read_text_file
+from fewlabels.data.registry import get_dataset
 
 T = "\t"
 
@@ -211,11 +212,11 @@ def test_hf_disk_without_the_datasets_package_is_a_clear_error(tmp_path):
 
 def test_data_check_glue_counts_every_task(glue_root):
     report = CheckReport("glue", str(glue_root))
-    CHECKERS["glue"](glue_root, report)
+    get_dataset("glue").check(glue_root, report)
     assert report.ok, report.problems
     assert report.counts["cola train"] == 2 and report.counts["mnli dev"] == 1 and report.counts["mnli-mm dev"] == 1
     assert "mnli-mm train" not in report.counts and len(report.counts) == 19
     broken = CheckReport("glue", str(glue_root))
     (glue_root / "WNLI" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\t7\n")
-    CHECKERS["glue"](glue_root, broken)
+    get_dataset("glue").check(glue_root, broken)
     assert not broken.ok and "WNLI/dev.tsv, line 2: unknown label '7'" in broken.problems[0]

@@ -10,15 +10,9 @@ import torch
 from PIL import Image
 
 from fewlabels.data.base import DataError
-from fewlabels.data.segmentation import (
-    CITYSCAPES_CLASS_NAMES,
-    VOC_CLASS_NAMES,
-    CityscapesSegmentation,
-    FolderSegmentation,
-    VOCSegmentation,
-    cityscapes_label_to_train_ids,
-    parse_list_entry,
-)
+from fewlabels.data.cityscapes import CITYSCAPES_CLASS_NAMES, CityscapesSegmentation, cityscapes_label_to_train_ids
+from fewlabels.data.seg_folder import FolderSegmentation
+from fewlabels.data.voc import VOC_CLASS_NAMES, VOCSegmentation, parse_list_entry
 
 H, W = 6, 8
 

@@ -11,14 +11,10 @@ import scipy.io
 from PIL import Image
 
 from fewlabels.data.base import DataError
-from fewlabels.data.unsupervised import (
-    FINE_TO_COARSE,
-    CocoStuffDataset,
-    ImageFolderDataset,
-    PotsdamDataset,
-    build_unsupervised_data,
-    cocostuff_label_table,
-)
+from fewlabels.data.cocostuff import FINE_TO_COARSE, CocoStuffDataset, cocostuff_label_table
+from fewlabels.data.image_folder import ImageFolderDataset
+from fewlabels.data.potsdam import PotsdamDataset
+from fewlabels.data.registry import build_unsupervised_data
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / "data" / "cocostuff_fine_to_coarse.json"
 
@@ -138,7 +134,7 @@ def test_image_folder_with_optional_masks(tmp_path):
         ImageFolderDataset(root, input_size=8)
     Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(root / "masks" / "b.png")
     (root / "classes.txt").write_text("dark\nlight\n")
-    data = build_unsupervised_data("folder", str(root), input_size=8)
+    data = build_unsupervised_data("image-folder", str(root), input_size=8)
     assert data.num_classes == 2 and data.class_names == ["dark", "light"]
     assert data.eval[0]["mask"].unique().tolist() == [1]
 
@@ -146,11 +142,11 @@ def test_image_folder_with_optional_masks(tmp_path):
 def test_data_check_registers_cocostuff_and_potsdam(tmp_path):
     from fewlabels.data.check import check_dataset
 
-    report = check_dataset("potsdam", _potsdam(tmp_path / "potsdam"))
+    report = check_dataset("potsdam3", _potsdam(tmp_path / "potsdam"))
     assert report.ok, report.format()
     assert report.counts["labelled_test images"] == 2
     coco = _coco(tmp_path / "coco")
-    report = check_dataset("cocostuff", coco)
+    report = check_dataset("cocostuff3", coco)
     assert not report.ok  # val2017 lists are missing
     assert report.counts["train2017 COCO-Stuff-3 images"] == 2
     assert any("val2017" in p for p in report.problems)

@@ -1,6 +1,8 @@
 """The registry is the test matrix: every registered method passes the same battery.
 
 - kill -9 in the middle of training, resume: final weights equal an uninterrupted run's (within 1e-6);
+- SIGTERM in the middle of training: the step finishes and is checkpointed, and the resumed run's weights and losses
+  equal an uninterrupted run's exactly;
 - two processes (gloo) equal one process at the same global batch (loss trajectory and weights);
 - save/load round trip of the weights through ``fewlabels.load``;
 - a NaN in one step's inputs stops the run with a message, the last good checkpoint intact and finite.
@@ -10,6 +12,8 @@ Each method contributes a tiny configuration (small model, a few steps) to ``TIN
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +25,7 @@ from safetensors.torch import load_file
 
 import toy_method  # noqa: F401
 from conftest import subprocess_env
-from fewlabels.engine import TrainingDiverged, load_run, train
+from fewlabels.engine import TrainingDiverged, TrainingInterrupted, load_run, train
 from fewlabels.engine.checkpoint import latest_valid_checkpoint, list_checkpoints
 from fewlabels.registry import available_methods, config_from_dict, get_method
 
@@ -155,6 +159,33 @@ def test_kill_9_mid_training_then_resume_equals_an_uninterrupted_run(method, tmp
     # the reloaded model is the trained one
     loaded = load_run(run, which="last", device="cpu")
     _close({k: v for k, v in loaded.model.state_dict().items()}, _weights(run), atol=0)
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_sigterm_mid_training_checkpoints_the_step_and_resume_equals_an_uninterrupted_run(
+    method, tmp_path, monkeypatch
+):
+    ref = train(config_from_dict(_config(method, tmp_path, "ref", 5))).run_dir
+    config = config_from_dict(_config(method, tmp_path, "run", 5))
+    cls = get_method(config.method)
+    original = cls.training_step
+
+    def training_step(self, model, batch, step, total_steps):
+        out = original(self, model, batch, step, total_steps)
+        if step == 2:  # SIGTERM arrives during the 3rd step, after the step-2 checkpoint
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(cls, "training_step", training_step)
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM after step 3/5") as stop:
+        train(config)
+    assert stop.value.exit_code == 143
+    run = tmp_path / "run"
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000002.pt", "step_00000003.pt"]
+    monkeypatch.setattr(cls, "training_step", original)
+    train(config, run)
+    _close(_weights(ref), _weights(run), atol=0)
+    assert _train_losses(run) == _train_losses(ref)
 
 
 @pytest.mark.parametrize("method", sorted(TINY))

@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fewlabels.data.base import DataError
-from fewlabels.data.check import CheckReport, register_checker
+from fewlabels.data.common import CheckReport
+from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
 
 __all__ = [
+    "GLUE",
     "GLUE_TASKS",
     "GlueTask",
     "TextExample",
@@ -229,7 +231,7 @@ def read_text_file(
     path: str | Path,
     text_column: str = "text",
     pair_column: str | None = None,
-    label_column: str = "label",
+    label_column: str | None = "label",
     labels: Sequence[str] | None = None,
     regression: bool = False,
 ) -> list[TextExample]:
@@ -238,7 +240,8 @@ def read_text_file(
 
     Args:
         path: the file; its suffix picks the format (``.csv``, ``.tsv``, ``.jsonl``/``.json``).
-        text_column, pair_column, label_column: column (key) names; ``pair_column=None`` for single sentences.
+        text_column, pair_column, label_column: column (key) names; ``pair_column=None`` for single sentences,
+            ``label_column=None`` for examples to label (every label is then 0, and a label column is ignored).
         labels: label names in index order; when None labels must be class indices (or numbers if
         ``regression``).
         regression: labels are float scores.
@@ -254,7 +257,7 @@ def read_text_file(
         if missing:
             raise DataError(f"{where}: missing column(s) {missing}")
         pair = str(record[pair_column]) if pair_column is not None else None
-        label = _label_from_value(record[label_column], labels, regression, where)
+        label = 0 if label_column is None else _label_from_value(record[label_column], labels, regression, where)
         examples.append(TextExample(str(record[text_column]), pair, label))
 
     if p.suffix.lower() in (".jsonl", ".json"):
@@ -299,7 +302,7 @@ def read_hf_disk(
     Rows with a negative label (the unlabelled GLUE test splits use -1) are rejected with their row number.
     """
     try:
-        from datasets import load_from_disk  # type: ignore[import-not-found]
+        from datasets import load_from_disk
     except ImportError:
         raise DataError(
             "reading a dataset saved with `datasets.save_to_disk` needs the `datasets` package, which is not "
@@ -325,7 +328,6 @@ def read_hf_disk(
     return examples
 
 
-@register_checker("glue", "GLUE original TSV files (glue_data/<Task>/train.tsv, dev*.tsv) or one task folder")
 def check_glue(root: Path, report: CheckReport) -> None:
     """Count the examples of every GLUE task found under ``root`` and report unreadable files."""
     folders = {spec.folder.lower() for spec in GLUE_TASKS.values()}
@@ -343,3 +345,16 @@ def check_glue(root: Path, report: CheckReport) -> None:
                 report.counts[f"{spec.name} {split}"] = len(read_glue(root, spec.name, split))
             except DataError as err:
                 report.add_problem(str(err))
+
+
+GLUE = register_dataset(
+    DatasetSpec(
+        name="glue",
+        description="GLUE original TSV files (glue_data/<Task>/train.tsv, dev*.tsv) or one task folder",
+        check=check_glue,
+        # The labels are the task's (data.task): see GLUE_TASKS.
+        metadata=DatasetMetadata(ignore_index=None),
+        layout=_GLUE_LAYOUT,
+        text=read_glue,
+    )
+)

@@ -49,16 +49,21 @@ import PIL
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fewlabels.data.base import DataError, FewDataset, to_chw_float
+from fewlabels.data.base import DataError, to_chw_float
 from fewlabels.data.cache import cached_arrays
+from fewlabels.data.common import CheckReport
+from fewlabels.data.fewshot import FewShotDataset, FewShotOptions, normalise_split
+from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
 
 __all__ = [
+    "GLYPHS",
     "GLYPH_SPLITS",
     "SCRIPTS",
     "GlyphsDataset",
     "dejavu_faces",
     "generate_glyphs",
     "glyph_classes",
+    "load_glyphs",
     "render_glyph",
 ]
 
@@ -279,7 +284,7 @@ def generate_glyphs(split: str, image_size: int = 32, per_class: int = 24, seed:
     return cached_arrays("glyphs", params, build)
 
 
-class GlyphsDataset(FewDataset):
+class GlyphsDataset(FewShotDataset):
     """Few-shot letter classification over DejaVu-rendered scripts (see the module docstring for the split).
 
     Args:
@@ -334,3 +339,39 @@ class GlyphsDataset(FewDataset):
             "label": torch.tensor(int(self.labels[index]), dtype=torch.int64),
             "index": int(index),
         }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration: the ``glyphs`` few-shot dataset.
+
+#: The glyphs split of each few-shot split name.
+_GLYPH_SPLIT_OF = {"train": "base", "val": "val", "test": "novel"}
+
+
+def load_glyphs(options: FewShotOptions, split: str) -> GlyphsDataset:
+    """The ``train`` (base scripts), ``val`` or ``test`` (novel script) split, ``per_class`` images per letter."""
+    return GlyphsDataset(
+        _GLYPH_SPLIT_OF[normalise_split(split)],
+        image_size=options.image_size or GLYPHS.metadata.image_size,
+        per_class=options.per_class,
+        seed=options.seed,
+    )
+
+
+def check_glyphs(root: Path, report: CheckReport) -> None:
+    """Check that matplotlib's DejaVu faces are installed and count the letters of each split."""
+    report.counts["faces"] = len(dejavu_faces())
+    for split, glyph_split in _GLYPH_SPLIT_OF.items():
+        report.counts[f"{split} classes"] = len(glyph_classes(glyph_split))
+
+
+GLYPHS = register_dataset(
+    DatasetSpec(
+        name="glyphs",
+        description="embedded: letters of five scripts rendered from DejaVu faces, split by script (no ROOT)",
+        check=check_glyphs,
+        metadata=DatasetMetadata(ignore_index=None, image_size=32),
+        few_shot=load_glyphs,
+        root="none",
+    )
+)

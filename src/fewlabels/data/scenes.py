@@ -27,6 +27,7 @@ import importlib.metadata
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,14 @@ from PIL import Image
 
 from fewlabels.data.base import DataError, FewDataset, to_chw_float
 from fewlabels.data.cache import cached_arrays
+from fewlabels.data.common import CheckReport
 from fewlabels.data.glyphs import dejavu_faces, render_glyph
+from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
+from fewlabels.data.segmentation import SegmentationData, SegmentationOptions, Transform, labeled_unlabeled_subsets
+from fewlabels.data.unsupervised import CroppedDataset, UnsupervisedData, UnsupervisedOptions
 
 __all__ = [
+    "SCENES",
     "SCENE_BACKGROUND_INDEX",
     "SCENE_CLASSES",
     "SCENE_THING_CLASSES",
@@ -349,3 +355,59 @@ class ScenesDataset(FewDataset):
             assert mask is not None
             out["mask"] = torch.from_numpy(np.ascontiguousarray(mask)).long()
         return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration: the ``scenes`` dataset serves the segmentation and the unsupervised families.
+
+
+def build_scenes_segmentation(options: SegmentationOptions, transform: Transform) -> SegmentationData:
+    """``options.labeled`` of ``scenes_train`` generated training scenes labeled, the rest unlabeled; ``scenes_val``
+    validation scenes (generated from another seed)."""
+    size = options.scenes_size
+    full = ScenesDataset("train", n=options.scenes_train, size=size, transform=transform)
+    images = ScenesDataset("train", n=options.scenes_train, size=size, labeled=False, transform=transform)
+    val = ScenesDataset("val", n=options.scenes_val, size=size)
+    labeled, unlabeled = labeled_unlabeled_subsets(full, images, options)
+    return SegmentationData.from_metadata(labeled, unlabeled, val, SCENES.metadata)
+
+
+def build_scenes_unsupervised(options: UnsupervisedOptions) -> UnsupervisedData:
+    """``scenes_n`` generated scenes of the ``split`` (default train), cropped to ``input_size``; evaluation on the
+    ``eval_split`` scenes, or on the training ones."""
+    n, size, seed = options.scenes_n, options.scenes_size, options.seed
+    scenes = ScenesDataset(options.split or "train", n=n, size=size, seed=seed)
+    ev = ScenesDataset(options.eval_split, n=n, size=size, seed=seed) if options.eval_split else scenes
+    return UnsupervisedData(
+        CroppedDataset(scenes, options.input_size),
+        CroppedDataset(ev, options.input_size),
+        scenes.num_classes,
+        list(scenes.class_names),
+        SCENES.metadata.in_channels,
+    )
+
+
+def check_scenes(root: Path, report: CheckReport) -> None:
+    """Check that the generator's sources are installed: scikit-image's textures and matplotlib's DejaVu faces."""
+    try:
+        textures = _texture_sources()
+    except (ImportError, OSError, ValueError) as exc:
+        report.add_problem(f"scikit-image's sample textures cannot be read ({exc}); reinstall scikit-image")
+    else:
+        report.counts["textures"] = len(textures)
+    report.counts["letter faces"] = len(dejavu_faces())
+    report.counts["classes"] = len(SCENE_CLASSES)
+    report.counts["thing classes"] = len(SCENE_THING_CLASSES)
+
+
+SCENES = register_dataset(
+    DatasetSpec(
+        name="scenes",
+        description="embedded: photographic-texture scenes with exact masks, generated offline (no ROOT)",
+        check=check_scenes,
+        metadata=DatasetMetadata(class_names=SCENE_CLASSES, thing_classes=SCENE_THING_CLASSES),
+        segmentation=build_scenes_segmentation,
+        unsupervised=build_scenes_unsupervised,
+        root="none",
+    )
+)

@@ -2,6 +2,7 @@
 
 from fewlabels.engine.checkpoint import CheckpointError
 from fewlabels.engine.run import LoadedRun, RunDirError, load_run, read_run_config
+from fewlabels.engine.signals import TrainingInterrupted
 from fewlabels.engine.trainer import TrainingDiverged, TrainResult, train
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "RunDirError",
     "TrainResult",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "load_run",
     "read_run_config",
     "train",

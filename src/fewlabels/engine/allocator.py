@@ -10,8 +10,10 @@ such blocks in the heap for reuse, the effect of ``MALLOC_MMAP_THRESHOLD_`` / ``
 linking jemalloc/tcmalloc as PyTorch's CPU tuning guide suggests, without an extra dependency.
 
 The price: the process keeps its peak heap after a large free instead of shrinking (a training process does not
-shrink anyway). Set ``FEWLABELS_MALLOC_TUNING=0`` to leave glibc's defaults alone; other C libraries (musl,
-macOS, Windows) are left alone too.
+shrink anyway). Because the setting is process-wide, the library never makes it on its own: a user's Python process
+that calls ``fewlabels.train()`` keeps its malloc settings. The ``fewlabels`` command line opts in
+(:func:`opt_in`), and so does ``FEWLABELS_MALLOC_TUNING=1`` in the environment; ``FEWLABELS_MALLOC_TUNING=0`` leaves
+glibc's defaults alone even then. Other C libraries (musl, macOS, Windows) are left alone too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "opt_in", "tune_for_training"]
 
 log = logging.getLogger("fewlabels")
 
@@ -34,10 +36,32 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 1 << 30
 
+_opted_in = False
+
+
+def opt_in() -> None:
+    """Let training tune this process's allocator (see the module doc); the command line calls it at start-up."""
+    global _opted_in
+    _opted_in = True
+
+
+def tune_for_training() -> bool:
+    """Apply :func:`keep_freed_memory` if this process opted in (or set ``FEWLABELS_MALLOC_TUNING=1``).
+
+    Training on CPU calls this; it returns True if the thresholds are set, and False (leaving malloc untouched) in a
+    process that did not opt in.
+    """
+    if not (_opted_in or os.environ.get("FEWLABELS_MALLOC_TUNING") == "1"):
+        return False
+    return keep_freed_memory()
+
 
 @functools.cache
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds once per process (see the module doc); True if they were set.
+
+    This is the switch itself, for benchmarks and tools that want it unconditionally; training goes through
+    :func:`tune_for_training`, which honours the opt-in.
 
     Does nothing (False) off Linux, on a C library without ``mallopt``, when ``FEWLABELS_MALLOC_TUNING=0``, or
     when the process already chose thresholds through the ``MALLOC_*_THRESHOLD_`` environment variables.

@@ -4,7 +4,9 @@ Each resumable checkpoint is ``checkpoints/step_XXXXXXXX.pt`` (model, optimizer,
 ``.sha256`` beside it. Files are written under a temporary name, fsynced and renamed, so a crash or a full disk
 never leaves a half-written file under a real name; the digest is written last, so a checkpoint without a matching
 digest is incomplete or corrupt and :func:`latest_valid_checkpoint` falls back to the previous one with a warning.
-Loading uses ``torch.load(weights_only=True)`` only: a pickle carrying code is refused.
+Loading uses ``torch.load(weights_only=True)`` only: a pickle carrying code is refused. Weights holding NaN or
+infinite values are never written (:func:`save_checkpoint`, :func:`save_weights`) and never loaded
+(:func:`load_checkpoint`, :func:`load_weights`): a diverged model must not be scored or resumed as if it were trained.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 log = logging.getLogger("fewlabels")
@@ -29,6 +31,27 @@ _NAME = re.compile(r"^step_(\d{8})\.pt$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read. The message names the file."""
+
+
+def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` that hold a NaN or an infinite value (in their order).
+
+    The check costs one device synchronisation for the whole mapping, not one per tensor.
+    """
+    names = [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
+    if not names:
+        return []
+    checks = [torch.isfinite(tensors[k]).all() for k in names]
+    if len({c.device for c in checks}) == 1:
+        finite = torch.stack(checks).tolist()
+    else:  # tensors spread over devices: one synchronisation per tensor
+        finite = [bool(c) for c in checks]
+    return [k for k, ok in zip(names, finite) if not ok]
+
+
+def _describe_non_finite(names: list[str]) -> str:
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"NaN or infinite values in {shown}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -44,6 +67,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file under this process's umask (mkstemp gives 0600)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then fsync and rename to ``path``; on any error the old ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +84,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _FILE_MODE)
         write(tmp)
         with open(tmp, "rb+") as fh:
             fh.flush()
@@ -81,8 +115,14 @@ def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write the checkpoint of ``step`` atomically with its digest, then prune to the newest ``keep``."""
+    """Write the checkpoint of ``step`` atomically with its digest, then prune to the newest ``keep``.
+
+    A state whose ``model`` holds NaN or infinite weights is refused (CheckpointError) and nothing is written.
+    """
     path = checkpoint_path(ckpt_dir, step)
+    bad = non_finite_tensors(state.get("model", {}))
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: the model holds {_describe_non_finite(bad)}")
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     digest = file_digest(path)
     atomic_write(path.with_suffix(".sha256"), lambda tmp: _write_text(tmp, digest + "\n"))
@@ -106,9 +146,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if file_digest(path) != digest_file.read_text().strip():
         raise CheckpointError(f"{path}: contents do not match the digest (truncated or corrupt)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise CheckpointError(f"{path}: cannot be loaded safely ({type(e).__name__}: {e})") from e
+    model = state.get("model") if isinstance(state, dict) else None
+    bad = non_finite_tensors(model) if isinstance(model, Mapping) else []
+    if bad:
+        raise CheckpointError(f"{path}: the model holds {_describe_non_finite(bad)}")
+    return state
 
 
 def latest_valid_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -121,16 +166,41 @@ def latest_valid_checkpoint(ckpt_dir: Path) -> tuple[Path, dict[str, Any]] | Non
     return None
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Model weights as safetensors (shared tensors stored once), written atomically."""
-    atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+def save_weights(model: nn.Module, path: Path, state: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Model weights as safetensors (shared tensors stored once), written atomically; NaN or inf weights are refused.
+
+    ``state`` (a method's ``saved_state``) replaces the whole model by those tensors only.
+    """
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: the model holds {_describe_non_finite(bad)}")
+    if state is None:
+        atomic_write(path, lambda tmp: save_model(model, str(tmp)))
+    else:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(
+    model: nn.Module, path: Path, load: Callable[[nn.Module, dict[str, torch.Tensor]], None] | None = None
+) -> None:
+    """Load ``path`` into ``model``; CheckpointError naming the file if it does not fit or holds NaN or inf.
+
+    ``load`` (a method's ``load_saved_state``) loads the file's tensors instead of a whole-model load.
+    """
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
+    if load is not None:
+        try:
+            load(model, load_file(str(path)))
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{path} does not fit the model: {e}") from e
+    else:
+        missing, unexpected = load_model(model, str(path), strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path} does not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(f"{path} holds {_describe_non_finite(bad)}: the run diverged; it cannot be used")

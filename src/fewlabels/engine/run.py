@@ -11,15 +11,15 @@ from torch import nn
 
 from fewlabels.config import RunConfig
 from fewlabels.engine.checkpoint import load_weights
+from fewlabels.engine.rundir import RunDirError
 from fewlabels.methods.base import Method
 from fewlabels.registry import get_method, load_config
 
-
-class RunDirError(ValueError):
-    """A path given as a run directory is not one."""
+__all__ = ["LoadedRun", "RunDirError", "load_run", "pick_device", "read_run_config"]
 
 
 def read_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The validated config saved in ``run_dir`` (with ``overrides``); RunDirError if it is not a run directory."""
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise RunDirError(f"{run} is not a run directory (no config.yaml); pass a folder created by `fewlabels train`")
@@ -57,7 +57,11 @@ class LoadedRun:
 def load_run(
     run_dir: str | Path, which: str = "best", device: str = "auto", overrides: Sequence[str] = ()
 ) -> LoadedRun:
-    """Rebuild the model of ``run_dir`` from its config and load ``best`` (falls back to ``last``) weights."""
+    """Rebuild the model of ``run_dir`` from its config and load ``best`` (falls back to ``last``) weights.
+
+    Weights that do not fit the model, or that hold NaN or infinite values, are refused with a CheckpointError that
+    names the file.
+    """
     run = Path(run_dir)
     config = read_run_config(run, overrides)
     method = get_method(config.method)(config)
@@ -68,7 +72,9 @@ def load_run(
     if weights is None:
         raise RunDirError(f"{run} has no weights yet ({', '.join(p.name for p in candidates)} missing): train it first")
     model = method.build_model()
-    load_weights(model, weights)
+    # A method that stores only part of the model (saved_state) loads it onto the freshly built rest.
+    partial = method.saved_state(model) is not None
+    load_weights(model, weights, method.load_saved_state if partial else None)
     dev = pick_device(device)
     model.to(dev).eval()
     return LoadedRun(run, config, method, model, weights, dev)

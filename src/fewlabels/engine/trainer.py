@@ -5,13 +5,20 @@ precision, gradient synchronisation); this module adds the run directory, exact 
 best-checkpoint selection, logging and the NaN guard.
 
 Order inside optimizer step ``t`` (0-based, ``t + 1`` steps done afterwards): ``grad_accum`` micro-batches forward and
-backward, clip, optimizer and scheduler step, then — at their intervals — NaN check + log, evaluation, checkpoint.
-Evaluation runs inside a forked RNG so that it never changes the training trajectory.
+backward, clip, optimizer and scheduler step, then — at their intervals — NaN check + log, checkpoint, evaluation.
+The checkpoint comes first, so an evaluation that fails never costs the steps before it; every evaluation step is
+also a checkpoint step. Evaluation runs inside a forked RNG so that it never changes the training trajectory, and a
+resumed run whose last checkpoint is an evaluation step without its evaluation on record evaluates it first.
+
+A run directory belongs to one live process (``rundir.RunDirLock``). SIGTERM and SIGINT stop the run after the
+current step with a checkpoint of it (``signals.StopRequest``); every process agrees on the step to stop at.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
 import math
 import random
@@ -26,19 +33,25 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast_object_list, gather_object
 
-from fewlabels.config import ConfigError, RunConfig, TrainConfig, write_yaml
-from fewlabels.engine.allocator import keep_freed_memory
+from fewlabels.config import ConfigError, RunConfig, TrainConfig, dump_yaml
+from fewlabels.engine.allocator import tune_for_training
 from fewlabels.engine.checkpoint import (
     CheckpointError,
+    _write_text,
+    atomic_write,
+    checkpoint_path,
     latest_valid_checkpoint,
     list_checkpoints,
+    non_finite_tensors,
     save_checkpoint,
     save_weights,
 )
 from fewlabels.engine.data import step_loader
 from fewlabels.engine.distributed import convert_batchnorm
-from fewlabels.engine.monitor import Monitor, truncate_metrics
+from fewlabels.engine.monitor import Monitor, read_metrics, truncate_metrics
 from fewlabels.engine.rng import capture_rng_state, restore_rng_state, seed_everything
+from fewlabels.engine.rundir import RunDirError, RunDirLock, create_unique_dir, write_failed
+from fewlabels.engine.signals import StopRequest, TrainingInterrupted, signal_name
 from fewlabels.methods.base import Method, Source
 from fewlabels.registry import get_method
 
@@ -56,8 +69,12 @@ RESUMABLE_OVERRIDES = (
 )
 
 
+#: errors of a write that the user fixes on the machine (space, quota, read-only file system), not in the config
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left intact."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is left intact."""
 
 
 @dataclass
@@ -134,7 +151,7 @@ class Trainer:
         if self.cfg.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device", "cuda requested but no GPU is visible")
         if not use_cuda:
-            keep_freed_memory()  # reuse freed activation memory instead of page-faulting it in every step
+            tune_for_training()  # reuse freed activation memory, if this process opted in (the CLI does)
         self.accelerator = Accelerator(
             cpu=not use_cuda,
             mixed_precision=_mixed_precision(self.cfg, use_cuda),
@@ -147,6 +164,14 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.resume_dir = resume_dir
         self.run_dir = Path(resume_dir) if resume_dir is not None else Path(config.output_dir) / (config.name or "")
+        self._lock: RunDirLock | None = None
+        if self.is_main and (resume_dir is not None or config.name):
+            RunDirLock(self.run_dir).raise_if_held()  # a clash is reported before the data and model are built
+        # The per-step "stop?" vote is a CPU all-reduce: on gloo directly, beside NCCL through a gloo group of its own
+        # (a CUDA tensor would synchronise the device every step).
+        self._vote_group: Any = None
+        if self.world > 1 and "gloo" not in str(torch.distributed.get_backend()):
+            self._vote_group = torch.distributed.new_group(backend="gloo")
         if resume_dir is None and config.name and any((self.run_dir / "checkpoints").glob("step_*.pt")):
             raise ConfigError(
                 "name",
@@ -156,23 +181,70 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
     def _prepare_run_dir(self, resume_dir: str | Path | None) -> Path:
+        """Rank 0 takes the run directory (see :meth:`_take_run_dir`); every rank gets its path, or rank 0's error."""
+        run_dir: Path | None = None
+        error: Exception | None = None
+        if self.is_main:
+            try:
+                run_dir = self._take_run_dir(resume_dir)
+            except (ConfigError, RunDirError, CheckpointError) as e:
+                error = e
+        if self.world > 1:
+            shared = broadcast_object_list([str(run_dir) if run_dir is not None else "", str(error or "")])
+            if error is None and shared[1]:
+                raise RunDirError(shared[1])  # rank 0 could not take the directory: every rank stops with its reason
+            run_dir = Path(shared[0])
+        if error is not None:
+            raise error
+        assert run_dir is not None
+        return run_dir
+
+    def _take_run_dir(self, resume_dir: str | Path | None) -> Path:
+        """Create (or reopen) the run directory, lock it for this process, and write the run's config into it.
+
+        A new unnamed run gets a directory of its own, created atomically. A named one may reuse a directory that
+        holds no checkpoint yet (a run that failed before its first); one holding a run, or one that a live process
+        holds, is refused.
+        """
+        out = Path(self.config.output_dir)
         if resume_dir is not None:
             run_dir = Path(resume_dir)
+        elif self.config.name:
+            run_dir = out / self.config.name
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise write_failed(run_dir, e) from None
         else:
-            name = self.config.name or _default_name(self.config.method)
-            names = broadcast_object_list([name]) if self.world > 1 else [name]
-            run_dir = Path(self.config.output_dir) / names[0]
-            if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-                raise ConfigError(
-                    "name",
-                    f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} "
-                    "or choose another name",
-                )
-        if self.is_main:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            write_yaml(self.config, run_dir / "config.yaml")
-        self.accelerator.wait_for_everyone()
+            try:
+                run_dir = create_unique_dir(out, _default_name(self.config.method))
+            except OSError as e:
+                raise write_failed(out, e) from None
+        self._lock = RunDirLock(run_dir)
+        self._lock.acquire()
+        ckpt_dir = run_dir / "checkpoints"
+        if resume_dir is None and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+            raise ConfigError(
+                "name",
+                f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} "
+                "or choose another name",
+            )
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            text = dump_yaml(self.config)
+            atomic_write(run_dir / "config.yaml", lambda tmp: _write_text(tmp, text))
+        except CheckpointError as e:
+            if isinstance(e.__cause__, OSError):
+                raise write_failed(run_dir, e.__cause__) from None
+            raise
+        except OSError as e:
+            raise write_failed(run_dir, e) from None
         return run_dir
+
+    def _release_run_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _check_batches(self, sources: dict[str, Source]) -> None:
         div = self.world * self.cfg.grad_accum
@@ -190,15 +262,17 @@ class Trainer:
                     f"({src.batch_size // self.cfg.grad_accum})",
                 )
 
-    def _state(self, model, optimizer, scheduler, step: int) -> dict[str, Any]:
+    def _state(self, model, optimizer, scheduler, step: int, method: Method | None = None) -> dict[str, Any]:
         rng = capture_rng_state()
         all_rng = gather_object([rng]) if self.world > 1 else [rng]
+        net = self.accelerator.unwrap_model(model)
+        saved = method.saved_state(net) if method is not None else None  # what the method stores (None: all)
         return {
             "format": 1,
             "method": self.config.method,
             "step": step,
             "world_size": self.world,
-            "model": self.accelerator.unwrap_model(model).state_dict(),
+            "model": net.state_dict() if saved is None else saved,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": all_rng,
@@ -206,6 +280,32 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Train to ``train.steps`` (or the epochs' worth), resuming from the run's last valid checkpoint if any.
+
+        Raises TrainingDiverged (NaN or inf loss or weights), TrainingInterrupted (SIGTERM/SIGINT, after a checkpoint
+        of the current step), RunDirError (directory taken by a live process, not writable, disk full) or
+        CheckpointError; in each case the checkpoints already on disk are intact and the run directory is released.
+        """
+        stop = StopRequest()  # installed by _fit when the first step starts
+        try:
+            return self._fit(stop)
+        except OSError as e:
+            if e.errno in _WRITE_ERRNOS or (e.errno in (errno.EACCES, errno.EPERM) and self._inside_run(e)):
+                raise write_failed(self.run_dir, e) from e
+            raise
+        finally:
+            stop.restore()
+            self._release_run_dir()
+
+    def _inside_run(self, error: OSError) -> bool:
+        """Whether the file ``error`` names lies in the run directory."""
+        if not error.filename:
+            return False
+        run = self.run_dir.resolve()
+        path = Path(str(error.filename)).resolve()
+        return path == run or run in path.parents
+
+    def _fit(self, stop: StopRequest) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
         method: Method = get_method(self.config.method)(self.config)
         seed_everything(self.config.seed)  # identical initial weights on every rank
@@ -233,7 +333,7 @@ class Trainer:
             path, state = found
             if state["method"] != self.config.method:
                 raise CheckpointError(f"{path} belongs to method {state['method']!r}, not {self.config.method!r}")
-            acc.unwrap_model(model).load_state_dict(state["model"])
+            method.load_saved_state(acc.unwrap_model(model), state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if state["world_size"] == self.world:
@@ -272,12 +372,17 @@ class Trainer:
         monitor = Monitor(self.run_dir, steps, start, active=self.is_main)
         best = self._read_best()
         last_metrics: dict[str, float] = {}
+        if found is not None and self._evaluation_missing(start, steps):
+            # The run stopped (a signal, a failed evaluation) between the checkpoint of an evaluation step and the
+            # evaluation itself: evaluate those weights now, as the uninterrupted run did at that step.
+            last_metrics, best = self._evaluation_step(method, model, monitor, start, best)
         device = acc.device
         nan_step = torch.full((), -1, dtype=torch.long, device=device)
         loss_sum = torch.zeros((), device=device)
         logs_sum: dict[str, torch.Tensor] = {}
         window, t_window = 0, time.perf_counter()
         model.train()
+        stop.install()
         try:
             for step in range(start, steps):
                 for a in range(cfg.grad_accum):
@@ -302,9 +407,10 @@ class Trainer:
                 method.after_optimizer_step(acc.unwrap_model(model), step)
                 window += 1
                 done = step + 1
-                due_eval = cfg.eval_every and done % cfg.eval_every == 0 or done == steps
-                due_ckpt = done % cfg.checkpoint_every == 0 or done == steps
-                if done % cfg.log_every == 0 or due_eval or due_ckpt:
+                stop_signal = self._agreed_stop(stop)
+                due_eval = self._due_eval(done, steps)
+                due_ckpt = done % cfg.checkpoint_every == 0 or done == steps or due_eval or stop_signal > 0
+                if done % cfg.log_every == 0 or due_ckpt:
                     self._guard(self._all_ranks_max(nan_step))
                     dt = time.perf_counter() - t_window
                     # Logged values are means over every process: the trajectory of the global batch.
@@ -319,17 +425,24 @@ class Trainer:
                     loss_sum.zero_()
                     logs_sum = {}
                     window, t_window = 0, time.perf_counter()
-                if due_eval:
-                    last_metrics = self._evaluate(method, model)
-                    if self.is_main and last_metrics:
-                        monitor.log(done, "val", last_metrics)
-                        best = self._maybe_best(method, model, done, last_metrics, best)
                 if due_ckpt:
-                    state = self._state(model, optimizer, scheduler, done)
+                    self._check_weights(model, done)
+                    state = self._state(model, optimizer, scheduler, done, method)
                     if self.is_main:
                         save_checkpoint(self.run_dir / "checkpoints", done, state, cfg.keep_checkpoints)
-                        save_weights(acc.unwrap_model(model), self.run_dir / "model.safetensors")
+                        net = acc.unwrap_model(model)
+                        save_weights(net, self.run_dir / "model.safetensors", method.saved_state(net))
                     acc.wait_for_everyone()
+                if stop_signal:
+                    # A due evaluation is left to the resumed run (see _evaluation_missing): stopping stays quick.
+                    name = checkpoint_path(self.run_dir / "checkpoints", done).name
+                    raise TrainingInterrupted(
+                        stop_signal,
+                        f"stopped by {signal_name(stop_signal)} after step {done}/{steps}; checkpoint {name} "
+                        f"written; continue with `fewlabels train --resume {self.run_dir}`",
+                    )
+                if due_eval:
+                    last_metrics, best = self._evaluation_step(method, model, monitor, done, best)
         finally:
             monitor.close()
         return TrainResult(self.run_dir, steps, last_metrics, best)
@@ -341,15 +454,55 @@ class Trainer:
             torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
         return value
 
+    def _agreed_stop(self, stop: StopRequest) -> int:
+        """The signal every process stops on after this step, or 0 to go on; all ranks get the same answer."""
+        local = stop.signum or 0
+        if self.world == 1:
+            return local
+        vote = torch.tensor([local], dtype=torch.int64)
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX, group=self._vote_group)
+        return int(vote.item())
+
+    def _due_eval(self, done: int, steps: int) -> bool:
+        return bool(self.cfg.eval_every and done % self.cfg.eval_every == 0) or done == steps
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        ckpts = sorted((self.run_dir / "checkpoints").glob("step_*.pt"))
+        last = ckpts[-1].name if ckpts else "none yet"
+        return TrainingDiverged(
+            f"{what}. Training stopped; the last good checkpoint ({last}) is intact. Lower train.lr, set "
+            "train.max_grad_norm, or check the data for broken inputs."
+        )
+
     def _guard(self, nan_step: torch.Tensor) -> None:
         bad = int(nan_step)
         if bad >= 0:
-            ckpts = sorted((self.run_dir / "checkpoints").glob("step_*.pt"))
-            last = ckpts[-1].name if ckpts else "none yet"
-            raise TrainingDiverged(
-                f"the loss became NaN or infinite at step {bad}. Training stopped; the last good checkpoint "
-                f"({last}) is intact. Lower train.lr, set train.max_grad_norm, or check the data for broken inputs."
-            )
+            raise self._diverged(f"the loss became NaN or infinite at step {bad}")
+
+    def _check_weights(self, model: torch.nn.Module, step: int) -> None:
+        """Stop before a checkpoint would store NaN or infinite weights (a finite loss does not rule them out)."""
+        bad = non_finite_tensors(self.accelerator.unwrap_model(model).state_dict())
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise self._diverged(f"the weights became NaN or infinite at step {step} ({shown})")
+
+    def _evaluation_missing(self, step: int, steps: int) -> bool:
+        """Whether ``step`` is an evaluation step with no validation record (rank 0 reads, every rank learns)."""
+        missing = False
+        if self.is_main and self._due_eval(step, steps):
+            records = read_metrics(self.run_dir / "metrics.jsonl")
+            missing = not any(r.get("step") == step and r.get("split") == "val" for r in records)
+        return bool(broadcast_object_list([missing])[0]) if self.world > 1 else missing
+
+    def _evaluation_step(
+        self, method: Method, model: Any, monitor: Monitor, step: int, best: dict[str, float] | None
+    ) -> tuple[dict[str, float], dict[str, float] | None]:
+        """Evaluate at ``step``, log the metrics and keep the best weights; returns the metrics and the best record."""
+        metrics = self._evaluate(method, model)
+        if self.is_main and metrics:
+            monitor.log(step, "val", metrics)
+            best = self._maybe_best(method, model, step, metrics, best)
+        return metrics, best
 
     def _evaluate(self, method: Method, model) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -368,16 +521,10 @@ class Trainer:
         return metrics
 
     def _read_best(self) -> dict[str, float] | None:
-        import json
-
         path = self.run_dir / "best.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def _maybe_best(self, method: Method, model, step: int, metrics: dict[str, float], best):
-        import json
-
-        from fewlabels.engine.checkpoint import _write_text, atomic_write
-
         if method.metric not in metrics:
             raise KeyError(f"{method.name}.evaluate returned {sorted(metrics)}, without its metric {method.metric!r}")
         value = metrics[method.metric]
@@ -386,7 +533,8 @@ class Trainer:
         )
         if better:
             best = {"step": step, **metrics}
-            save_weights(self.accelerator.unwrap_model(model), self.run_dir / "best.safetensors")
+            net = self.accelerator.unwrap_model(model)
+            save_weights(net, self.run_dir / "best.safetensors", method.saved_state(net))
             atomic_write(self.run_dir / "best.json", lambda tmp: _write_text(tmp, json.dumps(best, indent=2)))
         return best
 

@@ -1,24 +1,15 @@
-"""Built-in methods. Importing this package registers every one of them."""
+"""Built-in methods. Importing this package registers every one of them.
+
+Methods hold algorithms only: their commands (``fewshot-eval``, ``peft-count``, ``cct-pseudo-labels``, ...) live in
+:mod:`fewlabels.commands`, and nothing here imports the engine, the commands, the CLI or the demo.
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 
-#: method packages, imported in this order; each registers itself and may add CLI commands via ``add_cli``
+#: method packages, imported in this order; each registers its methods with :func:`fewlabels.registry.register_method`
 BUILTIN = ("supervised", "cct", "ac", "scl", "relbitfit")
 
-
-def _packages() -> list:
-    return [importlib.import_module(f"fewlabels.methods.{name}") for name in BUILTIN]
-
-
-def extend_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Let method packages add their own subcommands (e.g. ``fewshot-eval``, ``peft-count``)."""
-    for pkg in _packages():
-        add = getattr(pkg, "add_cli", None)
-        if add is not None:
-            add(subparsers)
-
-
-_packages()
+for _name in BUILTIN:
+    importlib.import_module(f"fewlabels.methods.{_name}")

@@ -78,6 +78,20 @@ class Method:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Hook after each optimizer step (unwrapped model), e.g. to re-project weights."""
 
+    # --- what a run stores ----------------------------------------------------------------------------------
+    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The tensors that the run's weight files and checkpoints store, or None for the whole model (default).
+
+        A method that changes a few tensors of a pretrained model (e.g. BitFit) returns just those: the rest is
+        rebuilt by :meth:`build_model`, so a run directory does not hold copies of the base model.
+        """
+        return None
+
+    def load_saved_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`saved_state` stored into a model fresh from :meth:`build_model` (default: the whole
+        state dict, strictly)."""
+        model.load_state_dict(state)
+
     # --- evaluation and inference ---------------------------------------------------------------------------
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Metrics on the validation split (unwrapped model in eval mode). Must contain ``self.metric``."""

@@ -125,7 +125,7 @@ def test_evaluation_reports_every_domain_and_their_mean(tmp_path: Path) -> None:
     assert metrics["miou"] == pytest.approx((metrics["miou_d0"] + metrics["miou_d1"]) / 2)
     assert metrics["pixel_accuracy"] == pytest.approx((metrics["pixel_accuracy_d0"] + metrics["pixel_accuracy_d1"]) / 2)
     # Domain 1's evaluation ran its own decoder: evaluating domain 1's images with decoder 0 differs.
-    from fewlabels.methods.supervised.common import evaluate_segmentation
+    from fewlabels.methods.segmentation import evaluate_segmentation
 
     d1 = method.domain_data[1]
     with torch.no_grad():

@@ -1,25 +1,43 @@
-"""Each CCT perturbation has its defining property."""
+"""Each CCT perturbation has its defining property; the registry of types orders the aux decoders of both paths."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 import torch
+from torch import Tensor
 
+from fewlabels.methods.cct.config import PerturbationsConfig
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
 from fewlabels.methods.cct.fused import fused_vat_direction
+from fewlabels.methods.cct.model import CCTModel
 from fewlabels.methods.cct.perturbations import (
+    ChannelMaskPerturbation,
+    CopyPerturbation,
+    MaskPerturbation,
+    Perturbation,
+    PerturbationInput,
+    SpatialMaskPerturbation,
     connected_components,
     context_masking,
     cutout_keep_mask,
     feature_drop_mask,
     feature_noise,
+    fold_runs,
     foreground_mask,
+    get_perturbation,
     object_masking,
+    register_perturbation,
+    registered_perturbations,
     spatial_dropout,
+    unregister_perturbation,
     vat_direction,
 )
+from fewlabels.models import build_segmentation_model
 
 
 def test_feature_drop_zeroes_exactly_the_positions_at_or_above_gamma_times_max() -> None:
@@ -155,3 +173,234 @@ def test_fused_vat_direction_equals_the_autograd_power_iteration() -> None:
         chunk_elements=500,
     )
     torch.testing.assert_close(fused, ref)
+
+
+# --- the registry ------------------------------------------------------------------------------------------------
+
+BUILTIN = ["vat", "dropout", "cutout", "context_mask", "object_mask", "feature_drop", "feature_noise"]
+
+
+@dataclasses.dataclass
+class ToyConfig(PerturbationsConfig):
+    """The perturbations section with the count and the parameter of a toy type, as a new type adds them."""
+
+    toy: int = dataclasses.field(default=1, metadata={"help": "toy decoders", "min": 0})
+    toy_range: float = dataclasses.field(default=0.5, metadata={"help": "scales drawn in 1 +- toy_range", "min": 0})
+
+
+def _scales(inputs: PerturbationInput, *shape: int) -> Tensor:
+    spread = cast(ToyConfig, inputs.config).toy_range
+    z = inputs.z
+    return 1.0 + spread * (2.0 * torch.rand(*shape, device=z.device, dtype=z.dtype) - 1.0)
+
+
+class ChannelScale(ChannelMaskPerturbation):
+    """Toy feature scaling: every channel of every copy and sample scaled by its own factor."""
+
+    name = "toy"
+    count_field = "toy"
+
+    def mask(self, inputs: PerturbationInput, n: int) -> Tensor:
+        b, d = inputs.z.shape[:2]
+        return _scales(inputs, n, b, d, 1, 1)
+
+
+class SampleScale(SpatialMaskPerturbation):
+    """Toy feature scaling: every copy of every sample scaled by one factor (a mask constant over the positions)."""
+
+    name = "toy"
+    count_field = "toy"
+
+    def mask(self, inputs: PerturbationInput, n: int) -> Tensor:
+        return _scales(inputs, n, inputs.z.shape[0], 1, 1, 1)
+
+
+class PositionScale(CopyPerturbation):
+    """Toy feature scaling: every element of every copy scaled by its own factor (not foldable)."""
+
+    name = "toy"
+    count_field = "toy"
+
+    def copies(self, inputs: PerturbationInput, n: int, decoders: slice) -> Tensor:
+        return inputs.z * _scales(inputs, n, *inputs.z.shape)
+
+
+SMALL = ToyConfig(vat=1, dropout=1, cutout=1, context_mask=1, object_mask=1, feature_drop=1, feature_noise=1)
+
+
+@pytest.fixture(params=[ChannelScale, SampleScale, PositionScale], ids=["channel", "spatial", "copies"])
+def toy(request: pytest.FixtureRequest) -> Iterator[Perturbation]:
+    """Each kind of toy type registered for the test only."""
+    register_perturbation(request.param)
+    try:
+        yield get_perturbation("toy")
+    finally:
+        unregister_perturbation("toy")
+
+
+def _model(cfg: PerturbationsConfig, classes: int = 4) -> CCTModel:
+    torch.manual_seed(0)
+    net = build_segmentation_model("small_cnn", classes, output_stride=8, psp=False)
+    return CCTModel(net, dataclasses.replace(cfg, cutout_min_area=1), background_classes=(0,))
+
+
+def _features(model: CCTModel) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(1)
+    z = torch.relu(torch.randn(2, model.net.feature_channels, 4, 4, generator=g))
+    target = torch.softmax(4 * torch.randn(2, model.num_classes, 32, 32, generator=g), dim=1)
+    return z, target
+
+
+def test_the_builtin_types_are_registered_in_the_reference_order() -> None:
+    names = [p.name for p in registered_perturbations()]
+    assert names == BUILTIN
+    assert list(PerturbationsConfig().counts) == names
+    assert [p.fold for p in registered_perturbations()] == [
+        "copies",
+        "channel",
+        "spatial",
+        "spatial",
+        "spatial",
+        "spatial",
+        "copies",
+    ]
+
+
+def test_a_registered_toy_type_gets_its_own_aux_decoder_after_the_others(toy: Perturbation) -> None:
+    assert [p.name for p in registered_perturbations()] == [*BUILTIN, "toy"]
+    assert list(SMALL.counts) == [*BUILTIN, "toy"] and SMALL.total == 8
+    model = _model(SMALL)
+    assert model.aux.num_decoders == 8
+    assert model.groups["toy"] == slice(7, 8)
+    assert [g.perturbation.name for g in model.perturbation_groups] == [*BUILTIN, "toy"]
+    # the toy follows F-Noise (apply-to-copies), so a toy mask is a run of its own, not part of the spatial run
+    runs = [[g.perturbation.name for g in run] for run in fold_runs(model.perturbation_groups)]
+    spatial = ["cutout", "context_mask", "object_mask", "feature_drop"]
+    assert runs == [["vat"], ["dropout"], spatial, ["feature_noise"], ["toy"]]
+    # and it trains: its decoder gets gradient from the consistency loss
+    out = model(torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    out["loss_u"].backward()
+    assert model.aux.classifier.grad[7].abs().sum() > 0 and model.aux.stage_weight.grad[:, 7].abs().sum() > 0
+
+
+def test_fused_path_equals_the_k_separate_decoders_with_a_toy_type(toy: Perturbation) -> None:
+    model = _model(dataclasses.replace(SMALL, dropout=2, toy=2))
+    z, target = _features(model)
+    torch.manual_seed(7)
+    perturbed = model.perturbed_features(z, target)  # reference path: [K, B, D, h, w]
+    torch.manual_seed(7)
+    h = model.classifier_outputs(z, target)  # fused path: [K, B, C, hw]
+    torch.testing.assert_close(h, torch.matmul(model.aux.classifier.unsqueeze(1), perturbed.flatten(-2)))
+    # the toy's copies are the features scaled by factors in 1 +- 0.5, drawn afresh for each decoder
+    toy_copies = perturbed[model.groups["toy"]]
+    assert not torch.allclose(toy_copies[0], toy_copies[1])
+    active = z > 0.1
+    ratio = toy_copies[:, active] / z[active]
+    assert 0.5 - 1e-5 <= ratio.min() and ratio.max() <= 1.5 + 1e-5
+    # decoded to the end, by the stacked stages and by K separate UpsampleDecoders
+    logits = model.aux.from_subpixel_layout(model.aux.stages_subpixel(h), 4, 4)
+    for k in range(model.aux.num_decoders):
+        expected = model.aux.export_decoder(k)(perturbed[k])
+        torch.testing.assert_close(logits[k], expected, rtol=1e-4, atol=1e-5)
+
+
+def _marker_types(monkeypatch: pytest.MonkeyPatch, calls: list[str]) -> dict[str, float]:
+    """Make every registered type perturb by a constant factor of its own, recording the order of the calls."""
+    factors: dict[str, float] = {}
+    for i, perturbation in enumerate(registered_perturbations()):
+        factor = factors[perturbation.name] = float(i + 2)
+
+        def record(name: str = perturbation.name, value: float = factor) -> float:
+            calls.append(name)
+            return value
+
+        if isinstance(perturbation, MaskPerturbation):
+
+            def mask(inputs: PerturbationInput, n: int, value: Callable[[], float] = record) -> Tensor:
+                return torch.full((n, inputs.z.shape[0], 1, 1, 1), value())
+
+            monkeypatch.setattr(perturbation, "mask", mask)
+        else:
+            assert isinstance(perturbation, CopyPerturbation)
+            # the fused path of a copy type goes through its copies (I-VAT's own shortcut is bypassed here)
+
+            def copies(
+                inputs: PerturbationInput, n: int, decoders: slice, value: Callable[[], float] = record
+            ) -> Tensor:
+                return value() * inputs.z.unsqueeze(0).expand(n, -1, -1, -1, -1)
+
+            def first_layer(
+                inputs: PerturbationInput,
+                n: int,
+                decoders: slice,
+                weight: Tensor,
+                zf: Tensor,
+                p: CopyPerturbation = perturbation,
+            ) -> Tensor:
+                return CopyPerturbation.first_layer(p, inputs, n, decoders, weight, zf)
+
+            monkeypatch.setattr(perturbation, "copies", copies)
+            monkeypatch.setattr(perturbation, "first_layer", first_layer)
+    return factors
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"vat": 1, "dropout": 2, "cutout": 3, "context_mask": 1, "object_mask": 2, "feature_drop": 1},
+        {"vat": 0, "dropout": 1, "cutout": 0, "context_mask": 2, "object_mask": 0, "feature_drop": 3},
+    ],
+    ids=["all", "holes"],
+)
+def test_registry_order_is_the_aux_decoder_order_of_both_paths(
+    toy: Perturbation, counts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = dataclasses.replace(SMALL, feature_noise=2, toy=2, **counts)
+    model = _model(cfg)
+    calls: list[str] = []
+    factors = _marker_types(monkeypatch, calls)
+    used = [p.name for p in registered_perturbations() if p.count(cfg)]
+    # decoder k belongs to the k-th type of the registry, counted with multiplicity
+    owners = [name for name in used for _ in range(cfg.counts[name])]
+    assert len(owners) == model.aux.num_decoders == cfg.total
+    assert [name for name in used for _ in range(model.groups[name].stop - model.groups[name].start)] == owners
+    z, target = _features(model)
+    perturbed = model.perturbed_features(z, target)
+    assert calls == used
+    calls.clear()
+    h = model.classifier_outputs(z, target)
+    assert calls == used
+    plain = torch.matmul(model.aux.classifier.unsqueeze(1), z.flatten(-2))  # W_k z, [K, B, C, hw]
+    for k, name in enumerate(owners):
+        torch.testing.assert_close(perturbed[k], factors[name] * z)
+        torch.testing.assert_close(h[k], factors[name] * plain[k])
+
+
+def test_registration_rejects_clashes_and_kinds_it_cannot_apply() -> None:
+    class Duplicate(SpatialMaskPerturbation):
+        name = "cutout"
+        count_field = "cutout_twice"
+
+        def mask(self, inputs: PerturbationInput, n: int) -> Tensor:
+            return torch.ones(n, inputs.z.shape[0], 1, 1, 1)
+
+    class NoKind(Perturbation):
+        name = "no_kind"
+        count_field = "no_kind"
+        fold = "copies"
+
+        def copies(self, inputs: PerturbationInput, n: int, decoders: slice) -> Tensor:
+            return inputs.z.unsqueeze(0).expand(n, -1, -1, -1, -1)
+
+    with pytest.raises(ValueError, match="clashes"):
+        register_perturbation(Duplicate)
+    with pytest.raises(TypeError, match="must derive from"):
+        register_perturbation(NoKind)
+    assert [p.name for p in registered_perturbations()] == BUILTIN
+    with pytest.raises(KeyError, match="unknown perturbation 'no_kind'; registered: vat, dropout"):
+        get_perturbation("no_kind")
+
+
+def test_a_type_without_its_config_field_is_reported_by_name(toy: Perturbation) -> None:
+    with pytest.raises(TypeError, match="perturbations.toy"):
+        PerturbationsConfig().counts  # noqa: B018

@@ -12,8 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
 
+from fewlabels.commands.peft import add_commands as add_cli
 from fewlabels.config import ConfigError, build_config
-from fewlabels.methods.relbitfit import RelBitFitConfig, RelBitFitMethod, add_cli, restore_fine_tuned
+from fewlabels.methods.relbitfit import RelBitFitConfig, RelBitFitMethod, restore_fine_tuned
 from fewlabels.methods.relbitfit.biases import bias_changes_per_layer
 from fewlabels.registry import get_method, load_config
 
@@ -66,7 +67,8 @@ def make_config(model_dir, task_dir, out_dir, **model) -> RelBitFitConfig:
         "n_train": 8,
         "max_length": 16,
     }
-    train = {"steps": 4, "batch_size": 4, "checkpoint_every": 4, "log_every": 2, "device": "cpu"}
+    data["dev_size"] = 0  # 8 examples: select on the eval file
+    train = {"steps": 4, "epochs": 0, "batch_size": 4, "checkpoint_every": 4, "log_every": 2, "device": "cpu"}
     return build_config(
         RelBitFitConfig,
         {
@@ -88,10 +90,11 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="data.task.*unknown GLUE task 'rtee'"):
         build_config(RelBitFitConfig, {"data": {"dataset": "glue", "task": "rtee", "root": "/x"}})
     defaults = build_config(RelBitFitConfig, {})
+    # issue 16: warm-up + linear decay (poly, power 1) replaced the constant rate; 1e-3 is RelBitFit's own default
     assert (defaults.train.optimizer, defaults.train.lr, defaults.train.scheduler) == (
         "adamw",
         1e-3,
-        "constant",
+        "poly",
     )
     assert (defaults.train.batch_size, defaults.train.max_grad_norm, defaults.data.max_length) == (
         8,
@@ -118,7 +121,8 @@ def test_engine_run_trains_evaluates_and_its_delta_restores_the_model(tiny_dir, 
     model = method.build_model()
     from fewlabels.engine.checkpoint import load_weights
 
-    load_weights(model, result.run_dir / "model.safetensors")
+    # issue 16: the run stores the delta (trainable + freshly initialised tensors), loaded onto the base model
+    load_weights(model, result.run_dir / "model.safetensors", method.load_saved_state)
     model.eval()
     assert set(method.extra_tensors) == {"classifier.weight", "classifier.bias"}  # the head is not in tiny_dir
     parser = argparse.ArgumentParser()
@@ -135,7 +139,9 @@ def test_engine_run_trains_evaluates_and_its_delta_restores_the_model(tiny_dir, 
     (written,) = method.predict(model, [tmp_path / "new.txt"], tmp_path / "pred", torch.device("cpu"))
     records = [json.loads(line) for line in written.read_text().splitlines()]
     assert [r["text"] for r in records] == ["what a great film", "boring"]
-    assert all(r["label"] in (0, 1) and abs(sum(r["probabilities"]) - 1) < 1e-5 for r in records)
+    # issue 16: the label is named (data.label_names), its index beside it
+    assert all(r["label"] in ("neg", "pos") and abs(sum(r["probabilities"]) - 1) < 1e-5 for r in records)
+    assert all(r["label"] == ["neg", "pos"][r["label_index"]] for r in records)
     args = parser.parse_args(["bias-changes", str(result.run_dir), "--out", str(tmp_path / "bias.png")])
     assert args.func(args) == 0 and (tmp_path / "bias.png").stat().st_size > 0
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir))
@@ -154,8 +160,10 @@ def test_minilm_patched_at_zero_starts_from_the_pretrained_function(csv_task, tm
     batch = {k: v[:, :12] for k, v in method.eval_sets()["eval"].arrays.items()}
     with torch.no_grad():
         assert torch.equal(patched(**batch).logits, base(**batch).logits)
-    # BitFit's 26,882 - 6 key biases of 384 + 6 layers x N=16 x (384 + 12 heads)
-    assert sum(p.numel() for p in patched.parameters() if p.requires_grad) == 26_882 - 6 * 384 + 6 * 16 * 396
+    # BitFit's 26,882 - 6 key biases of 384 + 6 layers x N=16 x (384 + 12 heads), + the pooler's 384 x 384 dense
+    # weight, trainable with the default pooler head since issue 16
+    expected = 26_882 - 6 * 384 + 6 * 16 * 396 + 384 * 384
+    assert sum(p.numel() for p in patched.parameters() if p.requires_grad) == expected
 
 
 def test_peft_count_command_prints_the_table(tmp_path, capsys):

@@ -162,3 +162,81 @@ def test_patching_twice_or_a_model_without_bert_attention_is_refused():
         add_relative_attention_bias(model, RelativeBiasOptions(num_positions=4))
     with pytest.raises(ValueError, match="no BERT/RoBERTa self-attention"):
         add_relative_attention_bias(torch.nn.Linear(2, 2), RelativeBiasOptions())
+
+
+def _hand_attention(model, options, tables, ids, layer: int = 0) -> torch.Tensor:
+    """Attention probabilities of ``layer`` computed entry by entry from the thesis' score (no library formula):
+    score(i, j) = (z_i W_q W_k^T z_j^T + b_q W_k^T z_j^T + z_i W_q R_r + s_r) / sqrt(d), softmax over j."""
+    import math
+
+    attn = model.bert.encoder.layer[layer].attention.self
+    heads, d = attn.num_attention_heads, attn.attention_head_size
+    z = model.bert.embeddings(input_ids=ids)[0]  # layer 0 input: [L, D]
+    length = z.shape[0]
+    w_q, b_q, w_k = attn.query.weight.t(), attn.query.bias, attn.key.weight.t()
+    n = options.num_positions
+    probs = torch.empty(heads, length, length)
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        for i in range(length):
+            scores = []
+            for j in range(length):
+                if options.relative_index == "absolute":
+                    r = min(abs(i - j), n - 1)
+                else:
+                    r = max(-(n - 1), min(n - 1, j - i)) + n - 1
+                zq = z[i] @ w_q[:, cols]  # z_i W_q, without b_q
+                kz = z[j] @ w_k[:, cols]  # W_k^T z_j^T
+                table = 0 if options.tie_layers else layer
+                rel = tables.key_table[table, r, cols]
+                value = float(zq @ kz + b_q[cols] @ kz + zq @ rel + tables.score_table[table, r, h])
+                scores.append(value / math.sqrt(d))
+            top = max(scores)
+            exps = [math.exp(s - top) for s in scores]
+            for j in range(length):
+                probs[h, i, j] = exps[j] / sum(exps)
+    return probs
+
+
+@pytest.mark.parametrize("relative_index", ["absolute", "signed"])
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_attention_matches_a_hand_computation_of_the_thesis_score(relative_index, tie, attn):
+    model = tiny_model("bert", attn)
+    options = RelativeBiasOptions(num_positions=3, relative_index=relative_index, tie_layers=tie)
+    tables = add_relative_attention_bias(model, options)
+    randomise_tables(model)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for attention in find_self_attentions(model):  # non-zero b_q and b_k: the forms differ only then
+            attention.query.bias.copy_(torch.randn(attention.query.bias.shape, generator=g))
+            attention.key.bias.copy_(torch.randn(attention.key.bias.shape, generator=g))
+    ids = torch.tensor([[5, 17, 23, 8, 41, 2]])
+    model.config._attn_implementation = "eager"  # attention weights are returned by the eager kernel only
+    with torch.no_grad():
+        got = model(input_ids=ids, output_attentions=True).attentions[0][0]
+        expected = _hand_attention(model, options, tables, ids)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_query_bias_option_adds_exactly_the_b_q_R_term():
+    options = {"thesis": RelativeBiasOptions(num_positions=3), "biased": RelativeBiasOptions(num_positions=3, query_bias=True)}
+    probs = {}
+    for name, opt in options.items():
+        model = tiny_model("bert", "eager")
+        tables = add_relative_attention_bias(model, opt)
+        randomise_tables(model)
+        attention = model.bert.encoder.layer[0].attention.self
+        with torch.no_grad():
+            attention.query.bias.copy_(torch.linspace(-2.0, 2.0, attention.query.bias.numel()))
+            ids = torch.tensor([[5, 17, 23, 8]])
+            probs[name] = model(input_ids=ids, output_attentions=True).attentions[0][0]
+    assert not torch.allclose(probs["thesis"], probs["biased"])
+    # the biased form's scores = the thesis' + b_q . R_r / sqrt(d): reweighting the thesis' probabilities by
+    # exp(b_q . R_r / sqrt(d)) and renormalising gives the biased ones
+    heads, d = 4, 8
+    b_q = attention.query.bias.view(heads, d)
+    r = (torch.arange(4)[:, None] - torch.arange(4)[None, :]).abs().clamp_max(2)
+    extra = torch.einsum("hd,ijhd->hij", b_q, tables.key_table[0][r].view(4, 4, heads, d)) / d**0.5
+    reweighted = probs["thesis"] * extra.exp()
+    torch.testing.assert_close(reweighted / reweighted.sum(-1, keepdim=True), probs["biased"], rtol=1e-4, atol=1e-5)

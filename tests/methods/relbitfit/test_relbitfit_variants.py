@@ -43,7 +43,8 @@ def expected_trainable(model, variant: str) -> set[str]:
     names = {n for n, _ in model.named_parameters()}
     if variant == "full":
         return names
-    head = {n for n in names if n.startswith("classifier.")}
+    # the default pooler head: the classifier and (BERT) the pooler dense layer (issue 16)
+    head = {n for n in names if n.startswith(("classifier.", "bert.pooler.dense."))}
     biases = {n for n in names if n.endswith(".bias")}
     if variant == "bitfit":
         return biases | head

@@ -6,7 +6,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from fewlabels.data.base import DataError, FewDataset
-from fewlabels.methods.scl.episodes import EpisodeSampler, EpisodicDataset
+from fewlabels.data.episodes import EpisodeSampler, EpisodicDataset
 from fewlabels.methods.scl.fewshot_eval import (
     batched_logistic_regression,
     episode_accuracies,

@@ -186,7 +186,7 @@ def test_fewshot_eval_command_writes_accuracy_and_interval(tmp_path, base_method
     import argparse
     import json
 
-    from fewlabels.methods.scl.cli import add_cli
+    from fewlabels.commands.fewshot import add_commands as add_cli
 
     cfg = _config()
     torch.manual_seed(0)

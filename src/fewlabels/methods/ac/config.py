@@ -6,18 +6,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fewlabels.config import RunConfig, TrainConfig, fail
+from fewlabels.data.base import DataError
+from fewlabels.data.registry import DatasetSpec, get_dataset
 
-__all__ = ["ACConfig", "ACDataConfig", "ACLossConfig", "ACModelConfig", "ACViewsConfig", "DATASET_CLASSES"]
-
-#: classes (= clusters of the main head) of each dataset kind; 0 = read from the data (folder).
-DATASET_CLASSES: dict[str, int] = {
-    "scenes": 6,
-    "cocostuff3": 3,
-    "cocostuff15": 15,
-    "potsdam3": 3,
-    "potsdam6": 6,
-    "folder": 0,
-}
+__all__ = ["ACConfig", "ACDataConfig", "ACLossConfig", "ACModelConfig", "ACViewsConfig"]
 
 
 @dataclass
@@ -80,7 +72,13 @@ class ACViewsConfig:
 
 @dataclass
 class ACDataConfig:
-    dataset: Literal["scenes", "cocostuff3", "cocostuff15", "potsdam3", "potsdam6", "folder"] = "scenes"
+    dataset: str = field(
+        default="scenes",
+        metadata={
+            "help": "an unsupervised dataset: scenes, cocostuff3, cocostuff15, potsdam3, potsdam6, image-folder "
+            "(`fewlabels data check` names)"
+        },
+    )
     root: str = field(default="", metadata={"help": "dataset folder (not needed for scenes)"})
     input_size: int = field(default=96, metadata={"help": "square crop side (IIC: 128 COCO, 200 Potsdam)", "min": 8})
     scale: float = field(default=1.0, metadata={"help": "image rescale before cropping (IIC COCO: 0.33)", "gt": 0})
@@ -94,8 +92,17 @@ class ACDataConfig:
     scenes_n: int = field(default=600, metadata={"help": "scenes: generated images", "min": 2})
     scenes_size: int = field(default=96, metadata={"min": 16})
 
+    @property
+    def spec(self) -> DatasetSpec:
+        """The registered dataset this section names."""
+        return get_dataset(self.dataset, "unsupervised")
+
     def validate(self) -> None:
-        if self.dataset != "scenes" and not self.root:
+        try:
+            spec = self.spec
+        except DataError as err:
+            fail("data.dataset", str(err))
+        if spec.root != "none" and not self.root:
             fail(
                 "data.root",
                 f"dataset {self.dataset!r} needs data.root=/path/to/{self.dataset.rstrip('0123456789')}",
@@ -119,7 +126,8 @@ class ACConfig(RunConfig):
     )
 
     def validate(self) -> None:
-        classes = DATASET_CLASSES[self.data.dataset]
+        # The dataset's classes are the clusters of the main head (0: read from the data).
+        classes = self.data.spec.metadata.num_classes
         if self.model.k and classes and self.model.k != classes:
             fail(
                 "model.k",

@@ -13,6 +13,10 @@ evaluation and prediction code.
 Over-clustering (IIC): with ``model.k_over > 0`` the over-clustering head is trained on odd steps and the main
 head on even steps (IIC alternates per epoch; per step keeps both heads moving at any run length).
 
+Data, prediction I/O and figures are those of :class:`~fewlabels.methods.segmentation.SegmentationMethod`; AC
+overrides its predictor (cluster probabilities, in class order once evaluation has matched them), its evaluation
+protocol and the files it predicts.
+
 Evaluation (IIC protocol): labels are used only here. The ``k x k`` vote matrix between clusters and classes
 over the evaluation images is matched one-to-one (Hungarian), then pixel accuracy and mIoU are computed on
 labelled pixels. The matching is stored in the model (buffer ``cluster_to_class``) so that ``predict`` colours
@@ -27,8 +31,6 @@ whole neighbourhood.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,15 @@ import torch
 from torch import nn
 
 from fewlabels.data.base import DataError
+from fewlabels.data.registry import build_unsupervised_data
+from fewlabels.data.unsupervised import PREDICTION_SUFFIXES, UnsupervisedData, read_input_image
 from fewlabels.methods.ac.config import ACConfig
 from fewlabels.methods.ac.losses import information_loss, information_terms, normalise_joint, segmentation_counts
 from fewlabels.methods.ac.masked_conv import zero_masked_weights
 from fewlabels.methods.ac.model import ACNet
 from fewlabels.methods.ac.views import TwoViewDataset, global_sum, sample_orderings, step_generator
-from fewlabels.methods.base import Method, Source, StepOutput
+from fewlabels.methods.base import Source, StepOutput
+from fewlabels.methods.segmentation.method import LogitsFn, SegmentationMethod
 from fewlabels.registry import register_method
 
 __all__ = ["ACMethod", "ACModel", "hungarian_from_votes"]
@@ -72,10 +77,16 @@ def hungarian_from_votes(votes: torch.Tensor) -> torch.Tensor:
     return mapping
 
 
+def _unwrap(model: nn.Module) -> ACModel:
+    inner = getattr(model, "module", model)  # DDP-wrapped or not
+    if not isinstance(inner, ACModel):
+        raise TypeError(f"expected an ACModel, got {type(inner).__name__}")
+    return inner
+
+
 @register_method
-class ACMethod(Method):
-    """Autoregressive clustering (orderings as views + mutual information); ``mask_from=none`` = IIC
-    baseline."""
+class ACMethod(SegmentationMethod[UnsupervisedData]):
+    """Autoregressive clustering (orderings as views + mutual information); ``mask_from=none`` = IIC baseline."""
 
     name = "ac"
     description = "AC: unsupervised segmentation, orderings as views + mutual information (mask_from=none: IIC)"
@@ -83,12 +94,13 @@ class ACMethod(Method):
     metric = "pixel_accuracy"
     metric_mode = "max"
     config: ACConfig
+    figure_file = "ac_clusters.png"
+    figure_column = "clusters (matched)"
+    figure_caption = "evaluation images: image / ground truth / clusters"
+    input_suffixes = PREDICTION_SUFFIXES
 
     # --- data and model -------------------------------------------------------------------------------------
-    @cached_property
-    def data(self) -> Any:
-        from fewlabels.data.unsupervised import build_unsupervised_data
-
+    def build_data(self) -> UnsupervisedData:
         d = self.config.data
         return build_unsupervised_data(
             d.dataset,
@@ -112,6 +124,11 @@ class ACMethod(Method):
                 "model.k to the number of clusters"
             )
         return int(k)
+
+    @property
+    def num_classes(self) -> int:
+        """The clusters of the main head: their matched classes colour predictions and figures."""
+        return self.k
 
     def build_model(self) -> nn.Module:
         m = self.config.model
@@ -177,6 +194,20 @@ class ACMethod(Method):
     def _probabilities(self, model: ACModel, images: torch.Tensor) -> torch.Tensor:
         return model.cluster_probabilities(images, self.config.model.inference)
 
+    def predictor(self, model: nn.Module) -> LogitsFn:
+        """Cluster probabilities ``[B, k, H, W]``, with channel ``m(c)`` holding cluster ``c`` once an evaluation has
+        matched clusters to classes (so that their argmax is the matched class), in cluster order before."""
+        ac = _unwrap(model)
+
+        def class_scores(images: torch.Tensor) -> torch.Tensor:
+            probs = self._probabilities(ac, images)
+            mapping = ac.cluster_to_class.to(probs.device)
+            if not bool((mapping >= 0).all()):
+                return probs
+            return torch.empty_like(probs).index_copy_(1, mapping, probs)
+
+        return class_scores
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         from fewlabels.metrics import iou, miou, pixel_accuracy
 
@@ -214,50 +245,20 @@ class ACMethod(Method):
         return out
 
     # --- inference ------------------------------------------------------------------------------------------
-    def _colour_map(self, model: ACModel, clusters: torch.Tensor) -> tuple[np.ndarray, int]:
-        """Cluster map -> (labels to colour, palette size): matched classes when known, else raw clusters."""
-        mapping = model.cluster_to_class.to(clusters.device)
-        if bool((mapping >= 0).all()):
-            return mapping[clusters].cpu().numpy().astype(np.uint8), self.k
-        return clusters.cpu().numpy().astype(np.uint8), self.k
-
-    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
-        """For each image: ``<stem>_clusters.png`` (cluster indices 0..k-1) and ``<stem>_colour.png``
-        (coloured by the matched class when an evaluation has matched clusters, else by cluster index)."""
+    def predict_image(self, model: nn.Module, path: Path, out_dir: Path, device: torch.device) -> list[Path]:
+        """``<stem>_clusters.png`` (cluster indices 0..k-1) and ``<stem>_colour.png`` (coloured by the matched class
+        when an evaluation has matched clusters, else by cluster index); images or Potsdam ``.mat`` tiles."""
         from PIL import Image
 
-        from fewlabels.data.unsupervised import find_inputs, read_input_image
         from fewlabels.viz import colorize
 
-        assert isinstance(model, ACModel)
-        model.eval()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
-        for path in find_inputs(inputs):
-            image = read_input_image(path, self.data.in_channels, self.config.data.scale)
-            with torch.no_grad():
-                x = image.unsqueeze(0).to(device)
-                clusters = self._probabilities(model, x).argmax(1)[0]
-            cluster_path = out_dir / f"{path.stem}_clusters.png"
-            Image.fromarray(clusters.cpu().numpy().astype(np.uint8)).save(cluster_path)
-            labels, n = self._colour_map(model, clusters)
-            colour_path = out_dir / f"{path.stem}_colour.png"
-            Image.fromarray(colorize(labels, n)).save(colour_path)
-            written += [cluster_path, colour_path]
-        return written
-
-    def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
-        from fewlabels.viz import colorize, save_image_grid
-
-        assert isinstance(model, ACModel)
-        model.eval()
-        rows = []
-        for i in range(min(4, len(self.data.eval))):
-            item = self.data.eval[i]
-            with torch.no_grad():
-                clusters = self._probabilities(model, item["image"].unsqueeze(0).to(device)).argmax(1)[0]
-            rgb = (item["image"][:3].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            labels, n = self._colour_map(model, clusters)
-            rows.append([rgb, colorize(item["mask"].numpy(), n), colorize(labels, n)])
-        path = save_image_grid(out_dir / "ac_clusters.png", rows, ["image", "ground truth", "clusters (matched)"])
-        return {"evaluation images: image / ground truth / clusters": path}
+        ac = _unwrap(model)
+        image = read_input_image(path, self.data.in_channels, self.config.data.scale)
+        clusters = self._probabilities(ac, image.unsqueeze(0).to(device)).argmax(1)[0]
+        cluster_path = out_dir / f"{path.stem}_clusters.png"
+        Image.fromarray(clusters.cpu().numpy().astype(np.uint8)).save(cluster_path)
+        mapping = ac.cluster_to_class.to(clusters.device)
+        labels = mapping[clusters] if bool((mapping >= 0).all()) else clusters
+        colour_path = out_dir / f"{path.stem}_colour.png"
+        Image.fromarray(colorize(labels.cpu().numpy().astype(np.uint8), self.k)).save(colour_path)
+        return [cluster_path, colour_path]

@@ -18,7 +18,6 @@ from fewlabels.methods.cct.losses import (
 )
 from fewlabels.methods.cct.method import CCTMethod
 from fewlabels.methods.cct.model import CCTLossSettings, CCTModel
-from fewlabels.methods.cct.weak import add_cli
 
 __all__ = [
     "CCTConfig",
@@ -31,7 +30,6 @@ __all__ = [
     "StackedUpsampleDecoders",
     "abce_loss",
     "abce_threshold",
-    "add_cli",
     "batched_consistency_loss",
     "consistency_weight",
     "pairwise_variance_loss",

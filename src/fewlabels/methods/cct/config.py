@@ -4,6 +4,9 @@ Defaults are the reference recipe's (yassouali/CCT ``configs/config.json``) wher
 auxiliary decoders (2 VAT, 6 dropout, 6 G-Cutout, 2 context masking, 2 object masking, 6 feature drop, 6
 feature noise), MSE consistency with weight 30 ramped up over the first 10% of training, plain cross-entropy
 on the labels.
+
+The ``perturbations`` section, :class:`PerturbationsConfig`, is defined in :mod:`fewlabels.methods.cct.perturbations`
+next to the perturbation types whose counts and parameters it holds, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -12,75 +15,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fewlabels.config import RunConfig, TrainConfig, fail
-from fewlabels.methods.supervised.config import SegDataConfig, SegEvalConfig, SegModelConfig
+from fewlabels.methods.cct.perturbations import PerturbationsConfig
+from fewlabels.methods.segmentation.config import SegDataConfig, SegEvalConfig, SegModelConfig
 
 __all__ = ["CCTConfig", "CCTLossConfig", "CCTWeakConfig", "PerturbationsConfig"]
-
-
-@dataclass
-class PerturbationsConfig:
-    """How many auxiliary decoders of each perturbation type (their sum is K) and each type's parameters."""
-
-    vat: int = field(default=2, metadata={"help": "I-VAT decoders", "min": 0})
-    vat_eps: float = field(default=2.0, metadata={"help": "norm of the adversarial perturbation", "gt": 0})
-    vat_xi: float = field(
-        default=1e-4,
-        metadata={
-            "help": "power-iteration step, relative to the feature norm (reference 1e-6 absolute vanishes)",
-            "gt": 0,
-        },
-    )
-    vat_iterations: int = field(default=1, metadata={"help": "power iterations", "min": 1})
-    dropout: int = field(default=6, metadata={"help": "channel-dropout (Dropout2d) decoders", "min": 0})
-    dropout_rate: float = field(default=0.5, metadata={"min": 0, "max": 0.99})
-    cutout: int = field(default=6, metadata={"help": "G-Cutout decoders", "min": 0})
-    cutout_erase: float = field(
-        default=0.4, metadata={"help": "box side / object bounding-box side", "gt": 0, "max": 1}
-    )
-    cutout_min_area: int = field(default=2, metadata={"help": "smallest object cut, in feature cells", "min": 1})
-    cutout_max_objects: int = field(default=32, metadata={"help": "largest objects cut per image", "min": 1})
-    context_mask: int = field(default=2, metadata={"help": "Con-Msk decoders (objects only)", "min": 0})
-    object_mask: int = field(default=2, metadata={"help": "Obj-Msk decoders (context only)", "min": 0})
-    feature_drop: int = field(default=6, metadata={"help": "F-Drop decoders", "min": 0})
-    feature_drop_gamma: tuple[float, float] = field(
-        default=(0.7, 0.9), metadata={"help": "range of gamma: drop where attention >= gamma * max"}
-    )
-    feature_noise: int = field(default=6, metadata={"help": "F-Noise decoders", "min": 0})
-    feature_noise_range: float = field(default=0.3, metadata={"help": "N ~ U(-r, r)", "min": 0})
-    background_classes: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "classes that are not objects for G-Cutout/Con-Msk/Obj-Msk (default: the dataset's "
-            "non-thing classes, e.g. [0] on VOC)"
-        },
-    )
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Decoders per type, in the order of the stacked decoders."""
-        return {
-            "vat": self.vat,
-            "dropout": self.dropout,
-            "cutout": self.cutout,
-            "context_mask": self.context_mask,
-            "object_mask": self.object_mask,
-            "feature_drop": self.feature_drop,
-            "feature_noise": self.feature_noise,
-        }
-
-    @property
-    def total(self) -> int:
-        """K, the number of auxiliary decoders."""
-        return sum(self.counts.values())
-
-    def validate(self) -> None:
-        if self.total < 1:
-            fail("perturbations", "at least one auxiliary decoder is needed (all counts are 0)")
-        lo, hi = self.feature_drop_gamma
-        if not 0 < lo <= hi <= 1:
-            fail("perturbations.feature_drop_gamma", f"must be a range 0 < low <= high <= 1, got {[lo, hi]}")
-        if self.background_classes is not None and any(c < 0 for c in self.background_classes):
-            fail("perturbations.background_classes", f"class indices are >= 0, got {self.background_classes}")
 
 
 @dataclass

@@ -11,6 +11,10 @@ gradients with respect to the stage inputs and weights; the backward only scales
 
 Supported distances: ``mse`` and ``kl`` (with or without confidence masking); other terms use the autograd
 path.
+
+The first layer of the aux decoders is fused with the perturbations too: a perturbation that multiplies the
+features by a mask is folded into that layer (:func:`fold_channel_masks`, :func:`fold_spatial_masks`), so the K
+perturbed copies of the features are only formed for the types that need them (:func:`first_layer_of_copies`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["fold_batch", "fused_stages_consistency", "fused_vat_direction", "stages_value_and_grad"]
+__all__ = [
+    "first_layer_of_copies",
+    "fold_batch",
+    "fold_channel_masks",
+    "fold_spatial_masks",
+    "fused_stages_consistency",
+    "fused_vat_direction",
+    "l2_normalize",
+    "stages_value_and_grad",
+]
+
+
+def l2_normalize(d: Tensor, sample_dims: int = 3) -> Tensor:
+    """Divide each sample of ``d`` by its L2 norm over its last ``sample_dims`` dims (zero stays zero)."""
+    norm = d.flatten(-sample_dims).norm(dim=-1).view(*d.shape[:-sample_dims], *([1] * sample_dims))
+    # A clamp instead of the reference's "+ 1e-8": a small gradient is rescaled to unit norm, not shrunk towards 0.
+    return d / norm.clamp(min=torch.finfo(d.dtype).tiny)
 
 
 def _full(x: Tensor) -> Tensor:
@@ -131,7 +151,7 @@ def stages_value_and_grad(
 
 class _FusedStages(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         h: Tensor,
         weight: Tensor,
@@ -150,7 +170,7 @@ class _FusedStages(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         grad_h, grad_w, grad_b = ctx.saved_tensors
         return grad_h * grad_out, grad_w * grad_out, grad_b * grad_out, None, None, None, None
 
@@ -210,6 +230,38 @@ def fused_stages_consistency(
     return (entropy + raw) / (elements if mask is None else elements // c)
 
 
+# --- the first layer of the aux decoders, with the perturbations folded in -----------------------------------
+# The first layer of every aux decoder is a 1x1 convolution without bias: linear and pointwise. A perturbation that
+# multiplies the features by a mask commutes with it, so the perturbed copies of ``z`` need not be formed:
+# ``W (z * m) = (W z) * m`` for a mask constant over the channels, ``W (z * m) = (W * m) z`` for one constant over the
+# positions. The three functions below map ``weight [n, C, D]`` (the classifiers of n decoders) and the features to
+# the classifier outputs ``[n, B, C, h*w]``; :meth:`~fewlabels.methods.cct.model.CCTModel.classifier_outputs` picks
+# one per run of perturbations of the same kind.
+
+
+def first_layer_of_copies(weight: Tensor, copies: Tensor) -> Tensor:
+    """The first layer of each decoder on its own perturbed copy: ``copies [n, B, D, h*w]`` -> ``[n, B, C, h*w]``."""
+    return torch.matmul(weight.unsqueeze(1), copies)
+
+
+def fold_channel_masks(weight: Tensor, zf: Tensor, keep: Tensor) -> Tensor:
+    """``W_k (z * m_k)`` with the channel multipliers ``keep [n, B, D]`` moved onto the weights.
+
+    Shapes: ``weight [n, C, D]``, ``zf [B, D, h*w]`` -> ``[n, B, C, h*w]``; one ``[C, D]`` weight per decoder and
+    sample instead of ``n`` copies of the features.
+    """
+    return torch.einsum("kbcd,bdp->kbcp", weight.unsqueeze(1) * keep.unsqueeze(2), zf)
+
+
+def fold_spatial_masks(weight: Tensor, zf: Tensor, mask: Tensor) -> Tensor:
+    """``W_k (z * m_k)`` as ``(W_k z) * m_k`` for the position multipliers ``mask [n, B, h*w]``.
+
+    Shapes: ``weight [n, C, D]``, ``zf [B, D, h*w]`` -> ``[n, B, C, h*w]``: one ``[n C, D] @ [D, B h w]`` product
+    followed by a mask on C channels instead of one on D.
+    """
+    return torch.einsum("kcd,bdp->kbcp", weight, zf) * mask.unsqueeze(2)
+
+
 @torch.no_grad()
 def fused_vat_direction(
     z: Tensor,
@@ -254,8 +306,6 @@ def _vat_direction_fp32(
     init: Tensor | None,
     chunk_elements: int | None,
 ) -> Tensor:
-    from fewlabels.methods.cct.perturbations import l2_normalize
-
     n, c, dim = classifier.shape
     b, _, hh, ww = z.shape
     hw = hh * ww

@@ -1,33 +1,29 @@
-"""CCT as a :class:`~fewlabels.methods.base.Method`: data, model, training step, evaluation, prediction.
+"""CCT as a :class:`~fewlabels.methods.segmentation.SegmentationMethod`: its model, training step and domains.
 
-Data, model backbone, evaluation and prediction are the supervised baseline's
-(``methods/supervised/common.py``),
-so that a CCT-vs-baseline difference comes from the method only.
+Data, encoder-decoder, evaluation, prediction and figures are those of the segmentation base, shared with the
+supervised baseline, so that a CCT-vs-baseline difference comes from the method only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewlabels.methods.base import Method, Source, StepOutput
+from fewlabels.data.segmentation import SegmentationData
+from fewlabels.methods.base import Source, StepOutput
 from fewlabels.methods.cct.config import CCTConfig
 from fewlabels.methods.cct.losses import abce_loss, abce_threshold, consistency_weight
 from fewlabels.methods.cct.model import CCTLossSettings, CCTModel
-from fewlabels.methods.supervised.common import (
-    SegData,
-    backbone_param_groups,
-    build_model,
+from fewlabels.methods.segmentation.config import SegEvalConfig
+from fewlabels.methods.segmentation.method import (
+    LogitsFn,
+    SegmentationMethod,
     build_segmentation_data,
     evaluate_segmentation,
-    predict_masks,
-    segmentation_figure,
 )
 from fewlabels.parallel import global_mean
 from fewlabels.registry import register_method
@@ -43,18 +39,18 @@ def _unwrap(model: nn.Module) -> CCTModel:
 
 
 @register_method
-class CCTMethod(Method):
+class CCTMethod(SegmentationMethod[SegmentationData]):
     """Cross-consistency training: ``L = L_s + w_u(t) L_u (+ w_w(t) L_w) (+ lambda_pw L_pw)``."""
 
     name = "cct"
     description = "semi-supervised segmentation by cross-consistency training (CCT, Ouali et al. 2020)"
     config_class = CCTConfig
-    metric = "miou"
-    metric_mode = "max"
     config: CCTConfig
+    figure_column = "CCT"
+    figure_caption = "validation images: image / ground truth / CCT prediction"
 
-    @cached_property
-    def data(self) -> SegData:
+    def build_data(self) -> SegmentationData:
+        """Domain 0's datasets; with weak labels, the unlabeled images carry their pseudo-label masks."""
         data = build_segmentation_data(self.config.data)
         if self.config.weak.labels_dir:
             from fewlabels.methods.cct.weak import PseudoLabeledImages
@@ -62,8 +58,12 @@ class CCTMethod(Method):
             data.unlabeled = PseudoLabeledImages(data.unlabeled, self.config.weak.labels_dir)
         return data
 
+    @property
+    def eval_settings(self) -> SegEvalConfig:
+        return self.config.eval
+
     @cached_property
-    def domain_data(self) -> list[SegData]:
+    def domain_data(self) -> list[SegmentationData]:
         """The datasets of every domain (multi-domain CCT), domain 0 (``data``) first; all share the classes."""
         from fewlabels.config import ConfigError
 
@@ -91,7 +91,7 @@ class CCTMethod(Method):
 
     def build_model(self) -> nn.Module:
         cfg = self.config
-        net = build_model(cfg.model, self.data.num_classes)
+        net = self.build_network(cfg.model)
         losses = CCTLossSettings(
             unsupervised=cfg.loss.unsupervised,
             conf_threshold=cfg.loss.conf_threshold,
@@ -130,7 +130,7 @@ class CCTMethod(Method):
         return values, ids
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return backbone_param_groups(model, self.config.model.backbone_lr_scale)
+        return self.encoder_param_groups(model, self.config.model.backbone_lr_scale)
 
     def weights(self, step: int, total_steps: int) -> tuple[float, float]:
         """``(w_u(t), w_w(t))``: sigmoid ramp-up over ``loss.rampup`` of training;
@@ -177,9 +177,9 @@ class CCTMethod(Method):
         return StepOutput(loss, logs)
 
     # --- evaluation and inference ---------------------------------------------------------------------------
-    def predictor(self, model: nn.Module, domain: int | None = None):
-        """Logits function of a main decoder (what evaluation, prediction and figures use): the one of
-        ``domain``, by default ``predict_domain`` (0 unless configured)."""
+    def predictor(self, model: nn.Module, domain: int | None = None) -> LogitsFn:
+        """Logits function of a main decoder (what evaluation, prediction and figures use): the one of ``domain``,
+        by default ``predict_domain`` (0 unless configured)."""
         cct = _unwrap(model)
         chosen = self.config.predict_domain if domain is None else domain
         return lambda images: cct(images, mode="predict", domains_l=chosen)
@@ -200,16 +200,3 @@ class CCTMethod(Method):
         for key in ("miou", "pixel_accuracy"):
             metrics[key] = sum(values[key] for values in per_domain) / len(per_domain)
         return metrics
-
-    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
-        return predict_masks(self.predictor(model), inputs, out_dir, self.data.num_classes, self.config.eval, device)
-
-    def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
-        path = segmentation_figure(
-            {"CCT": self.predictor(model)},
-            self.data.val,
-            self.data.num_classes,
-            out_dir / "predictions.png",
-            device,
-        )
-        return {"validation images: image / ground truth / CCT prediction": path}

@@ -15,19 +15,15 @@ from torch import Tensor, nn
 
 from fewlabels.methods.cct.config import PerturbationsConfig
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
-from fewlabels.methods.cct.fused import fused_stages_consistency, fused_vat_direction
+from fewlabels.methods.cct.fused import fused_stages_consistency
 from fewlabels.methods.cct.losses import batched_consistency_loss, pairwise_variance_loss
 from fewlabels.methods.cct.perturbations import (
-    context_masking,
-    cutout_keep_mask,
-    feature_drop,
-    feature_drop_keep,
-    feature_noise,
-    foreground_mask,
-    guided_cutout,
-    object_masking,
-    spatial_dropout,
-    spatial_dropout_mask,
+    CopyPerturbation,
+    DecoderGroup,
+    MaskPerturbation,
+    PerturbationInput,
+    decoder_groups,
+    fold_runs,
 )
 from fewlabels.models import SegmentationNet, UpsampleDecoder, reflect_pad_to_multiple
 
@@ -52,13 +48,13 @@ class CCTModel(nn.Module):
     Args:
         net: a :class:`~fewlabels.models.SegmentationNet` (normalisation, encoder, optional PSP, decoder); its
             decoder is the main decoder of domain 0 and ``net`` alone is a deployable segmentation model.
-        perturbations: counts and parameters of the perturbations (K = ``perturbations.total``).
+        perturbations: counts and parameters of the perturbations (K = ``perturbations.total``); the aux decoders
+            are grouped by perturbation type, in the registry's order (see :attr:`perturbation_groups`).
         background_classes: classes that are not objects (G-Cutout, Con-Msk, Obj-Msk).
         losses: which consistency distance, confidence threshold and pair-wise term the forward computes.
         num_domains: main decoders (multi-domain CCT: shared encoder and aux decoders, one main decoder each).
-        chunk_elements: on the CPU, full-resolution aux-logit elements decoded at once by the fused loss
-        (cache
-            sized); on a GPU all decoders run in one chunk.
+        chunk_elements: on the CPU, the full-resolution aux-logit elements that the fused loss decodes at once
+            (sized for the cache); on a GPU all decoders run in one chunk.
     """
 
     def __init__(
@@ -83,12 +79,10 @@ class CCTModel(nn.Module):
         d, c, up = net.feature_channels, net.num_classes, net.output_stride
         self.domain_decoders = nn.ModuleList(UpsampleDecoder(d, c, up) for _ in range(num_domains - 1))
         self.aux = StackedUpsampleDecoders(perturbations.total, d, c, up)
-        # Decoder index ranges per perturbation type, in the order of PerturbationsConfig.counts.
-        self.groups: dict[str, slice] = {}
-        start = 0
-        for name, count in perturbations.counts.items():
-            self.groups[name] = slice(start, start + count)
-            start += count
+        # The aux decoders of each registered perturbation type, in the registry's order (both paths iterate these).
+        self.perturbation_groups: list[DecoderGroup] = decoder_groups(perturbations)
+        # Decoder index ranges per perturbation type, by name (empty for a count of 0).
+        self.groups: dict[str, slice] = {g.perturbation.name: g.decoders for g in self.perturbation_groups}
 
     @property
     def encoder(self) -> nn.Module:
@@ -112,104 +106,50 @@ class CCTModel(nn.Module):
         outs = torch.stack([logits, *(dec(z) for dec in self.domain_decoders)])  # [domains, B, C, H, W]
         return outs[domains.long(), torch.arange(z.shape[0], device=z.device)]
 
+    def perturbation_input(self, z: Tensor, target: Tensor) -> PerturbationInput:
+        """What the perturbations of one pass read: ``z [B, D, h, w]``, the main prediction ``target [B, C, H, W]``
+        (G-Cutout and the masking perturbations follow its objects), the settings and the aux decoders."""
+        chunk = None if z.is_cuda else self.chunk_elements
+        return PerturbationInput(z, target, self.perturbations, self.background_classes, self.aux, chunk)
+
     def perturbed_features(self, z: Tensor, target: Tensor) -> Tensor:
-        """The K perturbed copies of ``z [B, D, h, w]``, ``[K, B, D, h, w]``, given the main prediction
-        ``target [B, C, H, W]`` (used by G-Cutout and the masking perturbations)."""
-        cfg = self.perturbations
-        h, w = z.shape[-2:]
-        parts: list[Tensor] = []
-        if cfg.vat:
-            sl = self.groups["vat"]
-            # The power iteration's gradient comes from the fused stages (tested equal to autograd's,
-            # vat_direction).
-            r = fused_vat_direction(
-                z,
-                self.aux.classifier[sl],
-                self.aux.stage_weight[:, sl],
-                self.aux.stage_bias[:, sl],
-                cfg.vat_xi,
-                cfg.vat_iterations,
-                chunk_elements=None if z.is_cuda else self.chunk_elements,
-            )
-            parts.append(z.unsqueeze(0) + cfg.vat_eps * r)
-        if cfg.dropout:
-            parts.append(spatial_dropout(z, cfg.dropout, cfg.dropout_rate))
-        fg = None
-        if cfg.cutout or cfg.context_mask or cfg.object_mask:
-            fg = foreground_mask(target, (h, w), self.background_classes)
-        if cfg.cutout:
-            assert fg is not None
-            parts.append(
-                guided_cutout(z, fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)
-            )
-        if cfg.context_mask:
-            assert fg is not None
-            parts.append(context_masking(z, fg, cfg.context_mask))
-        if cfg.object_mask:
-            assert fg is not None
-            parts.append(object_masking(z, fg, cfg.object_mask))
-        if cfg.feature_drop:
-            parts.append(feature_drop(z, cfg.feature_drop, tuple(cfg.feature_drop_gamma)))  # type: ignore[arg-type]
-        if cfg.feature_noise:
-            parts.append(feature_noise(z, cfg.feature_noise, cfg.feature_noise_range))
-        return torch.cat(parts, dim=0)
+        """The reference path: the K perturbed copies ``[K, B, D, h, w]`` of ``z [B, D, h, w]``, copy k for aux
+        decoder k, each type's copies made by its :meth:`~fewlabels.methods.cct.perturbations.Perturbation.copies` in
+        the registry's order. ``target [B, C, H, W]`` is the main prediction."""
+        inputs = self.perturbation_input(z, target)
+        copies = [g.perturbation.copies(inputs, g.count, g.decoders) for g in self.perturbation_groups if g.count]
+        return torch.cat(copies, dim=0)
 
     def classifier_outputs(self, z: Tensor, target: Tensor) -> Tensor:
-        """``h_k = W_k p_k(z)``: the first (``D -> C``) layer of every aux decoder on its perturbed input,
-        ``[K, B, C, h*w]``; equal to ``W_k @ perturbed_features(z, target)[k]`` for the same random draws.
+        """The fused path: ``h_k = W_k p_k(z)``, the first (``D -> C``) layer of every aux decoder on its perturbed
+        input, ``[K, B, C, h*w]``; equal to ``W_k @ perturbed_features(z, target)[k]`` for the same random draws.
 
-        The K perturbed copies ``[K, B, D, h, w]`` (8M floats at batch 2, 16x16x512) and their gradient
-        are never formed. The first layer is a 1x1 convolution, hence linear and pointwise: a spatial mask
-        commutes with it (``W (z * m) = (W z) * m``: G-Cutout, Con-Msk, Obj-Msk and F-Drop are one
-        ``[K C, D] @ [D, B hw]`` product then a mask on C channels), channel dropout moves onto the weights
-        (``W (z * m_c) = (W * m_c) z``), VAT adds ``eps W r``. Only F-Noise (channel and position dependent)
-        needs its copies of ``z``.
-        Random numbers are drawn in the order of :meth:`perturbed_features`.
+        The K perturbed copies ``[K, B, D, h, w]`` (8M floats at batch 2, 16x16x512) and their gradient are mostly
+        never formed. The first layer is a 1x1 convolution, hence linear and pointwise, so a mask-foldable
+        perturbation commutes with it: a mask constant over the channels is applied after the layer (G-Cutout,
+        Con-Msk, Obj-Msk and F-Drop: one ``[K C, D] @ [D, B hw]`` product for a run of such types, then a mask on C
+        channels) and one constant over the positions moves onto the weights (channel dropout: ``W (z * m_c) = (W *
+        m_c) z``). Only the apply-to-copies types (I-VAT, F-Noise) form their copies of ``z``. The types are visited
+        in the registry's order (:func:`~fewlabels.methods.cct.perturbations.fold_runs`), as in
+        :meth:`perturbed_features`, so the random numbers are drawn in the same order.
         """
-        cfg, g = self.perturbations, self.groups
+        inputs = self.perturbation_input(z, target)
         w = self.aux.classifier  # [K, C, D]
-        b, _, hh, ww = z.shape
         zf = z.flatten(2)  # [B, D, hw]
         parts: list[Tensor] = []
-        if cfg.vat:
-            r = fused_vat_direction(
-                z,
-                w[g["vat"]],
-                self.aux.stage_weight[:, g["vat"]],
-                self.aux.stage_bias[:, g["vat"]],
-                cfg.vat_xi,
-                cfg.vat_iterations,
-                chunk_elements=None if z.is_cuda else self.chunk_elements,
-            )
-            x = zf.unsqueeze(0) + cfg.vat_eps * r.flatten(-2)  # [n_vat, B, D, hw]: 2 copies only
-            parts.append(torch.matmul(w[g["vat"]].unsqueeze(1), x))
-        if cfg.dropout:
-            keep = spatial_dropout_mask(z, cfg.dropout, cfg.dropout_rate)[..., 0, 0]  # [n, B, D]
-            masked_w = w[g["dropout"]].unsqueeze(1) * keep.unsqueeze(2)  # [n, B, C, D]
-            parts.append(torch.einsum("kbcd,bdp->kbcp", masked_w, zf))
-        spatial = slice(g["cutout"].start, g["feature_drop"].stop)
-        if spatial.stop > spatial.start:
-            masks: list[Tensor] = []
-            if cfg.cutout or cfg.context_mask or cfg.object_mask:
-                fg = foreground_mask(target, (hh, ww), self.background_classes)  # [B, h, w]
-                if cfg.cutout:
-                    masks.append(
-                        cutout_keep_mask(fg, cfg.cutout, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)[
-                            :, :, 0
-                        ]
-                    )
-                if cfg.context_mask:
-                    masks.append(fg.unsqueeze(0).expand(cfg.context_mask, -1, -1, -1))
-                if cfg.object_mask:
-                    masks.append((1.0 - fg).unsqueeze(0).expand(cfg.object_mask, -1, -1, -1))
-            if cfg.feature_drop:
-                gamma = tuple(cfg.feature_drop_gamma)
-                masks.append(feature_drop_keep(z, cfg.feature_drop, gamma)[:, :, 0])  # type: ignore[arg-type]
-            mask = torch.cat(masks).flatten(-2).unsqueeze(2)  # [n, B, 1, hw]
-            parts.append(torch.einsum("kcd,bdp->kbcp", w[spatial], zf) * mask)
-        if cfg.feature_noise:
-            x = feature_noise(z, cfg.feature_noise, cfg.feature_noise_range).flatten(-2)  # [n, B, D, hw]
-            parts.append(torch.matmul(w[g["feature_noise"]].unsqueeze(1), x))
+        for run in fold_runs(self.perturbation_groups):
+            first = run[0].perturbation
+            decoders = slice(run[0].decoders.start, run[-1].decoders.stop)
+            if isinstance(first, MaskPerturbation):
+                masks: list[Tensor] = []
+                for group in run:
+                    perturbation = group.perturbation
+                    assert isinstance(perturbation, MaskPerturbation)  # a run holds one kind of mask
+                    masks.append(perturbation.folded_mask(inputs, group.count))
+                parts.append(first.first_layer(w[decoders], zf, torch.cat(masks)))
+            else:
+                assert isinstance(first, CopyPerturbation)  # registration admits these two kinds only
+                parts.append(first.first_layer(inputs, run[0].count, decoders, w[decoders], zf))
         return torch.cat(parts, dim=0)
 
     def _check_training_size(self, images: Tensor) -> None:

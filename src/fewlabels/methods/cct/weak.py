@@ -10,9 +10,9 @@ which gives CCT's unlabeled stream the same random crop/flip on image and pseudo
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,18 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fewlabels.data.base import DataError, FewDataset
+from fewlabels.methods.cct.config import CCTConfig
 from fewlabels.models import IMAGENET_MEAN, IMAGENET_STD, build_encoder
 
 __all__ = [
     "CAMClassifier",
+    "CAMPseudoLabels",
+    "CAMSettings",
     "PseudoLabeledImages",
-    "add_cli",
     "cams_to_pseudo_label",
     "image_labels_from_mask",
     "multiscale_cams",
+    "pseudo_labels_from_image_labels",
     "read_image_labels",
     "sample_id",
     "train_cam_classifier",
@@ -242,13 +245,40 @@ def read_image_labels(path: str | Path, ids: Sequence[str], num_classes: int) ->
     return out
 
 
-def _run_cli(args: argparse.Namespace) -> int:
-    from fewlabels.methods.supervised.common import build_segmentation_data
-    from fewlabels.registry import load_config
+@dataclass
+class CAMSettings:
+    """How the CAM classifier is trained and how its maps are thresholded (the ``cct-pseudo-labels`` flags)."""
 
-    config: Any = load_config(args.config, args.overrides)
-    if config.method != "cct":
-        raise DataError(f"{args.config} is a {config.method!r} config; pseudo-labels are written for cct configs")
+    encoder: str = "resnet18"
+    steps: int = 200
+    batch_size: int = 8
+    lr: float = 1e-3
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    fg_threshold: float = 0.30
+    bg_threshold: float = 0.05
+
+
+@dataclass
+class CAMPseudoLabels:
+    """What :func:`pseudo_labels_from_image_labels` did: the classifier's loss at every step and the files written."""
+
+    losses: list[float]
+    written: list[Path]
+
+
+def pseudo_labels_from_image_labels(
+    config: CCTConfig, image_labels: str | Path, out_dir: str | Path, settings: CAMSettings | None = None
+) -> CAMPseudoLabels:
+    """Pixel pseudo-labels of the unlabeled images of a CCT config, from their image-level labels.
+
+    Trains a :class:`CAMClassifier` on those images (multi-label targets read by :func:`read_image_labels` from
+    ``image_labels``, seeded by ``config.seed``) and writes ``out_dir/<image id>.png`` for each. The background
+    class is the first of ``perturbations.background_classes``, else the first class the dataset does not list
+    as a thing class (0 when every class is one).
+    """
+    from fewlabels.methods.segmentation.method import build_segmentation_data
+
+    cam = settings if settings is not None else CAMSettings()
     data = build_segmentation_data(config.data)
     nc = data.num_classes
     chosen = config.perturbations.background_classes
@@ -256,29 +286,10 @@ def _run_cli(args: argparse.Namespace) -> int:
     background = (list(chosen) if chosen else [c for c in range(nc) if c not in things] or [0])[0]
     images = data.unlabeled
     ids = [sample_id(images.sample(i, None)) for i in range(len(images))]
-    labels = read_image_labels(args.image_labels, ids, nc)
-    model = CAMClassifier(args.encoder, nc, pretrained=config.model.pretrained)
-    losses = train_cam_classifier(model, images, labels, args.steps, args.batch_size, args.lr, config.seed)
-    print(f"CAM classifier: BCE {losses[0]:.3f} -> {losses[-1]:.3f} over {args.steps} steps")
+    labels = read_image_labels(image_labels, ids, nc)
+    model = CAMClassifier(cam.encoder, nc, pretrained=config.model.pretrained)
+    losses = train_cam_classifier(model, images, labels, cam.steps, cam.batch_size, cam.lr, config.seed)
     written = write_pseudo_labels(
-        model, images, labels, args.out, background, tuple(args.scales), args.fg_threshold, args.bg_threshold
+        model, images, labels, out_dir, background, cam.scales, cam.fg_threshold, cam.bg_threshold
     )
-    print(f"wrote {len(written)} pseudo-labels to {args.out}; train with weak.labels_dir={args.out}")
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """``fewlabels cct-pseudo-labels CONFIG [key=value ...] --image-labels FILE.json --out DIR``."""
-    p = subparsers.add_parser("cct-pseudo-labels", help="CAM pseudo-labels from image-level labels (CCT weak labels)")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--image-labels", required=True, help="JSON {image id: [class, ...]} of the unlabeled images")
-    p.add_argument("--out", required=True, help="folder for <image id>.png")
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
-    p.add_argument("--fg-threshold", type=float, default=0.30)
-    p.add_argument("--bg-threshold", type=float, default=0.05)
-    p.set_defaults(func=_run_cli)
+    return CAMPseudoLabels(losses, written)

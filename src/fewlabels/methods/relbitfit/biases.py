@@ -1,9 +1,9 @@
 """How much fine-tuning moved the biases of each layer (the thesis' BitFit vs RelBitFit figure).
 
-``d_l = mean over the bias entries of encoder layer l of |b_after - b_before|``. The key bias is left out for
-every
-variant: RelBitFit freezes it (it cancels in the softmax) and BitFit's updates to it change nothing, so
-including it would only dilute the comparison.
+``d_l = mean over the bias entries of encoder layer l of |b_after - b_before|``. The key bias is left out for every
+variant: RelBitFit freezes it (it cancels in the softmax) and BitFit's updates to it change nothing, so including it
+would only dilute the comparison. The functions take models, not run directories: loading a run is the command
+layer's job (``fewlabels bias-changes``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fewlabels.methods.relbitfit.backbone import fine_tuning_of, load_base_model
 from fewlabels.methods.relbitfit.config import RelBitFitConfig
 
-__all__ = ["bias_changes_per_layer", "load_base_model", "plot_bias_change_comparison"]
+__all__ = ["bias_changes_per_layer", "compare_bias_changes", "plot_bias_change_comparison"]
 
 _LAYER = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
 
@@ -47,39 +48,32 @@ def bias_changes_per_layer(before: nn.Module, after: nn.Module) -> list[float]:
     return [sums[i] / counts[i] for i in sorted(sums)]
 
 
-def load_base_model(config: RelBitFitConfig) -> nn.Module:
-    """The unmodified pretrained model of a run config (the head is irrelevant for bias changes)."""
-    from transformers import AutoModelForSequenceClassification
+def compare_bias_changes(
+    runs: Sequence[tuple[RelBitFitConfig, nn.Module]], labels: Sequence[str] | None = None
+) -> dict[str, list[float]]:
+    """Per-layer bias changes of several fine-tuned models, each against the pretrained model of its config.
 
-    from fewlabels.methods.relbitfit.method import model_dir, quiet_transformers
+    Args:
+        runs: ``(config, fine-tuned model)`` pairs, e.g. a BitFit and a RelBitFit run.
+        labels: legend entries (default: each run's variant label, e.g. ``bitfit``, ``relbitfit+pt``).
 
-    quiet_transformers()
-    return AutoModelForSequenceClassification.from_pretrained(str(model_dir(config)), local_files_only=True)
+    Returns:
+        ``{label: [d_0, ..., d_{L-1}]}`` in the order of ``runs``.
+    """
+    if labels is not None and len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+    changes: dict[str, list[float]] = {}
+    for i, (config, model) in enumerate(runs):
+        label = labels[i] if labels is not None else fine_tuning_of(config).label
+        with torch.no_grad():
+            changes[label] = bias_changes_per_layer(load_base_model(config), model)
+    return changes
 
 
 def plot_bias_change_comparison(
-    run_dirs: Sequence[str | Path], out_png: str | Path, labels: Sequence[str] | None = None
+    runs: Sequence[tuple[RelBitFitConfig, nn.Module]], out_png: str | Path, labels: Sequence[str] | None = None
 ) -> Path:
-    """Plot per-layer bias changes of several runs (e.g. a BitFit and a RelBitFit run) against their base
-    model.
-
-    Args:
-        run_dirs: run directories written by ``fewlabels train`` with ``method: relbitfit``.
-        out_png: output figure.
-        labels: legend entries (default: each run's variant label, e.g. ``bitfit``, ``relbitfit+pt``).
-    """
-    from fewlabels.engine import load_run
-    from fewlabels.methods.relbitfit.method import fine_tuning_of
+    """Plot :func:`compare_bias_changes` of several runs (e.g. a BitFit and a RelBitFit run) into ``out_png``."""
     from fewlabels.viz import plot_bias_changes
 
-    if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs")
-    changes: dict[str, list[float]] = {}
-    for i, run_dir in enumerate(run_dirs):
-        run = load_run(run_dir, device="cpu")
-        if run.config.method != "relbitfit":
-            raise ValueError(f"{run_dir} is a {run.config.method!r} run, not a relbitfit one")
-        label = labels[i] if labels is not None else fine_tuning_of(run.config).label  # type: ignore[arg-type]
-        with torch.no_grad():
-            changes[label] = bias_changes_per_layer(load_base_model(run.config), run.model)  # type: ignore[arg-type]
-    return plot_bias_changes(changes, out_png, "mean |b_after - b_before| per layer")
+    return plot_bias_changes(compare_bias_changes(runs, labels), out_png, "mean |b_after - b_before| per layer")

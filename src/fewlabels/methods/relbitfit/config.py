@@ -1,5 +1,11 @@
 """Configuration of RelBitFit runs (one method, ``relbitfit``, whose ``model.variant`` also selects BitFit and
-full fine-tuning, so the three are compared with identical data, schedule and evaluation)."""
+full fine-tuning, so the three are compared with identical data, schedule and evaluation).
+
+Each variant has its own learning rate and budget (:data:`VARIANT_DEFAULTS`): ``train.lr: 0`` and
+``train.epochs: -1``, the defaults, are replaced by the variant's values when the config is built, so the saved
+``config.yaml`` of a run holds the numbers it trained with. The schedule is a linear warm-up over
+``train.warmup_ratio`` of the steps, then a linear decay to 0 (``scheduler: poly`` with ``poly_power: 1``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,15 @@ from typing import Literal
 
 from fewlabels.config import RunConfig, TrainConfig, fail
 
-__all__ = ["RelBitFitConfig", "RelBitFitModelConfig", "TextTaskConfig"]
+__all__ = ["VARIANT_DEFAULTS", "RelBitFitConfig", "RelBitFitModelConfig", "RelBitFitTrainConfig", "TextTaskConfig"]
+
+#: variant -> (peak learning rate, epochs) used when ``train.lr`` is 0 / ``train.epochs`` is -1. Full fine-tuning:
+#: the usual BERT/RoBERTa rate (1e-5 to 3e-5); BitFit/RelBitFit: the BitFit recipe (1e-3, ~16 epochs at batch 8).
+VARIANT_DEFAULTS: dict[str, tuple[float, float]] = {
+    "full": (2e-5, 10.0),
+    "bitfit": (1e-3, 16.0),
+    "relbitfit": (1e-3, 16.0),
+}
 
 
 @dataclass
@@ -30,6 +44,17 @@ class RelBitFitModelConfig:
     relative_index: Literal["absolute", "signed"] = field(
         default="absolute", metadata={"help": "absolute: min(|i-j|, N-1), N entries; signed: 2N-1 entries"}
     )
+    head: Literal["pooler", "cls", "mean"] = field(
+        default="pooler",
+        metadata={
+            "help": "classification head, always trained: pooler (BERT pooler dense + classifier, RoBERTa's own "
+            "head; the thesis' counts), cls or mean (one linear layer on the first token / the token mean)"
+        },
+    )
+    query_bias: bool = field(
+        default=False,
+        metadata={"help": "RelBitFit: relative key term reads q_i with b_q (default: the thesis' z_i W_q)"},
+    )
     dropout: float = field(
         default=-1.0,
         metadata={
@@ -47,6 +72,8 @@ class RelBitFitModelConfig:
             fail("model.dropout", f"a rate in [0, 1], or -1 to keep the checkpoint's; got {self.dropout}")
         if self.variant != "relbitfit" and (self.pt or self.lr or self.clip):
             fail("model.variant", f"pt/lr/clip are RelBitFit options; they do nothing with {self.variant!r}")
+        if self.variant != "relbitfit" and self.query_bias:
+            fail("model.query_bias", f"a RelBitFit option (the relative term); it does nothing with {self.variant!r}")
 
 
 @dataclass
@@ -76,10 +103,22 @@ class TextTaskConfig:
     regression: bool = field(default=False, metadata={"help": "csv/jsonl/hf-disk: float targets (MSE loss)"})
     n_train: int = field(
         default=2000,
-        metadata={"help": "few-sample N: training examples drawn with the seed (0 = all)", "min": 0},
+        metadata={"help": "few-sample N: examples drawn with the seed after the dev split (0 = all)", "min": 0},
     )
-    sample_seed: int = field(default=-1, metadata={"help": "seed of the N-example draw (-1: the run seed)"})
-    max_eval: int = field(default=0, metadata={"help": "evaluate on the first K examples (0 = all)", "min": 0})
+    sample_seed: int = field(default=-1, metadata={"help": "seed of the dev and N-example draws (-1: the run seed)"})
+    dev_size: int = field(
+        default=500,
+        metadata={
+            "help": "dev examples carved from the training pool with the sample seed, disjoint from the N: they "
+            "select the checkpoint; the task's evaluation set is reported as test (0: no dev split, select on it)",
+            "min": 0,
+        },
+    )
+    eval_test: bool = field(
+        default=True,
+        metadata={"help": "evaluate the test set at every evaluation (false: only the dev split while training)"},
+    )
+    max_eval: int = field(default=0, metadata={"help": "evaluate on the first K test examples (0 = all)", "min": 0})
     rt_test_size: int = field(default=2000, metadata={"help": "rotten-tomatoes: held-out test examples", "min": 1})
     max_length: int = field(default=128, metadata={"help": "tokens per example (truncated), also N", "min": 2})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size", "min": 1})
@@ -100,26 +139,65 @@ class TextTaskConfig:
 
 
 @dataclass
+class RelBitFitTrainConfig(TrainConfig):
+    """The shared training keys, with per-variant learning rate and epochs and a warm-up given as a fraction."""
+
+    lr: float = field(
+        default=0.0,
+        metadata={"help": "peak learning rate (0: the variant's, full 2e-5, bitfit/relbitfit 1e-3)", "min": 0},
+    )
+    epochs: float = field(
+        default=-1.0,
+        metadata={
+            "help": "passes over the N training examples (-1: the variant's, full 10, bitfit/relbitfit 16; "
+            "0: train.steps optimizer steps)",
+            "min": -1,
+        },
+    )
+    warmup_ratio: float = field(
+        default=0.1,
+        metadata={"help": "linear warm-up over this fraction of the steps (sets train.warmup_steps if > 0)", "min": 0},
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.warmup_ratio >= 1:
+            fail("train.warmup_ratio", f"a fraction of the steps in [0, 1), got {self.warmup_ratio}")
+        if -1 < self.epochs < 0:
+            fail("train.epochs", f"a number of passes >= 0, or -1 for the variant's default; got {self.epochs}")
+
+
+@dataclass
 class RelBitFitConfig(RunConfig):
     """Few-sample fine-tuning of a pretrained BERT/RoBERTa: RelBitFit, BitFit or full fine-tuning.
 
-    Training defaults follow the BitFit recipe: AdamW without weight decay, constant lr 1e-3 (use 1e-5 for
-    full fine-tuning), batch 8, gradient clipping 1.0, max length 128.
+    Training defaults follow the BitFit recipe, with each variant's own learning rate and budget
+    (:data:`VARIANT_DEFAULTS`): AdamW without weight decay, linear warm-up over 10 % of the steps then linear
+    decay, batch 8, gradient clipping 1.0, max length 128, checkpoint selected on a dev split carved from the
+    training pool.
     """
 
     method: str = "relbitfit"
     model: RelBitFitModelConfig = field(default_factory=RelBitFitModelConfig)
     data: TextTaskConfig = field(default_factory=TextTaskConfig)
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            steps=500,  # 2 epochs of N = 2000 at batch 8; the shipped configs set train.epochs instead
+    train: RelBitFitTrainConfig = field(
+        default_factory=lambda: RelBitFitTrainConfig(
+            steps=500,  # used only with train.epochs=0
             batch_size=8,
             optimizer="adamw",
-            lr=1e-3,
             weight_decay=0.0,
-            scheduler="constant",
+            scheduler="poly",
+            poly_power=1.0,  # linear decay to 0
             max_grad_norm=1.0,
             checkpoint_every=500,
             log_every=20,
         )
     )
+
+    def validate(self) -> None:
+        """Fill in the variant's learning rate and epochs where the config leaves them to it (0 and -1)."""
+        lr, epochs = VARIANT_DEFAULTS[self.model.variant]
+        if self.train.lr == 0:
+            self.train.lr = lr
+        if self.train.epochs == -1:
+            self.train.epochs = epochs

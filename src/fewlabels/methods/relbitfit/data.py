@@ -20,18 +20,30 @@ from fewlabels.data.glue import TextExample, glue_task, read_glue, read_hf_disk,
 from fewlabels.data.splits import labeled_unlabeled_split
 from fewlabels.methods.relbitfit.config import TextTaskConfig
 
-__all__ = ["TaskData", "TokenizedTextDataset", "few_sample_indices", "load_task", "position_limit"]
+__all__ = [
+    "TaskData",
+    "TokenizedTextDataset",
+    "dev_and_train_indices",
+    "few_sample_indices",
+    "load_task",
+    "position_limit",
+]
 
 
 @dataclass
 class TaskData:
-    """A loaded task: all training examples, evaluation sets (name -> examples) and the label space."""
+    """A loaded task: all training examples, evaluation sets (name -> examples) and the label space.
+
+    ``label_names`` names the classes in index order (None when the task has integer labels only, or is a
+    regression).
+    """
 
     train: list[TextExample]
     evals: dict[str, list[TextExample]]
     num_labels: int
     regression: bool
     glue_task: str | None  # GLUE metric set to use, None for accuracy (or pearson/spearman for regression)
+    label_names: tuple[str, ...] | None = None
 
 
 def few_sample_indices(total: int, n: int, seed: int) -> list[int]:
@@ -45,6 +57,28 @@ def few_sample_indices(total: int, n: int, seed: int) -> list[int]:
     if n > total:
         raise DataError(f"data.n_train={n} is larger than the training set ({total} examples)")
     return labeled_unlabeled_split(total, n, seed)[0]
+
+
+def dev_and_train_indices(total: int, dev_size: int, n: int, seed: int) -> tuple[list[int], list[int]]:
+    """The dev split and the few-sample training set of a pool of ``total`` examples, disjoint.
+
+    The dev split (``dev_size`` examples) is drawn first, from the seed alone, so it is the same for every N and
+    every variant of a seed; the N training examples are then drawn (:func:`few_sample_indices`) from the rest,
+    so a smaller N is still contained in a larger one. Both lists are sorted ascending.
+
+    Raises:
+        DataError: the pool cannot hold ``dev_size`` + ``n`` examples.
+    """
+    if dev_size == 0:
+        return [], few_sample_indices(total, n, seed)
+    if dev_size + n > total or dev_size >= total:
+        raise DataError(
+            f"data.dev_size={dev_size} + data.n_train={n} examples do not fit in the training pool ({total}); "
+            "lower one of them"
+        )
+    dev, rest = labeled_unlabeled_split(total, dev_size, seed + 7919)  # another stream than the N draw
+    chosen = few_sample_indices(len(rest), n, seed)
+    return sorted(dev), [rest[i] for i in chosen]
 
 
 def _infer_num_labels(examples: Sequence[TextExample], configured: int, where: str) -> int:
@@ -61,15 +95,18 @@ def load_task(cfg: TextTaskConfig) -> TaskData:
 
         # The test set is fixed (split seed 0) so that every run seed is evaluated on the same 2,000 snippets.
         train_rows, test_rows = rotten_tomatoes_splits(seed=0, test_size=cfg.rt_test_size)
+        from fewlabels.data.text import ROTTEN_TOMATOES_LABELS
+
         as_examples = [[TextExample(t, None, int(y)) for t, y in rows] for rows in (train_rows, test_rows)]
-        return TaskData(as_examples[0], {"test": as_examples[1]}, 2, False, None)
+        return TaskData(as_examples[0], {"test": as_examples[1]}, 2, False, None, tuple(ROTTEN_TOMATOES_LABELS))
     if cfg.dataset == "glue":
         spec = glue_task(cfg.task)
         evals = {"dev": read_glue(cfg.root, spec.name, "dev")}
         if spec.name == "mnli":
             # MNLI models are evaluated on both dev sets; the matched one selects the checkpoint.
             evals["dev_mm"] = read_glue(cfg.root, "mnli-mm", "dev")
-        return TaskData(read_glue(cfg.root, spec.name, "train"), evals, spec.num_labels, spec.is_regression, spec.name)
+        train = read_glue(cfg.root, spec.name, "train")
+        return TaskData(train, evals, spec.num_labels, spec.is_regression, spec.name, spec.labels)
     pair = cfg.pair_column or None
     if cfg.dataset == "hf-disk":
         read = [
@@ -88,7 +125,8 @@ def load_task(cfg: TextTaskConfig) -> TaskData:
         num_labels = 1
     else:
         num_labels = len(cfg.label_names) or _infer_num_labels(read[0] + read[1], cfg.num_labels, where)
-    return TaskData(read[0], {"eval": read[1]}, num_labels, cfg.regression, None)
+    names = tuple(cfg.label_names) if cfg.label_names and not cfg.regression else None
+    return TaskData(read[0], {"eval": read[1]}, num_labels, cfg.regression, None, names)
 
 
 def position_limit(model_config: Any) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,57 @@ from torch import nn
 
 from fewlabels.methods.relbitfit.variants import FineTuning, apply_fine_tuning
 
-__all__ = ["DELTA_FORMAT", "load_delta", "read_delta_metadata", "restore_fine_tuned", "save_delta"]
+__all__ = [
+    "DELTA_FORMAT",
+    "delta_tensors",
+    "load_delta",
+    "load_tensors",
+    "read_delta_metadata",
+    "restore_fine_tuned",
+    "save_delta",
+    "save_merged",
+]
 
-DELTA_FORMAT = "fewlabels-relbitfit-delta/1"
+#: version 2: the head choice (``pooler`` trains BERT's pooler) and the thesis' relative term (no ``b_q``) are in
+#: the stored FineTuning; a version 1 delta was made with a frozen pooler and ``b_q`` in the term.
+DELTA_FORMAT = "fewlabels-relbitfit-delta/2"
+
+
+def delta_tensors(model: nn.Module, extra: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """The trainable tensors of ``model`` plus the named ``extra`` ones (detached, on the CPU), by name.
+
+    ``extra`` names that the model does not have (e.g. a pooler that the ``cls`` head removed) are skipped.
+    """
+    named: dict[str, torch.Tensor] = dict(model.named_parameters())
+    named.update(dict(model.named_buffers()))
+    wanted = {n for n, p in model.named_parameters() if p.requires_grad} | {n for n in extra if n in named}
+    return {n: named[n].detach().to("cpu").contiguous() for n in sorted(wanted)}
+
+
+def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], where: str | Path) -> nn.Module:
+    """Copy ``tensors`` into ``model`` (prepared with the same variant) in place and return it.
+
+    Raises:
+        ValueError: a tensor is unknown to the model or has another shape, or a trainable tensor of the model is
+            missing (peft lost biases and heads this way: peft #3306, #310, #577). ``where`` names the source.
+    """
+    named: dict[str, torch.Tensor] = dict(model.named_parameters())
+    named.update(dict(model.named_buffers()))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    unknown = sorted(set(tensors) - set(named))
+    absent = sorted(trainable - set(tensors))
+    if unknown or absent:
+        raise ValueError(
+            f"{where} does not match the model: unknown tensors {unknown[:5]}, missing trainable tensors "
+            f"{absent[:5]} (was it saved from another architecture, variant or head?)"
+        )
+    with torch.no_grad():
+        for name in sorted(tensors):
+            value, target = tensors[name], named[name]
+            if target.shape != value.shape:
+                raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}, model has {tuple(target.shape)}")
+            target.copy_(value.to(device=target.device, dtype=target.dtype))
+    return model
 
 
 def save_delta(
@@ -45,13 +93,11 @@ def save_delta(
         extra: names of frozen parameters/buffers to store too (tensors the base checkpoint lacks).
         metadata: more JSON-serialisable facts to store (e.g. task, tokenizer directory).
     """
-    named: dict[str, torch.Tensor] = dict(model.named_parameters())
-    named.update(dict(model.named_buffers()))
-    wanted = {n for n, p in model.named_parameters() if p.requires_grad} | set(extra)
-    missing = sorted(wanted - set(named))
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    missing = sorted(set(extra) - names)
     if missing:
         raise KeyError(f"cannot save unknown tensors {missing}")
-    tensors = {n: named[n].detach().to("cpu").contiguous() for n in sorted(wanted)}
+    tensors = delta_tensors(model, extra)
     config = getattr(model, "config", None)
     info = {
         "format": DELTA_FORMAT,
@@ -82,7 +128,10 @@ def read_delta_metadata(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{p} is not a fewlabels RelBitFit delta (no 'fewlabels' metadata)")
     info = json.loads(raw)
     if info.get("format") != DELTA_FORMAT:
-        raise ValueError(f"{p}: unsupported delta format {info.get('format')!r} (expected {DELTA_FORMAT})")
+        raise ValueError(
+            f"{p}: unsupported delta format {info.get('format')!r} (expected {DELTA_FORMAT}); a version 1 delta "
+            "was trained with a frozen pooler and b_q in the relative term: retrain it with this version"
+        )
     return info
 
 
@@ -95,41 +144,22 @@ def load_delta(model: nn.Module, path: str | Path, prepare: bool = True) -> nn.M
         prepare: apply the stored :class:`FineTuning` (patch + requires_grad) before loading.
 
     Raises:
-        ValueError: the delta misses a trainable tensor of the prepared model, names an unknown tensor, or a
-        shape
+        ValueError: the delta misses a trainable tensor of the prepared model, names an unknown tensor, or a shape
             differs.
     """
     info = read_delta_metadata(path)
     fine_tuning = FineTuning(**info["fine_tuning"])
     if prepare:
         apply_fine_tuning(model, fine_tuning)
-    named: dict[str, torch.Tensor] = dict(model.named_parameters())
-    named.update(dict(model.named_buffers()))
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     with safe_open(str(path), framework="pt") as fh:
-        keys = set(fh.keys())
-        unknown = sorted(keys - set(named))
-        absent = sorted(trainable - keys)
-        if unknown or absent:
-            raise ValueError(
-                f"{path} does not match the model: unknown tensors {unknown[:5]}, missing trainable tensors "
-                f"{absent[:5]} (was it saved from another architecture or variant?)"
-            )
-        with torch.no_grad():
-            for name in sorted(keys):
-                value = fh.get_tensor(name)
-                target = named[name]
-                if target.shape != value.shape:
-                    raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, model has {tuple(target.shape)}")
-                target.copy_(value.to(device=target.device, dtype=target.dtype))
-    return model
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    return load_tensors(model, tensors, path)
 
 
 def restore_fine_tuned(
     path: str | Path, base_dir: str | Path, attn_implementation: str = "sdpa", **overrides: Any
 ) -> nn.Module:
-    """Rebuild the fine-tuned sequence classifier from a delta file and the base model directory
-    ``base_dir``."""
+    """Rebuild the fine-tuned sequence classifier from a delta file and the base model directory ``base_dir``."""
     from transformers import AutoModelForSequenceClassification
 
     info = read_delta_metadata(path)
@@ -138,3 +168,46 @@ def restore_fine_tuned(
         kwargs.setdefault("num_labels", info["num_labels"])
     model = AutoModelForSequenceClassification.from_pretrained(str(base_dir), **kwargs)
     return load_delta(model, path, prepare=True)
+
+
+def save_merged(
+    model: nn.Module,
+    fine_tuning: FineTuning,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path,
+    label_names: Sequence[str] | None = None,
+) -> Path:
+    """Write a fine-tuned BitFit (or full) model as a plain Hugging Face model directory that ``transformers``
+    loads without fewlabels (``AutoModelForSequenceClassification.from_pretrained(out_dir)``).
+
+    BitFit only changes values of the stock architecture's tensors, so the merged weights (base + delta) are an
+    ordinary checkpoint; the tokenizer of ``tokenizer_dir`` is copied beside them and ``label_names`` become the
+    config's ``id2label``.
+
+    Raises:
+        ValueError: for RelBitFit, whose relative tables change the attention computation itself (no stock
+            ``transformers`` class holds them: load the delta with :func:`restore_fine_tuned`, which applies the
+            patch), and for the ``cls``/``mean`` heads, which are not a stock head either.
+    """
+    if fine_tuning.variant == "relbitfit":
+        raise ValueError(
+            "a RelBitFit model cannot be merged into a plain transformers model: its relative tables change the "
+            "attention scores. Load it with fewlabels.methods.relbitfit.restore_fine_tuned(DELTA, BASE_DIR), "
+            "which rebuilds the base model and applies the patch (docs/relbitfit.md, 'Using the result')"
+        )
+    if fine_tuning.head != "pooler":
+        raise ValueError(
+            f"the {fine_tuning.head!r} head is not a stock transformers head; only model.head=pooler merges into a "
+            "plain Hugging Face model directory"
+        )
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config: Any = model.config
+    if label_names:
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {name: i for i, name in enumerate(label_names)}
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True).save_pretrained(str(out))
+    return out

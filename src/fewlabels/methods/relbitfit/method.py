@@ -3,77 +3,46 @@
 One registered method covers the three variants (``model.variant`` = full | bitfit | relbitfit) so that they
 share data, schedule and evaluation exactly; the variant only decides which parameters are trainable and
 whether the self-attention is patched with relative tables (:mod:`.variants`, :mod:`.patch`).
+
+Protocol: a dev split (``data.dev_size`` examples, seeded) is carved from the training pool before the N training
+examples are drawn from the rest; the dev split selects the checkpoint (``score``), and the task's own evaluation
+set is reported as ``test`` (metrics suffixed ``_test``). The run's weight files and checkpoints hold only what
+the variant changes (:meth:`RelBitFitMethod.saved_state`: trainable tensors + the freshly initialised head), not
+copies of the base model, which is rebuilt from ``model.path`` when a run is loaded.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from fewlabels.config import ConfigError
-from fewlabels.data.base import DataError
 from fewlabels.data.glue import TextExample
 from fewlabels.methods.base import Method, Source, StepOutput
+from fewlabels.methods.relbitfit.backbone import fine_tuning_of, load_base_model, model_dir, quiet_transformers
+from fewlabels.methods.relbitfit.biases import bias_changes_per_layer
 from fewlabels.methods.relbitfit.config import RelBitFitConfig
 from fewlabels.methods.relbitfit.data import (
     TaskData,
     TokenizedTextDataset,
-    few_sample_indices,
+    dev_and_train_indices,
     load_task,
     position_limit,
     trim_batch,
 )
+from fewlabels.methods.relbitfit.predict import PredictionSettings, logits_of, predict_files
 from fewlabels.registry import register_method
 
-if TYPE_CHECKING:
-    from fewlabels.methods.relbitfit.variants import FineTuning
-
-__all__ = ["RelBitFitMethod", "fine_tuning_of", "model_dir"]
+__all__ = ["RelBitFitMethod"]
 
 #: name of the delta file written next to the run's weights
 DELTA_FILE = "delta.safetensors"
-
-
-def model_dir(config: RelBitFitConfig) -> Path:
-    """The pretrained model directory of ``config`` (the packaged MiniLM when ``model.path`` is empty)."""
-    if config.model.path:
-        path = Path(config.model.path).expanduser()
-        if not (path / "config.json").is_file():
-            raise ConfigError(
-                "model.path",
-                f"{path} is not a Hugging Face model directory (config.json, model.safetensors or "
-                "pytorch_model.bin "
-                "and the tokenizer files); download e.g. roberta-base there first",
-            )
-        return path
-    from fewlabels.data.text import minilm_path
-
-    return minilm_path()
-
-
-def fine_tuning_of(config: RelBitFitConfig) -> FineTuning:
-    """The :class:`FineTuning` a config asks for (N = ``data.max_length``)."""
-    # transformers is imported here, not at module level: registering the method must stay cheap for every CLI
-    # command, including those of other methods.
-    from fewlabels.methods.relbitfit.variants import FineTuning
-
-    m = config.model
-    return FineTuning(
-        variant=m.variant,
-        num_positions=config.data.max_length,
-        relative_index=m.relative_index,
-        pt=m.pt,
-        lr=m.lr,
-        clip=m.clip,
-        rank=m.rank,
-        l_max=m.l_max,
-    )
 
 
 def _primary_metric(metrics: dict[str, float], glue: str | None, regression: bool) -> float:
@@ -86,14 +55,6 @@ def _primary_metric(metrics: dict[str, float], glue: str | None, regression: boo
     return metrics["accuracy"]
 
 
-def quiet_transformers() -> None:
-    """Silence transformers' load reports and progress bars (the new task head is expected to be missing)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 @register_method
 class RelBitFitMethod(Method):
     """RelBitFit / BitFit / full fine-tuning of a pretrained BERT or RoBERTa on a few labelled sentences."""
@@ -104,12 +65,13 @@ class RelBitFitMethod(Method):
     metric = "score"
     metric_mode = "max"
 
-    def __init__(self, config: RelBitFitConfig) -> None:  # type: ignore[override]
+    def __init__(self, config: RelBitFitConfig) -> None:
         super().__init__(config)
         self.config: RelBitFitConfig = config
         self._task: TaskData | None = None
         self._tokenizer: Any = None
         self._eval_sets: dict[str, TokenizedTextDataset] = {}
+        self._splits: tuple[list[int], list[int]] | None = None
         self.extra_tensors: list[str] = []
 
     # --- data -----------------------------------------------------------------------------------------------
@@ -130,19 +92,46 @@ class RelBitFitMethod(Method):
     def _dataset(self, examples: Sequence[TextExample]) -> TokenizedTextDataset:
         return TokenizedTextDataset(examples, self.tokenizer, self.config.data.max_length, self.task.regression)
 
-    def train_sources(self) -> dict[str, Source]:
-        cfg = self.config.data
-        seed = self.config.seed if cfg.sample_seed < 0 else cfg.sample_seed
-        chosen = few_sample_indices(len(self.task.train), cfg.n_train, seed)
-        examples = [self.task.train[i] for i in chosen]
-        return {"text": Source(self._dataset(examples), self.config.train.batch_size)}
+    def split_indices(self) -> tuple[list[int], list[int]]:
+        """``(dev, train)`` indices into the task's training pool (:func:`.data.dev_and_train_indices`)."""
+        if self._splits is None:
+            cfg = self.config.data
+            seed = self.config.seed if cfg.sample_seed < 0 else cfg.sample_seed
+            self._splits = dev_and_train_indices(len(self.task.train), cfg.dev_size, cfg.n_train, seed)
+        return self._splits
 
-    def eval_sets(self) -> dict[str, TokenizedTextDataset]:
-        if not self._eval_sets:
-            k = self.config.data.max_eval
-            for name, examples in self.task.evals.items():
-                self._eval_sets[name] = self._dataset(examples[:k] if k else examples)
-        return self._eval_sets
+    def train_sources(self) -> dict[str, Source]:
+        """The N training examples; also turns ``train.warmup_ratio`` into ``train.warmup_steps`` for their size."""
+        examples = [self.task.train[i] for i in self.split_indices()[1]]
+        dataset = self._dataset(examples)
+        train = self.config.train
+        if train.warmup_ratio > 0:
+            # The same count as the engine's: ceil(epochs x full batches per pass), or train.steps.
+            per_pass = len(dataset) // train.batch_size
+            steps = max(1, math.ceil(train.epochs * per_pass)) if train.epochs > 0 else train.steps
+            train.warmup_steps = max(1, round(train.warmup_ratio * steps))
+        return {"text": Source(dataset, train.batch_size)}
+
+    def eval_sets(self, include_test: bool = True) -> dict[str, TokenizedTextDataset]:
+        """Evaluation sets by name: ``dev`` (carved from the training pool) first, then the task's own sets as
+        ``test`` (``test_mm`` for MNLI mismatched); without a dev split the task's sets under their own names.
+
+        Args:
+            include_test: with a dev split, also the test sets (``data.max_eval`` caps each of them).
+        """
+        dev, _ = self.split_indices()
+        k = self.config.data.max_eval
+        if dev and "dev" not in self._eval_sets:
+            self._eval_sets["dev"] = self._dataset([self.task.train[i] for i in dev])
+        if not dev or include_test:
+            for i, (name, examples) in enumerate(self.task.evals.items()):
+                key = name if not dev else ("test" if i == 0 else name.replace("dev", "test"))
+                if key not in self._eval_sets:
+                    self._eval_sets[key] = self._dataset(examples[:k] if k else examples)
+        names = ["dev"] if dev else []
+        if not dev or include_test:
+            names += [n for n in self._eval_sets if n != "dev"]
+        return {n: self._eval_sets[n] for n in names}
 
     # --- model ----------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -172,12 +161,33 @@ class RelBitFitMethod(Method):
             output_loading_info=True,
             **overrides,
         )
-        # Tensors that from_pretrained had to initialise (the head, sometimes the pooler) are not in the base
-        # checkpoint: the delta must carry them even when they are frozen, or a restore would differ.
-        self.extra_tensors = sorted(info.get("missing_keys", []))
         from fewlabels.methods.relbitfit.variants import apply_fine_tuning
 
-        return apply_fine_tuning(model, fine_tuning_of(self.config))
+        model = apply_fine_tuning(model, fine_tuning_of(self.config))
+        # Tensors that from_pretrained had to initialise (the head, sometimes the pooler) are not in the base
+        # checkpoint: the delta must carry them even when they are frozen, or a restore would differ. (A pooler
+        # that the cls/mean head removed is no longer there to carry.)
+        present = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        self.extra_tensors = sorted(n for n in info.get("missing_keys", []) if n in present)
+        return model
+
+    # --- what a run stores ----------------------------------------------------------------------------------
+    def saved_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The trainable tensors and the freshly initialised ones (the delta); the whole model for ``full``."""
+        if self.config.model.variant == "full":
+            return None
+        from fewlabels.methods.relbitfit.delta import delta_tensors
+
+        return delta_tensors(model, self.extra_tensors)
+
+    def load_saved_state(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`saved_state` tensors into a model from :meth:`build_model` (the base weights elsewhere)."""
+        if self.config.model.variant == "full":
+            super().load_saved_state(model, state)
+            return
+        from fewlabels.methods.relbitfit.delta import load_tensors
+
+        load_tensors(model, state, "the run's saved state")
 
     # --- training -------------------------------------------------------------------------------------------
     def training_step(
@@ -190,23 +200,18 @@ class RelBitFitMethod(Method):
     # --- evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict_logits(self, model: nn.Module, dataset: TokenizedTextDataset, device: torch.device) -> torch.Tensor:
-        """Logits [n, num_labels] of every example of ``dataset`` (model in eval mode)."""
-        size = self.config.data.eval_batch_size
-        outputs = []
-        for start in range(0, len(dataset), size):
-            batch = {k: v[start : start + size].to(device) for k, v in dataset.arrays.items()}
-            outputs.append(model(**trim_batch(batch)).logits.float().cpu())
-        return torch.cat(outputs)
+        """Logits [n, num_labels] of every example of ``dataset`` (model in eval mode), in dataset order."""
+        return logits_of(model, dataset.arrays, device, self.config.data.eval_batch_size)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         from fewlabels.metrics import accuracy, glue_metrics, pearson, spearman
 
         task = self.task
         metrics: dict[str, float] = {}
-        for name, dataset in self.eval_sets().items():
+        for name, dataset in self.eval_sets(include_test=self.config.data.eval_test).items():
             logits = self.predict_logits(model, dataset, device)
             if task.glue_task is not None:
-                glue = "mnli-mm" if name == "dev_mm" else task.glue_task
+                glue = "mnli-mm" if name.endswith("_mm") else task.glue_task
                 values = glue_metrics(glue, logits, dataset.labels)
             elif task.regression:
                 values = {
@@ -222,70 +227,55 @@ class RelBitFitMethod(Method):
                 metrics.update({f"{k}_{name}": v for k, v in values.items()})
         return metrics
 
+    def prediction_settings(self) -> PredictionSettings:
+        """How :meth:`predict` reads inputs and names labels (from the config; the data are not read)."""
+        cfg = self.config.data
+        names: tuple[str, ...] | None = None
+        regression = cfg.regression
+        if cfg.dataset == "rotten-tomatoes":
+            from fewlabels.data.text import ROTTEN_TOMATOES_LABELS
+
+            names = tuple(ROTTEN_TOMATOES_LABELS)
+        elif cfg.dataset == "glue":
+            from fewlabels.data.glue import glue_task
+
+            spec = glue_task(cfg.task)
+            names, regression = spec.labels, spec.is_regression
+        elif cfg.label_names and not cfg.regression:
+            names = tuple(cfg.label_names)
+        return PredictionSettings(
+            max_length=cfg.max_length,
+            label_names=names,
+            regression=regression,
+            text_column=cfg.text_column,
+            pair_column=cfg.pair_column or None,
+            batch_size=cfg.eval_batch_size,
+        )
+
     def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
-        """Label every line of text files: ``.txt`` (one example per line, a tab separates a sentence pair) or
-        ``.jsonl`` (objects with ``text`` and optional ``text_pair``). Writes ``<stem>.predictions.jsonl``."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for path in inputs:
-            examples = _read_unlabelled(path)
-            logits = self.predict_logits(model, self._dataset(examples), device)
-            target = out_dir / f"{path.stem}.predictions.jsonl"
-            with target.open("w") as fh:
-                for example, row in zip(examples, logits):
-                    record: dict[str, Any] = {"text": example.text}
-                    if example.text_pair is not None:
-                        record["text_pair"] = example.text_pair
-                    if self.task.regression:
-                        record["score"] = float(row[0])
-                    else:
-                        record["label"] = int(row.argmax())
-                        record["probabilities"] = [round(float(p), 6) for p in row.softmax(-1)]
-                    fh.write(json.dumps(record) + "\n")
-            written.append(target)
-        return written
+        """Label every example of ``.txt`` (one per line; a tab separates a pair), ``.csv``/``.tsv`` (header line,
+        ``data.text_column`` [+ ``data.pair_column``]) or ``.jsonl`` files; writes ``<stem>.predictions.jsonl``
+        with the label names (:mod:`.predict`)."""
+        return predict_files(model, self.tokenizer, inputs, out_dir, device, self.prediction_settings())
 
     # --- artefacts ------------------------------------------------------------------------------------------
     def save_delta(self, model: nn.Module, run_dir: Path) -> Path:
-        """Write ``run_dir/delta.safetensors``: the trainable tensors (+ randomly initialised frozen ones)."""
+        """Write ``run_dir/delta.safetensors``: the trainable tensors (+ randomly initialised frozen ones), with
+        what prediction needs (label names, text columns, maximum length) in its metadata."""
         from fewlabels.methods.relbitfit.delta import save_delta
 
-        meta = {"task": self.config.data.task if self.config.data.dataset == "glue" else self.config.data.dataset}
+        meta: dict[str, Any] = {
+            "task": self.config.data.task if self.config.data.dataset == "glue" else self.config.data.dataset
+        }
         meta["base_model"] = os.fspath(model_dir(self.config))
+        meta.update(self.prediction_settings().to_metadata())
         return save_delta(model, Path(run_dir) / DELTA_FILE, fine_tuning_of(self.config), self.extra_tensors, meta)
 
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
         """Per-layer mean |b_after - b_before| of this run against the pretrained weights."""
-        from fewlabels.methods.relbitfit.biases import bias_changes_per_layer, load_base_model
         from fewlabels.viz import plot_bias_changes
 
         base = load_base_model(self.config)
         changes = {fine_tuning_of(self.config).label: bias_changes_per_layer(base, model)}
         path = plot_bias_changes(changes, Path(out_dir) / "bias_changes.png", "bias change per layer")
         return {"bias change per layer": path}
-
-
-def _read_unlabelled(path: Path) -> list[TextExample]:
-    if not path.is_file():
-        raise DataError(f"input file not found: {path}")
-    examples = []
-    with path.open(encoding="utf-8") as fh:
-        for line, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            if path.suffix.lower() == ".jsonl":
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}, line {line}: invalid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or "text" not in record:
-                    raise DataError(f"{path}, line {line}: expected an object with a 'text' key")
-                examples.append(TextExample(str(record["text"]), record.get("text_pair"), 0))
-            else:
-                text, _, pair = raw.rstrip("\n").partition("\t")
-                examples.append(TextExample(text, pair or None, 0))
-    if not examples:
-        raise DataError(f"{path} holds no text")
-    if len({e.text_pair is None for e in examples}) > 1:
-        raise DataError(f"{path}: mix of single sentences and sentence pairs; use one kind per file")
-    return examples

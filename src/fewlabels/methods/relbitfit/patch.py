@@ -1,9 +1,14 @@
 """Relative-position attention terms for Hugging Face BERT and RoBERTa self-attention (the RelBitFit patch).
 
-For head ``h`` with query ``q_i`` (which already contains the query bias ``b_q``) and key ``k_j`` the patched
-score is
+For head ``h`` with input ``z_i``, query ``q_i = z_i W_q + b_q`` and key ``k_j`` the patched score is the
+thesis' form
 
-    score(i, j) = (q_i . k_j + q_i . R_{r(i,j)}[h] + s_{r(i,j), h}) / sqrt(d_head)
+    score(i, j) = (q_i . k_j + z_i W_q . R_{r(i,j)}[h] + s_{r(i,j), h}) / sqrt(d_head)
+
+(the relative key term reads the query *without* its bias: with ``b_q`` inside it, ``b_q . R_r`` would add a
+layer-specific distance bias even when PT ties ``R`` across layers). ``RelativeBiasOptions.query_bias`` selects
+the other form, ``q_i . R_{r(i,j)}``, for comparison. ``q_i . k_j`` equals the thesis'
+``z_i W_q W_k^T z_j^T + b_q W_k^T z_j^T`` up to terms constant in ``j``, which the row softmax cancels.
 
 where ``R`` (``N x d_model``, one ``d_head`` slice per head) and ``s`` (``N x n_heads``) are per-layer tables
 and ``r(i, j)`` indexes the relative position: ``min(|i - j|, N - 1)`` (``absolute``, N entries) or
@@ -59,12 +64,14 @@ class RelativeBiasOptions:
         relative_index: ``absolute`` (N entries, ``min(|i-j|, N-1)``) or ``signed`` (2N - 1 entries).
         tie_layers: PT, one ``R`` and one ``s`` shared by all layers.
         rank: LR when > 0: ``R = E U`` with inner size ``rank``, shared across layers (``s`` stays per layer).
+        query_bias: the relative key term reads ``q_i = z_i W_q + b_q`` instead of the thesis' ``z_i W_q``.
     """
 
     num_positions: int = 128
     relative_index: Literal["absolute", "signed"] = "absolute"
     tie_layers: bool = False
     rank: int = 0
+    query_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.num_positions < 1:
@@ -151,14 +158,23 @@ class RelativeAttentionBias(nn.Module):
         """Rows ``lo .. hi - 1`` of layer ``layer``'s ``s``: [hi - lo, H]."""
         return self.score_table[self._table_index(layer), lo:hi]
 
-    def forward(self, query: torch.Tensor, layer: int, k_len: int, scaling: float) -> torch.Tensor:
-        """Additive score bias ``(q_i . R_{r(i,j)}[h] + s_{r(i,j),h}) * scaling``.
+    def forward(
+        self,
+        query: torch.Tensor,
+        layer: int,
+        k_len: int,
+        scaling: float,
+        query_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Additive score bias ``((q_i - b_q) . R_{r(i,j)}[h] + s_{r(i,j),h}) * scaling``.
 
         Args:
             query: [B, H, Lq, d_head] projected queries (bias included, not yet scaled).
             layer: index of the layer whose tables are used.
             k_len: number of keys Lk.
             scaling: ``1 / sqrt(d_head)``.
+            query_bias: [H * d_head] the layer's ``b_q``, removed from the relative key term (the thesis' form);
+                None when ``options.query_bias`` keeps it, or when the query has no bias.
 
         Returns:
             [B, H, Lq, Lk] in ``query``'s dtype.
@@ -167,8 +183,14 @@ class RelativeAttentionBias(nn.Module):
         index, lo, hi = self._index(q_len, k_len, query.device)
         # Scale the small tables, not the [B, H, Lq, Lk] result, and add s per distance *before* picking r(i, j):
         # one matmul, one add on [B, H, Lq, n] and one gather, instead of two gathers and three full-size ops.
-        rows = (self.key_rows(layer, lo, hi) * scaling).to(query.dtype).view(hi - lo, h, d_head)
-        scores = (self.score_rows(layer, lo, hi) * scaling).to(query.dtype).t()[None, :, None, :]  # [1, H, 1, n]
+        key_rows = self.key_rows(layer, lo, hi) * scaling  # [n, D]
+        score_rows = self.score_rows(layer, lo, hi) * scaling  # [n, H]
+        if query_bias is not None:
+            # (q_i - b_q) . R_r = q_i . R_r - b_q . R_r: the second term is one [n, H] table, so the thesis' form
+            # costs no [B, H, Lq, *] operation more than the biased one.
+            score_rows = score_rows - (key_rows.view(hi - lo, h, d_head) * query_bias.view(1, h, d_head)).sum(-1)
+        rows = key_rows.to(query.dtype).view(hi - lo, h, d_head)
+        scores = score_rows.to(query.dtype).t()[None, :, None, :]  # [1, H, 1, n]
         # [B, H, Lq, d] @ [H, d, n] -> [B, H, Lq, n]: every query against every used distance.
         per_distance = torch.matmul(query, rows.permute(1, 2, 0)) + scores
         return per_distance.gather(-1, index.expand(b, h, q_len, k_len))
@@ -236,7 +258,8 @@ def _relative_self_attention_forward(
     value = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)
 
     tables: RelativeAttentionBias = self._relative_tables
-    bias = tables(query, self._relative_layer, key.shape[2], self.scaling)
+    query_bias = None if tables.options.query_bias else self.query.bias
+    bias = tables(query, self._relative_layer, key.shape[2], self.scaling, query_bias)
     attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
     output, weights = attention(
         self,

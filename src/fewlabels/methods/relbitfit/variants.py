@@ -2,8 +2,9 @@
 
 - ``full``: every parameter.
 - ``bitfit``: every bias of the pretrained encoder (attention q/k/v/output, FFN, LayerNorm betas incl. the
-  embedding LayerNorm, pooler bias) plus the whole task head (parameters outside the base model, e.g. BERT's
-  ``classifier`` or RoBERTa's ``classifier.dense`` + ``classifier.out_proj``), which is always trainable.
+  embedding LayerNorm, pooler bias) plus the whole task head of :mod:`.heads`, which is always trainable: with the
+  default ``pooler`` head, BERT's pooler dense layer + ``classifier`` or RoBERTa's ``classifier.dense`` +
+  ``classifier.out_proj`` (the thesis' counts); with ``cls``/``mean``, one linear layer.
 - ``relbitfit``: ``bitfit`` without the key biases ``b_k`` (they cancel in the row softmax:
   ``z_i W_q b_k^T + b_q b_k^T`` does not depend on j) plus the relative tables of :mod:`.patch`.
 """
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from fewlabels.methods.relbitfit.heads import HEADS, Head, apply_head, head_trainable_names
 from fewlabels.methods.relbitfit.patch import (
     RelativeBiasOptions,
     add_relative_attention_bias,
@@ -41,6 +43,8 @@ class FineTuning:
         clip: N = ``l_max`` instead of ``num_positions``.
         rank: d' of LR.
         l_max: N under Clip.
+        head: ``pooler`` (trainable pooler/RoBERTa head), ``cls`` or ``mean`` (see :mod:`.heads`).
+        query_bias: RelBitFit's relative key term reads ``q_i`` with ``b_q`` (default: the thesis' ``z_i W_q``).
     """
 
     variant: Variant = "relbitfit"
@@ -51,10 +55,14 @@ class FineTuning:
     clip: bool = False
     rank: int = 64
     l_max: int = 32
+    head: Head = "pooler"
+    query_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; valid: {', '.join(HEADS)}")
         if self.variant != "relbitfit" and (self.pt or self.lr or self.clip):
             raise ValueError(f"pt/lr/clip are options of 'relbitfit', not of {self.variant!r}")
 
@@ -81,19 +89,16 @@ class FineTuning:
             relative_index=self.relative_index,
             tie_layers=self.pt,
             rank=self.rank if self.lr else 0,
+            query_bias=self.query_bias,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def head_parameter_names(model: nn.Module) -> set[str]:
-    """Names of the parameters outside the pretrained base model (the task head)."""
-    base = getattr(model, "base_model", model)
-    if base is model:
-        return set()
-    base_ids = {id(p) for p in base.parameters()}
-    return {name for name, p in model.named_parameters() if id(p) not in base_ids}
+def head_parameter_names(model: nn.Module, head: str = "pooler") -> set[str]:
+    """Names of the task head's parameters (always trainable): see :func:`.heads.head_trainable_names`."""
+    return head_trainable_names(model, head)
 
 
 def trainable_names(model: nn.Module, fine_tuning: FineTuning) -> set[str]:
@@ -101,7 +106,7 @@ def trainable_names(model: nn.Module, fine_tuning: FineTuning) -> set[str]:
     names = dict(model.named_parameters())
     if fine_tuning.variant == "full":
         return set(names)
-    chosen = {n for n in names if n.endswith(".bias") or n == "bias"} | head_parameter_names(model)
+    chosen = {n for n in names if n.endswith(".bias") or n == "bias"} | head_parameter_names(model, fine_tuning.head)
     if fine_tuning.variant == "relbitfit":
         attentions: list[Any] = find_self_attentions(model)
         keys = [a.key for a in attentions]
@@ -112,7 +117,9 @@ def trainable_names(model: nn.Module, fine_tuning: FineTuning) -> set[str]:
 
 
 def apply_fine_tuning(model: nn.Module, fine_tuning: FineTuning) -> nn.Module:
-    """Patch ``model`` in place (``relbitfit``) and set ``requires_grad`` to the variant's trainable set."""
+    """Give ``model`` its head, patch it (``relbitfit``), both in place, and set ``requires_grad`` to the variant's
+    trainable set."""
+    apply_head(model, fine_tuning.head)
     if fine_tuning.variant == "relbitfit":
         add_relative_attention_bias(model, fine_tuning.relative_options())
     chosen = trainable_names(model, fine_tuning)

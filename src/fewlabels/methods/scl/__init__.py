@@ -1,13 +1,12 @@
 """SCL: spatial contrastive pre-training for few-shot classification, with its CE baseline, distillation,
 ProtoNet and the episodic linear-probe evaluation.
 
-Importing this package registers the methods ``scl``, ``scl-distill`` and ``protonet``, and :func:`add_cli`
-adds the ``fewlabels fewshot-eval`` command.
+Importing this package registers the methods ``scl``, ``scl-distill`` and ``protonet``; the ``fewlabels
+fewshot-eval`` command lives in :mod:`fewlabels.commands.fewshot`.
 """
 
-from fewlabels.methods.scl.cli import add_cli
+from fewlabels.data.episodes import EpisodeSampler
 from fewlabels.methods.scl.distill import SCLDistillMethod
-from fewlabels.methods.scl.episodes import EpisodeSampler
 from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
 from fewlabels.methods.scl.losses import contrast_distill, distill_kl, spatial_similarity, supcon_loss
 from fewlabels.methods.scl.method import SCLMethod
@@ -18,7 +17,6 @@ __all__ = [
     "ProtoNetMethod",
     "SCLDistillMethod",
     "SCLMethod",
-    "add_cli",
     "contrast_distill",
     "distill_kl",
     "fewshot_evaluate",

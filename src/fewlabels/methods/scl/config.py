@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fewlabels.config import RunConfig, TrainConfig, fail
+from fewlabels.data.base import DataError
+from fewlabels.data.registry import DatasetSpec, get_dataset
 from fewlabels.methods.scl.augment import VIEW_KINDS
-
-DATASETS: tuple[str, ...] = ("glyphs", "mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "folder")
 
 
 @dataclass
@@ -41,7 +41,13 @@ class FewShotModelConfig:
 
 @dataclass
 class FewShotDataConfig:
-    dataset: Literal["glyphs", "mini-imagenet", "tiered-imagenet", "cifar-fs", "fc100", "folder"] = "glyphs"
+    dataset: str = field(
+        default="glyphs",
+        metadata={
+            "help": "a few-shot dataset: glyphs, mini-imagenet, tiered-imagenet, cifar-fs, fc100, fewshot-folder "
+            "(`fewlabels data check` names)"
+        },
+    )
     root: str = field(default="", metadata={"help": "dataset folder (not needed for glyphs)"})
     image_size: int = field(
         default=0, metadata={"help": "0 = dataset default (84; 32 for cifar-fs, fc100, glyphs)", "min": 0}
@@ -53,23 +59,36 @@ class FewShotDataConfig:
     glyphs_per_class: int = field(default=24, metadata={"help": "glyphs: images per class", "min": 2})
     glyphs_seed: int = field(default=0, metadata={"help": "glyphs: generation seed"})
 
+    @property
+    def spec(self) -> DatasetSpec:
+        """The registered dataset this section names."""
+        return get_dataset(self.dataset, "few-shot")
+
     def resolved_image_size(self) -> int:
-        if self.image_size:
-            return self.image_size
-        return 32 if self.dataset in ("glyphs", "cifar-fs", "fc100") else 84
+        """``image_size``, or the dataset's default side when it is 0."""
+        return self.image_size or self.spec.metadata.image_size
 
     def validate(self) -> None:
-        if self.dataset != "glyphs" and not self.root:
+        try:
+            spec = self.spec
+        except DataError as err:
+            fail("data.dataset", str(err))
+        if spec.root != "none" and not self.root:
             fail("data.root", f"dataset {self.dataset!r} needs data.root=/path/to/{self.dataset}")
 
 
 @dataclass
-class EpisodeEvalConfig:
+class FewShotEvalConfig:
+    """The episodic test protocol: seeded N-way K-shot episodes scored by a linear probe on frozen features.
+
+    :func:`fewlabels.methods.scl.fewshot_eval.fewshot_evaluate` takes one of these. ``fewlabels fewshot-eval``
+    fills it from the ``eval`` section of the run's config.yaml and replaces only the fields whose flags are given.
+    """
+
     ways: int = field(default=5, metadata={"help": "classes per episode", "min": 2})
     shots: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "support images per class"})
     queries: int = field(default=15, metadata={"help": "query images per class", "min": 1})
     episodes: int = field(default=600, metadata={"help": "test episodes (fewshot-eval)", "min": 1})
-    val_episodes: int = field(default=100, metadata={"help": "episodes of the quick validation", "min": 2})
     seed: int = field(default=0, metadata={"help": "episode seed (same episodes for every model)"})
     classifier: Literal["lr", "nc"] = field(
         default="lr", metadata={"help": "lr: logistic regression (C=1); nc: nearest centroid"}
@@ -78,11 +97,22 @@ class EpisodeEvalConfig:
         default=0,
         metadata={"help": "augmented copies of each support image (the reference used 5)", "min": 0},
     )
+    exact: bool = field(
+        default=False,
+        metadata={"help": "fewshot-eval: scikit-learn per episode instead of the batched solver (same protocol)"},
+    )
     batch_size: int = field(default=128, metadata={"help": "feature extraction batch", "min": 1})
 
     def validate(self) -> None:
         if not self.shots or any(k < 1 for k in self.shots):
             fail("eval.shots", f"needs one or more positive shot counts, got {self.shots}")
+
+
+@dataclass
+class EpisodeEvalConfig(FewShotEvalConfig):
+    """The ``eval`` section of a few-shot run: the test protocol and the episodes of the quick validation."""
+
+    val_episodes: int = field(default=100, metadata={"help": "episodes of the quick validation", "min": 2})
 
 
 @dataclass

@@ -11,14 +11,22 @@ augmentation) are extracted once, then the classifiers of all episodes are solve
 path (``exact=True``): scikit-learn's ``LogisticRegression(C=1)`` per episode on the same features.
 :func:`reference_protocol_evaluate` additionally re-runs the backbone on every episode, as the reference did
 (used by ``benchmarks/fewshot_eval.py`` for comparison).
+
+The protocol (ways, shots, queries, episodes, seed, classifier, support augmentation) is one
+:class:`~fewlabels.methods.scl.config.FewShotEvalConfig`; a few-shot run's ``eval`` section is one.
+:func:`evaluate_split` scores a loaded run with the protocol of its own config::
+
+    run = fewlabels.load("runs/scl-mini")
+    result = evaluate_split(run.method, run.model, "test")
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -26,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewlabels.data.base import FewDataset
+from fewlabels.data.episodes import EpisodeSampler
 from fewlabels.methods.scl.augment import build_view
-from fewlabels.methods.scl.episodes import EpisodeSampler
+from fewlabels.methods.scl.config import FewShotConfig, FewShotEvalConfig
 
 FEATURE_TYPES: tuple[str, ...] = ("pooled", "spatial")
 
@@ -42,8 +51,7 @@ class EvalFeatures:
 
 @dataclass
 class LinearSolution:
-    """Per-episode multinomial classifier ``logits = x @ weight + bias``: ``weight [E, F, W]``, ``bias [E,
-    W]``."""
+    """Per-episode multinomial classifier ``logits = x @ weight + bias``: ``weight [E, F, W]``, ``bias [E, W]``."""
 
     weight: Tensor
     bias: Tensor
@@ -85,8 +93,7 @@ def extract_features(
     augment_view: str = "standard",
     seed: int = 0,
 ) -> EvalFeatures:
-    """Run the backbone once over ``dataset`` (plus ``augment_copies`` augmented passes, seeded by
-    ``seed``)."""
+    """Run the backbone once over ``dataset`` (plus ``augment_copies`` augmented passes, seeded by ``seed``)."""
     device = torch.device(device)
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -312,48 +319,118 @@ def _summary(accs: np.ndarray) -> tuple[float, float]:
 def fewshot_evaluate(
     model: nn.Module,
     dataset: FewDataset,
-    shots: Sequence[int] = (1, 5),
-    ways: int = 5,
-    queries: int = 15,
-    episodes: int = 600,
-    seed: int = 0,
-    classifier: Literal["lr", "nc"] = "lr",
-    exact: bool = False,
+    config: FewShotEvalConfig | None = None,
+    *,
+    shots: Sequence[int] | None = None,
+    ways: int | None = None,
+    queries: int | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    classifier: Literal["lr", "nc"] | None = None,
+    exact: bool | None = None,
+    support_augment: int | None = None,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
-    support_augment: int = 0,
-    batch_size: int = 128,
     C: float = 1.0,
     return_episodes: bool = False,
 ) -> dict[str, Any]:
-    """Mean accuracy (percent) and 95% CI half-width of ``ways``-way episodes for each number of ``shots``.
+    """Mean accuracy (percent) and 95% CI half-width of the episodes of ``config`` for each number of shots.
 
-    ``model(images, mode="features")`` must return ``(spatial [B, D, h, w], pooled [B, D])``. Episodes are
-    seeded by ``seed`` (the same episodes for every model). Returns ``{"acc_{K}shot", "ci95_{K}shot"}`` per
-    shot, plus
-    ``episodes``, ``ways``, ``queries``, ``classifier``, ``exact`` and ``seconds``.
+    ``model(images, mode="features")`` must return ``(spatial [B, D, h, w], pooled [B, D])``. The protocol is
+    ``config`` (default :class:`FewShotEvalConfig`); each keyword from ``shots`` to ``batch_size`` that is not
+    ``None`` replaces that field of it. Episodes are seeded by ``seed`` (the same episodes for every model).
+    Returns ``{"acc_{K}shot", "ci95_{K}shot"}`` per shot, plus the protocol (``episodes``, ``ways``, ``queries``,
+    ``classifier``, ``exact``, ``support_augment``, ``seed``) and ``seconds``.
     """
     start = time.perf_counter()
+    cfg = _with_fields(
+        config if config is not None else FewShotEvalConfig(),
+        shots=None if shots is None else list(shots),
+        ways=ways,
+        queries=queries,
+        episodes=episodes,
+        seed=seed,
+        classifier=classifier,
+        exact=exact,
+        support_augment=support_augment,
+        batch_size=batch_size,
+    )
     if device is None:
         device = next(model.parameters()).device
     labels = _labels_of(dataset)
-    samplers = {k: EpisodeSampler(labels, ways, k, queries, episodes, seed) for k in shots}  # validate first
-    feats = extract_features(model, dataset, device, batch_size, support_augment, seed=seed)
+    samplers = {k: EpisodeSampler(labels, cfg.ways, k, cfg.queries, cfg.episodes, cfg.seed) for k in cfg.shots}
+    feats = extract_features(model, dataset, device, cfg.batch_size, cfg.support_augment, seed=cfg.seed)
     out: dict[str, Any] = {}
     for k, sampler in samplers.items():
         _, support, query = sampler.as_arrays()
-        accs = episode_accuracies(feats, support, query, classifier, exact, support_augment, C=C, device=device)
+        accs = episode_accuracies(
+            feats, support, query, cfg.classifier, cfg.exact, cfg.support_augment, C=C, device=device
+        )
         out[f"acc_{k}shot"], out[f"ci95_{k}shot"] = _summary(accs)
         if return_episodes:  # per-episode accuracies, e.g. for a histogram
             out[f"episodes_{k}shot"] = [float(a) for a in np.asarray(accs).ravel()]
     out.update(
-        episodes=episodes,
-        ways=ways,
-        queries=queries,
-        classifier=classifier,
-        exact=exact,
+        episodes=cfg.episodes,
+        ways=cfg.ways,
+        queries=cfg.queries,
+        classifier=cfg.classifier,
+        exact=cfg.exact,
+        support_augment=cfg.support_augment,
+        seed=cfg.seed,
         seconds=time.perf_counter() - start,
     )
     return out
+
+
+def _with_fields(config: FewShotEvalConfig, **values: Any) -> FewShotEvalConfig:
+    """A copy of ``config`` with the fields of ``values`` that are not ``None`` replaced, then validated."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given:
+        return config
+    out = dataclasses.replace(config, **given)
+    out.validate()
+    return out
+
+
+class FewShotSplits(Protocol):
+    """What :func:`evaluate_split` needs of a few-shot method: its config (``eval`` section) and its splits."""
+
+    @property
+    def config(self) -> FewShotConfig: ...
+
+    def split(self, name: str) -> FewDataset: ...
+
+
+def evaluate_split(
+    method: FewShotSplits,
+    model: nn.Module,
+    split: str = "test",
+    config: FewShotEvalConfig | None = None,
+    device: torch.device | str | None = None,
+    return_episodes: bool = False,
+) -> dict[str, Any]:
+    """:func:`fewshot_evaluate` on a split of a few-shot method, by default with the protocol of its config.
+
+    Args:
+        method: a few-shot method, e.g. ``run.method`` of ``run = fewlabels.load(RUN_DIR)``.
+        model: its trained network, e.g. ``run.model``.
+        split: ``test`` (novel classes), ``val`` or ``train`` (base classes).
+        config: the protocol; default the ``eval`` section of ``method.config`` (the run's config.yaml).
+        device: where the backbone runs (default: where ``model`` is).
+        return_episodes: add the per-episode accuracies ``episodes_{K}shot``.
+
+    Returns:
+        The result of :func:`fewshot_evaluate` with ``split`` added.
+    """
+    result = fewshot_evaluate(
+        model,
+        method.split(split),
+        config if config is not None else method.config.eval,
+        device=device,
+        return_episodes=return_episodes,
+    )
+    result["split"] = split
+    return result
 
 
 @torch.no_grad()
@@ -368,8 +445,7 @@ def reference_protocol_evaluate(
     device: torch.device | str = "cpu",
     C: float = 1.0,
 ) -> np.ndarray:
-    """The reference loop: for every episode, run the backbone on its images and fit scikit-learn per feature
-    type.
+    """The reference loop: for every episode, run the backbone on its images and fit scikit-learn per feature type.
 
     Same episodes as :func:`fewshot_evaluate` with the same seed; returns the per-episode accuracies ``[E]``.
     Kept for comparison and timing (it is what the fast path replaces).

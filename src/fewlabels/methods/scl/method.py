@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewlabels.data.base import DataError, FewDataset
+from fewlabels.data.base import DataError
+from fewlabels.data.fewshot import FewShotDataset
+from fewlabels.data.registry import load_fewshot
 from fewlabels.methods.base import Method, Source, StepOutput
 from fewlabels.methods.scl.augment import MultiViewAugment
 from fewlabels.methods.scl.backbones import build_backbone
@@ -33,22 +35,19 @@ from fewlabels.methods.scl.losses import spatial_similarity, supcon_loss
 from fewlabels.methods.scl.model import SCLNet
 from fewlabels.registry import register_method
 
-_GLYPH_SPLITS = {"train": "base", "val": "val", "test": "novel"}
 
-
-def load_split(config: FewShotConfig, split: str) -> FewDataset:
+def load_split(config: FewShotConfig, split: str) -> FewShotDataset:
     """The ``train`` (base), ``val`` or ``test`` (novel) split of the configured dataset."""
     data = config.data
-    size = data.resolved_image_size()
-    if data.dataset == "glyphs":
-        from fewlabels.data.glyphs import GlyphsDataset
-
-        return GlyphsDataset(
-            _GLYPH_SPLITS[split], image_size=size, per_class=data.glyphs_per_class, seed=data.glyphs_seed
-        )
-    from fewlabels.data.fewshot import load_fewshot
-
-    return load_fewshot(data.dataset, data.root, split, size, data.split_file)
+    return load_fewshot(
+        data.dataset,
+        data.root,
+        split,
+        data.resolved_image_size(),
+        data.split_file,
+        per_class=data.glyphs_per_class,
+        seed=data.glyphs_seed,
+    )
 
 
 def build_net(config: FewShotConfig, num_classes: int, global_head: bool = False, spatial_head: bool = False) -> SCLNet:
@@ -96,9 +95,10 @@ class FewShotMethod(Method):
     def __init__(self, config: FewShotConfig) -> None:
         super().__init__(config)
         self.config: FewShotConfig = config
-        self._splits: dict[str, FewDataset] = {}
+        self._splits: dict[str, FewShotDataset] = {}
 
-    def split(self, name: str) -> FewDataset:
+    def split(self, name: str) -> FewShotDataset:
+        """The ``train`` (base), ``val`` or ``test`` (novel) split of the run's dataset, read once."""
         if name not in self._splits:
             self._splits[name] = load_split(self.config, name)
         return self._splits[name]
@@ -201,7 +201,7 @@ class SCLMethod(FewShotMethod):
 
     def build_model(self) -> nn.Module:
         loss = self.config.loss
-        num_classes = int(self.split("train").num_classes)  # type: ignore[attr-defined]
+        num_classes = int(self.split("train").num_classes)
         return build_net(self.config, num_classes, global_head=loss.uses_global(), spatial_head=loss.uses_spatial())
 
     def train_sources(self) -> dict[str, Source]:

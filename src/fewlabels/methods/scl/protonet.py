@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewlabels.data.episodes import EpisodicDataset
 from fewlabels.methods.base import Source, StepOutput
 from fewlabels.methods.scl.augment import MultiViewAugment
 from fewlabels.methods.scl.config import ProtoNetConfig
-from fewlabels.methods.scl.episodes import EpisodicDataset
 from fewlabels.methods.scl.method import FewShotMethod, build_net
 from fewlabels.registry import register_method
 
@@ -52,7 +52,7 @@ class ProtoNetMethod(FewShotMethod):
     def train_sources(self) -> dict[str, Source]:
         ep = self.config.episodes
         base = self.split("train")
-        labels = base.labels  # type: ignore[attr-defined]
+        labels = base.labels
         episodes = EpisodicDataset(
             base,
             labels,

@@ -2,53 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewlabels.methods.base import Method, Source, StepOutput
-from fewlabels.methods.supervised.common import (
-    SegData,
-    backbone_param_groups,
-    build_model,
-    build_segmentation_data,
-    evaluate_segmentation,
-    predict_masks,
-    segmentation_figure,
-)
+from fewlabels.data.segmentation import SegmentationData
+from fewlabels.methods.base import Source, StepOutput
+from fewlabels.methods.segmentation.config import SegEvalConfig
+from fewlabels.methods.segmentation.method import SegmentationMethod, build_segmentation_data
 from fewlabels.methods.supervised.config import SupervisedConfig
 from fewlabels.parallel import global_mean
 from fewlabels.registry import register_method
 
+__all__ = ["SupervisedSegmentation"]
+
 
 @register_method
-class SupervisedSegmentation(Method):
-    """Encoder-decoder trained with cross-entropy (ignore index 255) on the labeled images only."""
+class SupervisedSegmentation(SegmentationMethod[SegmentationData]):
+    """Encoder-decoder trained with cross-entropy (ignoring the dataset's ignore index) on the labeled images only;
+    data, evaluation, prediction and figures are the shared ones of :class:`SegmentationMethod`."""
 
     name = "supervised"
     description = "supervised-only semantic segmentation (the baseline of CCT)"
     config_class = SupervisedConfig
-    metric = "miou"
-    metric_mode = "max"
     config: SupervisedConfig
 
-    @cached_property
-    def data(self) -> SegData:
+    def build_data(self) -> SegmentationData:
         return build_segmentation_data(self.config.data)
 
+    @property
+    def eval_settings(self) -> SegEvalConfig:
+        return self.config.eval
+
     def build_model(self) -> nn.Module:
-        return build_model(self.config.model, self.data.num_classes)
+        return self.build_network(self.config.model)
 
     def train_sources(self) -> dict[str, Source]:
         return {"labeled": Source(self.data.labeled, self.config.train.batch_size)}
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return backbone_param_groups(model, self.config.model.backbone_lr_scale)
+        return self.encoder_param_groups(model, self.config.model.backbone_lr_scale)
 
     def training_step(self, model: nn.Module, batch: dict, step: int, total_steps: int) -> StepOutput:
         labeled = batch["labeled"]
@@ -58,21 +52,3 @@ class SupervisedSegmentation(Method):
         total = F.cross_entropy(logits.float(), mask, ignore_index=ignore, reduction="sum")
         # Mean over the labeled pixels of the global batch (the same value with 1 or N processes).
         return StepOutput(global_mean(total, (mask != ignore).sum()))
-
-    def predictor(self, model: nn.Module) -> nn.Module:
-        """Logits function used by evaluation, prediction and figures (the model itself)."""
-        return model
-
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        return evaluate_segmentation(
-            model, self.data.val, self.data.num_classes, self.config.eval, device, self.data.class_names
-        )
-
-    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
-        return predict_masks(model, inputs, out_dir, self.data.num_classes, self.config.eval, device)
-
-    def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
-        path = segmentation_figure(
-            {"prediction": model}, self.data.val, self.data.num_classes, out_dir / "predictions.png", device
-        )
-        return {"validation images: image / ground truth / prediction": path}

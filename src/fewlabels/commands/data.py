@@ -1,0 +1,30 @@
+"""``fewlabels data check KIND ROOT``: validate a dataset's layout before training on it."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_commands"]
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Print the check report of ROOT as a dataset of KIND; exit status 1 when it found problems."""
+    from fewlabels.data.check import check_dataset
+
+    report = check_dataset(args.kind, args.root)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``data`` and its subcommand ``check``."""
+    d = subparsers.add_parser("data", help="dataset utilities")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    dc = dsub.add_parser(
+        "check",
+        help="validate a dataset layout and print counts",
+        description="Check that ROOT holds a dataset of KIND in its expected layout.",
+    )
+    dc.add_argument("kind")
+    dc.add_argument("root")
+    dc.set_defaults(func=cmd_data_check)

@@ -1,0 +1,143 @@
+"""``fewlabels train | eval | predict | report``: train a run, then evaluate, predict with and report on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from fewlabels.config import ConfigError
+
+__all__ = ["add_commands"]
+
+
+def _split_config_args(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The config file and the ``key.sub=value`` overrides among ``train``'s positional arguments."""
+    config, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif config is None:
+            config = item
+        else:
+            raise ConfigError(item, "only one config file may be given; overrides are written key.sub=value")
+    return config, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train from a config file, or continue ``--resume RUN_DIR``; print the run directory and final metrics."""
+    from fewlabels.config import read_yaml
+    from fewlabels.engine import read_run_config, train
+    from fewlabels.engine.trainer import RESUMABLE_OVERRIDES
+    from fewlabels.registry import load_config
+
+    config_path, overrides = _split_config_args(args.args)
+    if args.resume:
+        saved = read_run_config(args.resume)
+        if config_path is not None:
+            method = read_yaml(config_path).get("method")
+            if method != saved.method:
+                raise ConfigError(
+                    "method",
+                    f"{args.resume} is a {saved.method!r} run but {config_path} configures {method!r}",
+                )
+        for item in overrides:
+            key = item.split("=", 1)[0]
+            if key not in RESUMABLE_OVERRIDES:
+                raise ConfigError(
+                    key,
+                    f"cannot be changed when resuming (it would change the trajectory); allowed: "
+                    f"{', '.join(RESUMABLE_OVERRIDES)}",
+                )
+        config = read_run_config(args.resume, overrides)
+    else:
+        if config_path is None:
+            raise ConfigError("config", "give a config file (e.g. configs/supervised/scenes.yaml) or --resume RUN_DIR")
+        config = load_config(config_path, overrides)
+    result = train(config, args.resume)
+    print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, "metrics": result.metrics}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a run's weights on its validation split; write and print ``eval_<weights>.json``."""
+    from fewlabels.engine import load_run
+
+    run = load_run(args.run_dir, which=args.weights, device=args.device, overrides=args.overrides)
+    metrics = run.evaluate()
+    out = {"run_dir": str(run.run_dir), "weights": run.weights.name, "metrics": metrics}
+    (run.run_dir / f"eval_{run.weights.stem}.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Write a run's predictions for files or folders into ``--out`` (which must lie outside every input)."""
+    from fewlabels.engine import load_run
+
+    out = Path(args.out).resolve()
+    for item in args.inputs:
+        p = Path(item).resolve()
+        if not p.exists():
+            raise FileNotFoundError(f"input not found: {item}")
+        if p.is_dir() and (out == p or p in out.parents):
+            raise ConfigError("--out", f"{args.out} is inside the input folder {item}; choose a folder outside it")
+    run = load_run(args.run_dir, which=args.weights, device=args.device)
+    written = run.predict(args.inputs, out)
+    print(f"wrote {len(written)} files to {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a run's ``report.md`` with its curves, metrics and figures."""
+    from fewlabels.report import build_report
+
+    path = build_report(args.run_dir, device=args.device)
+    print(f"report written to {path}")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``train``, ``eval``, ``predict`` and ``report``."""
+    t = subparsers.add_parser(
+        "train",
+        help="train a method from a YAML config",
+        description=(
+            "Train from CONFIG with key.sub=value overrides, e.g. `fewlabels train configs/cct/voc_1464.yaml "
+            "data.root=/data/VOC2012 train.steps=1000`. With --resume RUN_DIR the run continues exactly where its last "
+            "valid checkpoint left it (only train.steps/epochs and logging intervals may change). Multi-GPU: "
+            "`torchrun --nproc_per_node=N -m fewlabels train CONFIG`."
+        ),
+    )
+    t.add_argument("args", nargs="*", metavar="CONFIG_OR_OVERRIDE", help="config file and key.sub=value overrides")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue this run directory")
+    t.set_defaults(func=cmd_train)
+
+    e = subparsers.add_parser(
+        "eval",
+        help="evaluate a run on its validation split",
+        description="Metrics of the best (or last) weights of RUN_DIR on the validation split.",
+    )
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. data.root=/elsewhere)")
+    e.add_argument("--weights", choices=["best", "last"], default="best")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.set_defaults(func=cmd_eval)
+
+    pr = subparsers.add_parser(
+        "predict",
+        help="predict on images/files with a trained run",
+        description="Write predictions of RUN_DIR's model for INPUTS (files or folders) into --out.",
+    )
+    pr.add_argument("run_dir")
+    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
+    pr.add_argument("--weights", choices=["best", "last"], default="best")
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pr.set_defaults(func=cmd_predict)
+
+    r = subparsers.add_parser("report", help="write report.md with curves, metrics and figures for a run")
+    r.add_argument("run_dir")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    r.set_defaults(func=cmd_report)

@@ -1,0 +1,319 @@
+"""Helpers shared by the dataset modules: reading images and masks, listing folders, and the check report.
+
+Reading: :func:`read_rgb` and :func:`read_index_mask` decode a file or raise a :class:`~fewlabels.data.base.DataError`
+that names it; :func:`check_mask_values` and :func:`check_same_size` reject masks that do not fit their classes or
+their image. Listing: :func:`list_images` (a folder's images by stem), :func:`find_inputs` (the images among the
+paths given to ``predict``), :func:`read_class_names`.
+
+Checking: every dataset's layout checker fills a :class:`CheckReport` (``fewlabels data check KIND ROOT``);
+:func:`report_missing` and :func:`check_sampled_masks` are the steps most checkers share.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fewlabels.data.base import DataError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "IMAGE_EXTENSIONS",
+    "MASK_SAMPLES",
+    "SHOWN_PATHS",
+    "CheckReport",
+    "CheckerFunc",
+    "DatasetMetadata",
+    "check_mask_values",
+    "check_same_size",
+    "check_sampled_masks",
+    "count_files",
+    "find_inputs",
+    "list_images",
+    "missing_files_error",
+    "read_class_names",
+    "read_index_mask",
+    "read_rgb",
+    "report_missing",
+    "require_files",
+]
+
+#: The label of pixels that no loss or metric counts (VOC's object borders, padding added by augmentation).
+IGNORE_INDEX = 255
+
+#: File suffixes read as images.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: How many masks a checker decodes to look for out-of-range values (the full check would read every mask).
+MASK_SAMPLES = 12
+
+#: How many missing paths a problem message lists before summarising.
+SHOWN_PATHS = 5
+
+
+@dataclass(frozen=True)
+class DatasetMetadata:
+    """What is known about a dataset's labels before reading it.
+
+    Attributes:
+        class_names: the classes in label order; empty when the data defines them (folders, per-split few-shot
+            classes, GLUE tasks).
+        ignore_index: the mask value that no loss or metric counts; None for datasets without masks.
+        thing_classes: the object ("thing") classes, which CCT's object masking cuts out; None means every class
+            but 0 (class 0 is the background).
+        in_channels: channels of the images (4 for Potsdam's RGB + infrared).
+        image_size: the default image side of few-shot datasets (0 = no default).
+    """
+
+    class_names: tuple[str, ...] = ()
+    ignore_index: int | None = IGNORE_INDEX
+    thing_classes: tuple[int, ...] | None = None
+    in_channels: int = 3
+    image_size: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, 0 when the data defines them."""
+        return len(self.class_names)
+
+    def things(self, num_classes: int) -> list[int]:
+        """The object classes among ``num_classes`` classes."""
+        if self.thing_classes is None:
+            return list(range(1, num_classes))
+        return [c for c in self.thing_classes if c < num_classes]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file into an HxWx3 uint8 array (DataError with the path if it fails to decode)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise DataError(f"image not found: {path}") from exc
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}. Re-export or remove this file.") from exc
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def read_index_mask(path: str | Path) -> np.ndarray:
+    """Decode a class-index mask (palette, grey or 16-bit PNG) into an HxW integer array.
+
+    Palette PNGs (VOC ``SegmentationClass``) are read as their palette indices, never as RGB colours. A colour
+    (RGB) mask is accepted only when its three channels are equal; otherwise it is a DataError, because colours
+    cannot be turned into class indices without a palette.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("RGB", "RGBA", "LA"):
+                arr = np.asarray(img.convert("RGB" if mode != "LA" else "L"))
+            else:
+                arr = np.asarray(img)
+    except FileNotFoundError as exc:
+        raise DataError(f"mask not found: {path}") from exc
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot decode mask {path}: {exc}. Re-export or remove this file.") from exc
+    if arr.ndim == 3:
+        # A colour mask is usable only when it is grey (three equal channels): colours are not class indices.
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise DataError(
+                f"mask {path} is a colour ({mode}) image; masks must hold one class index per pixel "
+                "(palette or greyscale PNG)."
+            )
+        arr = np.ascontiguousarray(arr[..., 0])
+    if arr.ndim != 2:
+        raise DataError(f"mask {path} has shape {arr.shape}; expected a single-channel HxW index image.")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind == "f":
+        raise DataError(f"mask {path} holds floating-point values; masks must hold integer class indices.")
+    return arr
+
+
+def check_mask_values(mask: np.ndarray, num_classes: int, path: str | Path, ignore_index: int = IGNORE_INDEX) -> None:
+    """Raise a DataError naming ``path`` and the offending values when ``mask`` holds values outside
+    ``[0, num_classes)`` other than ``ignore_index``."""
+    if mask.size == 0:
+        return
+    if int(mask.max()) < num_classes and int(mask.min()) >= 0:
+        return
+    values = np.unique(mask)
+    bad = [int(v) for v in values if (v < 0 or v >= num_classes) and v != ignore_index]
+    if bad:
+        shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise DataError(
+            f"mask {path} has values outside 0..{num_classes - 1} (and {ignore_index} = ignore): {shown}. "
+            "Fix the mask, or declare more classes."
+        )
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: str, mask_path: str) -> None:
+    """Raise a DataError naming both files when an image and its mask differ in size."""
+    if image.shape[:2] != mask.shape[:2]:
+        ih, iw = image.shape[:2]
+        mh, mw = mask.shape[:2]
+        raise DataError(
+            f"image and mask sizes differ: image {image_path} is {iw}x{ih} (WxH) but mask {mask_path} is "
+            f"{mw}x{mh}. A mask must have exactly the size of its image."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Listing files
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """Image files directly inside ``folder`` by stem (hidden files skipped); two images with the same stem are a
+    DataError, since their masks could not be told apart."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if path.stem in found:
+            raise DataError(f"two images share the name {path.stem!r}: {found[path.stem]} and {path}; rename one")
+        found[path.stem] = path
+    return found
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """Class names from a ``classes.txt`` file, one per non-empty line."""
+    with open(path, encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+def find_inputs(inputs: Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """The files among ``inputs`` whose suffix is one of ``suffixes``; folders are searched recursively.
+
+    A named file is taken whatever its suffix; a path that does not exist, or finding no file at all, is a
+    DataError.
+    """
+    wanted = {s.lower() for s in suffixes}
+    files: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in wanted))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"input not found: {p}")
+    if not files:
+        raise DataError(f"no images found in {', '.join(map(str, inputs))} (looked for {sorted(wanted)})")
+    return files
+
+
+def missing_files_error(what: str, paths: Sequence[str], layout: str, total: int) -> DataError:
+    """A DataError saying how many of ``total`` ``what`` are missing, with a few of their paths and the layout."""
+    shown = "\n".join(f"  {p}" for p in paths[:SHOWN_PATHS])
+    more = f"\n  ... and {len(paths) - SHOWN_PATHS} more" if len(paths) > SHOWN_PATHS else ""
+    return DataError(f"{len(paths)} of {total} {what} not found, e.g.:\n{shown}{more}\nExpected layout:\n{layout}")
+
+
+def require_files(paths: Sequence[str], what: str, layout: str) -> None:
+    """Raise :func:`missing_files_error` when some of ``paths`` are not files."""
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise missing_files_error(what, missing, layout, len(paths))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checking a layout
+
+
+@dataclass
+class CheckReport:
+    """Outcome of checking one dataset: counts of what was found and a list of problems (``ok`` iff none)."""
+
+    kind: str
+    root: str
+    ok: bool = True
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def add_problem(self, message: str) -> None:
+        """Record a problem; the report is then not ok."""
+        self.problems.append(message)
+        self.ok = False
+
+    def format(self) -> str:
+        """Human-readable summary: a status line, one line per count, then the problems."""
+        status = "OK" if self.ok and not self.problems else f"{len(self.problems)} problem(s)"
+        lines = [f"{self.kind} dataset at {self.root}: {status}"]
+        if self.counts:
+            width = max(len(name) for name in self.counts)
+            lines += [f"  {name:<{width}}  {value}" for name, value in self.counts.items()]
+        if self.problems:
+            lines.append("problems:")
+            for problem in self.problems:
+                first, *rest = problem.splitlines() or [""]
+                lines.append(f"  - {first}")
+                lines += [f"    {line}" for line in rest]
+        return "\n".join(lines)
+
+
+#: A layout checker: fills the report it is given for the dataset at ``root``. It must not raise for an ordinary
+#: layout problem (``report.add_problem``); a DataError or OSError it raises is recorded as one more problem.
+CheckerFunc = Callable[[Path, CheckReport], None]
+
+
+def count_files(folder: Path, pattern: str) -> int:
+    """Number of files in ``folder`` matching the glob ``pattern``."""
+    return sum(1 for p in folder.glob(pattern) if p.is_file())
+
+
+def report_missing(report: CheckReport, what: str, paths: Sequence[str | Path], total: int) -> None:
+    """Add one problem listing the first missing ``paths`` (nothing when there are none)."""
+    if not paths:
+        return
+    shown = "\n".join(str(p) for p in paths[:SHOWN_PATHS])
+    more = f"\n... and {len(paths) - SHOWN_PATHS} more" if len(paths) > SHOWN_PATHS else ""
+    report.add_problem(f"{len(paths)} of {total} {what} missing:\n{shown}{more}")
+
+
+def _evenly_spaced(items: Sequence[Any], k: int) -> list[Any]:
+    if len(items) <= k:
+        return list(items)
+    step = len(items) / k
+    return [items[int(i * step)] for i in range(k)]
+
+
+def check_sampled_masks(
+    report: CheckReport,
+    pairs: Sequence[tuple[Path, Path]],
+    num_classes: int | None,
+    read: Callable[[Path], Any] | None = None,
+) -> set[int]:
+    """Decode :data:`MASK_SAMPLES` evenly spaced (image, mask) pairs and report decoding errors, size mismatches
+    and out-of-range values; returns the set of mask values seen. ``read`` maps a mask file to class indices
+    (default :func:`read_index_mask`)."""
+    read = read or read_index_mask
+    seen: set[int] = set()
+    sampled = _evenly_spaced(pairs, MASK_SAMPLES)
+    for image_path, mask_path in sampled:
+        try:
+            mask = read(mask_path)
+            seen.update(int(v) for v in np.unique(mask))
+            if num_classes is not None:
+                check_mask_values(mask, num_classes, mask_path, IGNORE_INDEX)
+            with Image.open(image_path) as img:
+                width, height = img.size
+            if (height, width) != mask.shape[:2]:
+                report.add_problem(
+                    f"image and mask sizes differ: {image_path} is {width}x{height}, {mask_path} is "
+                    f"{mask.shape[1]}x{mask.shape[0]}"
+                )
+        except (DataError, OSError) as exc:
+            report.add_problem(str(exc))
+    report.counts["masks sampled"] = len(sampled)
+    return seen

@@ -1,0 +1,209 @@
+"""``seg-folder``: a user's own segmentation data, ``images/`` + ``masks/`` with the same stems.
+
+Some images may have no mask at all: they are the unlabeled images of semi-supervised training (the reference CCT
+required a label for every image: its issue #14). An optional ``val/`` folder in the same layout is the validation
+split (else the labeled images are used). Its old name in configs, ``folder``, is still accepted there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fewlabels.data.base import DataError, require_path
+from fewlabels.data.common import (
+    IGNORE_INDEX,
+    CheckReport,
+    check_sampled_masks,
+    list_images,
+    read_class_names,
+    read_index_mask,
+    report_missing,
+)
+from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
+from fewlabels.data.segmentation import SegmentationData, SegmentationDataset, SegmentationOptions, Transform
+
+__all__ = ["FOLDER_LAYOUT", "SEG_FOLDER", "FolderSegmentation", "infer_num_classes"]
+
+FOLDER_LAYOUT = """\
+  <root>/
+    images/<name>.<jpg|png|...>     every image (with or without a mask)
+    masks/<name>.png                class index per pixel (0..num_classes-1, 255 = ignore), image's stem
+    classes.txt                     optional, one class name per line (defines num_classes)
+    unlabeled/<name>.<jpg|png|...>  optional extra images without masks (used only with labeled=False)
+    val/images, val/masks           optional validation split (else the labeled images)"""
+
+
+def infer_num_classes(mask_paths: Sequence[str]) -> int:
+    """One more than the largest class index in the masks (255 excluded); fewer than two classes is an error."""
+    top = -1
+    values: set[int] = set()
+    for path in mask_paths:
+        mask = read_index_mask(path)
+        present = np.unique(mask)
+        values.update(int(v) for v in present)
+        valid = present[present != IGNORE_INDEX]
+        if valid.size:
+            top = max(top, int(valid.max()))
+    if top < 1:
+        hint = ""
+        if values <= {0, IGNORE_INDEX}:
+            hint = (
+                " The masks hold only 0 and 255, but 255 is the ignore index: for a binary task store the"
+                " foreground as 1."
+            )
+        raise DataError(
+            f"cannot infer the number of classes: the masks hold fewer than two classes.{hint} "
+            "Pass num_classes or write classes.txt."
+        )
+    return top + 1
+
+
+class FolderSegmentation(SegmentationDataset):
+    """A user's own folder: ``images/`` + ``masks/`` with the same stems, optional ``classes.txt``.
+
+    Images without a mask are allowed. ``labeled=True`` uses only the images that have a mask (sorted by name);
+    ``labeled=False`` uses every image in ``images/`` (with or without a mask) plus every image in the optional
+    ``unlabeled/`` folder, whose ids are prefixed ``unlabeled/``; no mask is read.
+
+    The number of classes comes from ``num_classes``, else from ``classes.txt``, else (for a folder with masks)
+    from the largest mask value other than 255 -- which reads every mask once; pass ``num_classes`` to skip that. An
+    unlabeled folder with neither gets ``num_classes = None``. Mask values ``>= num_classes`` other than 255 raise a
+    DataError naming the file when the sample is read.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        labeled: bool = True,
+        transform: Transform | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(labeled, transform)
+        self.root = require_path(root, "segmentation folder", FOLDER_LAYOUT)
+        image_dir = require_path(self.root / "images", "image folder", FOLDER_LAYOUT)
+        mask_dir = self.root / "masks"
+        if labeled:
+            require_path(mask_dir, "mask folder", FOLDER_LAYOUT)
+        images = list_images(image_dir)
+        masks = {s: mask_dir / f"{s}.png" for s in images if (mask_dir / f"{s}.png").is_file()}
+
+        if labeled:
+            for stem in sorted(masks):
+                self.ids.append(stem)
+                self.image_paths.append(str(images[stem]))
+                self.mask_paths.append(str(masks[stem]))
+            if not self.ids:
+                raise DataError(
+                    f"no labeled images in {self.root}: no image in {image_dir} has a mask "
+                    f"{mask_dir}/<name>.png"
+                    f"\nExpected layout:\n{FOLDER_LAYOUT}"
+                )
+        else:
+            extra_dir = self.root / "unlabeled"
+            extra = list_images(extra_dir) if extra_dir.is_dir() else {}
+            for stem, path in images.items():
+                self.ids.append(stem)
+                self.image_paths.append(str(path))
+            for stem, path in extra.items():
+                self.ids.append(f"unlabeled/{stem}")
+                self.image_paths.append(str(path))
+            self.mask_paths = [None] * len(self.ids)
+            if not self.ids:
+                raise DataError(f"no images in {image_dir}\nExpected layout:\n{FOLDER_LAYOUT}")
+
+        classes_file = self.root / "classes.txt"
+        names = read_class_names(classes_file) if classes_file.is_file() else None
+        if num_classes is not None and names is not None and len(names) != num_classes:
+            raise DataError(f"num_classes={num_classes} but {classes_file} names {len(names)} classes; make them agree")
+        if num_classes is None and names is not None:
+            num_classes = len(names)
+        if num_classes is None and masks:
+            num_classes = infer_num_classes([str(p) for p in masks.values()])
+        if num_classes is not None and not 1 <= num_classes <= IGNORE_INDEX:
+            raise DataError(
+                f"num_classes must be between 1 and {IGNORE_INDEX} ({IGNORE_INDEX} is the ignore index), "
+                f"got {num_classes}"
+            )
+        self.num_classes = num_classes
+        if names is not None:
+            self.class_names = names
+        elif num_classes is not None:
+            self.class_names = [f"class_{i}" for i in range(num_classes)]
+
+
+def build_seg_folder(options: SegmentationOptions, transform: Transform) -> SegmentationData:
+    """Every masked image is labeled, every image (and ``unlabeled/``) is unlabeled data; ``val/`` validates."""
+    nc = options.num_classes or None
+    labeled = FolderSegmentation(options.root, labeled=True, transform=transform, num_classes=nc)
+    unlabeled = FolderSegmentation(options.root, labeled=False, transform=transform, num_classes=labeled.num_classes)
+    val_root = Path(options.root) / options.val_split
+    val = (
+        FolderSegmentation(val_root, labeled=True, num_classes=labeled.num_classes)
+        if (val_root / "images").is_dir()
+        else labeled
+    )
+    num_classes = int(labeled.num_classes or 0)
+    return SegmentationData.from_metadata(
+        labeled, unlabeled, val, SEG_FOLDER.metadata, num_classes=num_classes, class_names=labeled.class_names
+    )
+
+
+def check_seg_folder(root: Path, report: CheckReport) -> None:
+    """Check an ``images/`` + ``masks/`` folder: counts, masks without an image, sampled mask values."""
+    image_dir = root / "images"
+    mask_dir = root / "masks"
+    if not image_dir.is_dir():
+        report.add_problem(f"image folder not found: {image_dir}\nExpected layout:\n{FOLDER_LAYOUT}")
+        return
+    images = list_images(image_dir)
+    report.counts["images"] = len(images)
+    if not images:
+        report.add_problem(f"no images in {image_dir}")
+    if (root / "unlabeled").is_dir():
+        report.counts["unlabeled/ images"] = len(list_images(root / "unlabeled"))
+    num_classes = None
+    classes_file = root / "classes.txt"
+    if classes_file.is_file():
+        num_classes = len(read_class_names(classes_file))
+        report.counts["classes (classes.txt)"] = num_classes
+        if num_classes == 0:
+            report.add_problem(f"{classes_file} names no class")
+            num_classes = None
+    if not mask_dir.is_dir():
+        report.add_problem(f"mask folder not found: {mask_dir} (no labeled images)\nExpected layout:\n{FOLDER_LAYOUT}")
+        return
+    masks = {p.stem: p for p in sorted(mask_dir.glob("*.png")) if not p.name.startswith(".")}
+    report.counts["masks"] = len(masks)
+    labeled = sorted(s for s in masks if s in images)
+    report.counts["labeled images"] = len(labeled)
+    report.counts["images without a mask"] = len(images) - len(labeled)
+    orphans = [masks[s] for s in sorted(masks) if s not in images]
+    report_missing(report, "images for masks in masks/ (a mask needs images/<its name>.<ext>)", orphans, len(masks))
+    if not labeled:
+        report.add_problem(f"no image in {image_dir} has a mask {mask_dir}/<name>.png")
+        return
+    seen = check_sampled_masks(report, [(images[s], masks[s]) for s in labeled], num_classes)
+    valid = [v for v in seen if v != IGNORE_INDEX]
+    if valid:
+        report.counts["largest class id in sampled masks"] = max(valid)
+    if num_classes is None and seen and seen <= {0, IGNORE_INDEX}:
+        report.add_problem(
+            "sampled masks hold only 0 and 255, but 255 is the ignore index: store a binary task's foreground as 1"
+        )
+
+
+SEG_FOLDER = register_dataset(
+    DatasetSpec(
+        name="seg-folder",
+        description="your segmentation folder: images/ + masks/ (+ classes.txt, unlabeled/, val/)",
+        check=check_seg_folder,
+        # Classes come from classes.txt or the masks; every class but 0 (the background) is an object.
+        metadata=DatasetMetadata(),
+        layout=FOLDER_LAYOUT,
+        segmentation=build_seg_folder,
+        aliases=("folder",),
+    )
+)

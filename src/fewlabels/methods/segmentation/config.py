@@ -1,0 +1,104 @@
+"""Configuration sections of the segmentation methods that train an encoder-decoder (the supervised baseline and
+CCT): the network, the data and the evaluation protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fewlabels.config import fail
+from fewlabels.data.base import DataError
+from fewlabels.data.registry import get_dataset
+from fewlabels.data.segmentation import SegmentationOptions
+
+__all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig"]
+
+
+@dataclass
+class SegModelConfig:
+    encoder: str = field(default="small_cnn", metadata={"help": "small_cnn, resnet18, resnet34, resnet50, resnet101"})
+    output_stride: int = field(default=8, metadata={"help": "8, 16 or 32"})
+    deep_stem: bool = field(default=False, metadata={"help": "PSPNet/CCT three-conv stem (ResNets)"})
+    psp: bool = field(default=False, metadata={"help": "PSP pyramid pooling module after the encoder"})
+    psp_channels: int = field(default=512, metadata={"min": 1})
+    pretrained: str | None = field(default=None, metadata={"help": "local torchvision/timm backbone state dict"})
+    backbone_lr_scale: float = field(default=0.1, metadata={"help": "backbone lr = train.lr x this", "min": 0})
+
+    def validate(self) -> None:
+        from fewlabels.config import did_you_mean
+        from fewlabels.models import available_encoders
+
+        names = available_encoders()
+        if self.encoder not in names:
+            fail(
+                "model.encoder",
+                f"unknown encoder {self.encoder!r}{did_you_mean(self.encoder, names)}; "
+                f"valid choices: {', '.join(names)}",
+            )
+        if self.output_stride not in (8, 16, 32):
+            fail("model.output_stride", f"must be 8, 16 or 32, got {self.output_stride}")
+
+
+@dataclass
+class SegDataConfig:
+    dataset: str = field(
+        default="scenes",
+        metadata={"help": "a segmentation dataset: scenes, voc, cityscapes, seg-folder (`fewlabels data check` names)"},
+    )
+    root: str = field(default="", metadata={"help": "dataset folder (not needed for scenes)"})
+    labeled: float = field(
+        default=0.1,
+        metadata={"help": "labeled training images: a count (>= 1) or a fraction in (0, 1)", "gt": 0},
+    )
+    labeled_list: str = field(default="", metadata={"help": "file of labeled image ids (overrides labeled)"})
+    unlabeled_list: str = field(default="", metadata={"help": "file of unlabeled image ids (default: the rest)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the labeled/unlabeled draw"})
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: int = field(default=96, metadata={"min": 8})
+    scale: tuple[float, float] = (0.75, 1.5)
+    hflip: bool = True
+    num_classes: int = field(
+        default=0, metadata={"help": "folder datasets: 0 = infer from classes.txt/masks", "min": 0}
+    )
+    scenes_train: int = field(default=2000, metadata={"help": "scenes: generated training images", "min": 2})
+    scenes_val: int = field(default=200, metadata={"help": "scenes: generated validation images", "min": 1})
+    scenes_size: int = field(default=96, metadata={"min": 16})
+
+    def validate(self) -> None:
+        try:
+            spec = get_dataset(self.dataset, "segmentation")
+        except DataError as err:
+            fail("data.dataset", str(err))
+        if spec.root != "none" and not self.root:
+            fail("data.root", f"dataset {self.dataset!r} needs data.root=/path/to/{self.dataset}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            fail("data.scale", f"must be a range 0 < low <= high, got {list(self.scale)}")
+        if self.labeled > 1 and self.labeled != int(self.labeled):
+            fail("data.labeled", f"a count must be a whole number, got {self.labeled}")
+
+    def options(self) -> SegmentationOptions:
+        """What the dataset's builder reads from this section."""
+        return SegmentationOptions(
+            root=self.root,
+            labeled=self.labeled,
+            labeled_list=self.labeled_list,
+            unlabeled_list=self.unlabeled_list,
+            split_seed=self.split_seed,
+            train_split=self.train_split,
+            val_split=self.val_split,
+            num_classes=self.num_classes,
+            crop_size=self.crop_size,
+            scale=(self.scale[0], self.scale[1]),
+            hflip=self.hflip,
+            scenes_train=self.scenes_train,
+            scenes_val=self.scenes_val,
+            scenes_size=self.scenes_size,
+        )
+
+
+@dataclass
+class SegEvalConfig:
+    batch_size: int = field(default=8, metadata={"min": 1})
+    flip: bool = field(default=False, metadata={"help": "average with the horizontally flipped prediction"})
+    scales: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "multi-scale inference"})
+    max_images: int = field(default=0, metadata={"help": "evaluate on the first N images (0 = all)", "min": 0})

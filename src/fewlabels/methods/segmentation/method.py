@@ -1,0 +1,267 @@
+"""The base of the segmentation methods: one class that the supervised baseline, CCT and AC subclass.
+
+A segmentation method labels every pixel. What they share lives here, so that a difference between a method and its
+baseline comes from the method only:
+
+- data: :attr:`SegmentationMethod.data`, built once by :meth:`~SegmentationMethod.build_data` from the dataset
+  registry (``data.dataset``); its ``val`` images, ``num_classes`` and ``class_names`` are what evaluation,
+  prediction and figures read;
+- model factory: :meth:`~SegmentationMethod.build_network`, the encoder-decoder of a :class:`SegModelConfig`, and
+  :meth:`~SegmentationMethod.encoder_param_groups` (a pretrained encoder learns slower);
+- predictor: :meth:`~SegmentationMethod.predictor` turns the trained model into ``images [B, C, H, W] -> class scores
+  [B, K, H, W]``, the one function that evaluation, prediction and figures call;
+- evaluation: mIoU, pixel accuracy and per-class IoU over the validation images (:func:`evaluate_segmentation`),
+  optionally multi-scale and flipped (:class:`SegEvalConfig`);
+- prediction I/O: ``predict`` finds the input images and writes one class-index PNG and one colour PNG per image;
+- figures: a grid of validation images, their ground truth and the prediction (:func:`segmentation_figure`).
+
+A subclass sets its config sections into :meth:`build_data`, :attr:`eval_settings` and ``build_model``, and overrides
+only what differs: its training step, and for AC the predictor (clusters coloured by their matched class), the
+Hungarian evaluation protocol and the files it predicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from fewlabels.data.base import FewDataset
+from fewlabels.data.common import IMAGE_EXTENSIONS, find_inputs, read_rgb
+from fewlabels.data.registry import load_segmentation
+from fewlabels.data.segmentation import SegmentationData
+from fewlabels.methods.base import Method
+from fewlabels.methods.segmentation.config import SegDataConfig, SegEvalConfig, SegModelConfig
+from fewlabels.models import SegmentationNet, build_segmentation_model
+
+__all__ = [
+    "LogitsFn",
+    "SegmentationDataView",
+    "SegmentationMethod",
+    "build_segmentation_data",
+    "evaluate_segmentation",
+    "infer_probs",
+    "segmentation_figure",
+    "to_uint8_image",
+]
+
+#: ``images [B, C, H, W] -> class scores [B, K, h, w]`` (logits or probabilities; only their argmax and, for
+#: evaluation, their softmax are used).
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SegmentationDataView(Protocol):
+    """What the shared code reads from a segmentation method's data: the validation images and the label space."""
+
+    @property
+    def val(self) -> FewDataset: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    @property
+    def ignore_index(self) -> int: ...
+
+
+DataT = TypeVar("DataT", bound=SegmentationDataView)
+
+
+def build_segmentation_data(cfg: SegDataConfig) -> SegmentationData:
+    """The labeled, unlabeled and validation datasets of a ``data`` section (one domain of a CCT run)."""
+    return load_segmentation(cfg.dataset, cfg.options())
+
+
+def infer_probs(logits_fn: LogitsFn, images: torch.Tensor, cfg: SegEvalConfig) -> torch.Tensor:
+    """Class probabilities [B, K, H, W], averaged over ``cfg.scales`` and (optionally) horizontal flips."""
+    h, w = images.shape[-2:]
+    total = None
+    for s in cfg.scales:
+        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+        views = [(x, False), (x.flip(-1), True)] if cfg.flip else [(x, False)]
+        for v, flipped in views:
+            logits = logits_fn(v)
+            if flipped:
+                logits = logits.flip(-1)
+            if logits.shape[-2:] != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            p = logits.float().softmax(1)
+            total = p if total is None else total + p
+    assert total is not None
+    return total / (len(cfg.scales) * (2 if cfg.flip else 1))
+
+
+def evaluate_segmentation(
+    logits_fn: LogitsFn,
+    dataset: FewDataset,
+    num_classes: int,
+    cfg: SegEvalConfig,
+    device: torch.device | str,
+    class_names: Sequence[str] = (),
+) -> dict[str, float]:
+    """mIoU, pixel accuracy and per-class IoU (``iou/<class>``) on ``dataset`` (classes absent from both prediction
+    and target in the whole evaluation are excluded from the mean)."""
+    from fewlabels.metrics import SegmentationMeter
+
+    meter = SegmentationMeter(num_classes)
+    n = len(dataset) if not cfg.max_images else min(cfg.max_images, len(dataset))
+    i = 0
+    while i < n:
+        first = dataset[i]
+        items = [first]
+        # Batch only images of the same size (VOC images differ in size).
+        while len(items) < cfg.batch_size and i + len(items) < n:
+            nxt = dataset[i + len(items)]
+            if nxt["image"].shape != first["image"].shape:
+                break
+            items.append(nxt)
+        images = torch.stack([it["image"] for it in items]).to(device)
+        masks = torch.stack([it["mask"] for it in items]).to(device)
+        meter.update(infer_probs(logits_fn, images, cfg).argmax(1), masks)
+        i += len(items)
+    result = meter.compute()
+    out = {"miou": float(result["miou"]), "pixel_accuracy": float(result["pixel_accuracy"])}
+    for c, v in enumerate(result["iou"]):
+        if not np.isnan(v):
+            out[f"iou/{class_names[c] if c < len(class_names) else c}"] = float(v)
+    return out
+
+
+def to_uint8_image(image: torch.Tensor) -> np.ndarray:
+    """The first three channels of a ``[C, H, W]`` image in [0, 1] as an HxWx3 uint8 array."""
+    return (image[:3].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def segmentation_figure(
+    predictors: Mapping[str, LogitsFn],
+    dataset: FewDataset,
+    num_classes: int,
+    out_png: Path,
+    device: torch.device,
+    count: int = 4,
+) -> Path:
+    """Grid of image / ground truth / one column per predictor (its argmax), for the first ``count`` images."""
+    from fewlabels.viz import colorize, save_image_grid
+
+    rows = []
+    for i in range(min(count, len(dataset))):
+        item = dataset[i]
+        x = item["image"].unsqueeze(0).to(device)
+        row = [to_uint8_image(item["image"]), colorize(item["mask"].numpy(), num_classes)]
+        for fn in predictors.values():
+            row.append(colorize(fn(x).argmax(1)[0].cpu().numpy(), num_classes))
+        rows.append(row)
+    return save_image_grid(out_png, rows, ["image", "ground truth", *predictors])
+
+
+class SegmentationMethod(Method, Generic[DataT]):
+    """A method that labels every pixel; see the module docstring for what it shares and what subclasses set."""
+
+    metric = "miou"
+    metric_mode = "max"
+    #: the report figure: its file name, the title of the prediction column, and its caption
+    figure_file: ClassVar[str] = "predictions.png"
+    figure_column: ClassVar[str] = "prediction"
+    figure_caption: ClassVar[str] = "validation images: image / ground truth / prediction"
+    #: the files that ``predict`` reads from the folders it is given
+    input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_EXTENSIONS
+
+    # --- data and model -------------------------------------------------------------------------------------
+    def build_data(self) -> DataT:
+        """The run's datasets, from its config (called once, by :attr:`data`)."""
+        raise NotImplementedError(f"{type(self).__name__}.build_data")
+
+    @cached_property
+    def data(self) -> DataT:
+        """The run's datasets (built on first use)."""
+        return self.build_data()
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the predictor scores: the palette size of predictions and figures."""
+        return self.data.num_classes
+
+    @property
+    def eval_settings(self) -> SegEvalConfig:
+        """The inference protocol of evaluation and prediction (scales, flip, batch size, image count)."""
+        raise NotImplementedError(f"{type(self).__name__}.eval_settings")
+
+    def build_network(self, cfg: SegModelConfig) -> SegmentationNet:
+        """The encoder-decoder of ``cfg`` with one output per class of the data."""
+        return build_segmentation_model(
+            cfg.encoder,
+            self.num_classes,
+            output_stride=cfg.output_stride,
+            psp=cfg.psp,
+            psp_channels=cfg.psp_channels,
+            deep_stem=cfg.deep_stem,
+            pretrained=cfg.pretrained,
+        )
+
+    @staticmethod
+    def encoder_param_groups(model: nn.Module, lr_scale: float) -> list[dict[str, Any]]:
+        """Encoder parameters at ``lr_scale`` x lr (pretrained backbones learn slower), everything else at lr."""
+        encoder = getattr(model, "encoder", None)
+        enc_ids = {id(p) for p in encoder.parameters()} if isinstance(encoder, nn.Module) else set()
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if id(p) in enc_ids], "lr_scale": lr_scale},
+            {"params": [p for p in params if id(p) not in enc_ids]},
+        ]
+
+    # --- evaluation and inference ---------------------------------------------------------------------------
+    def predictor(self, model: nn.Module) -> LogitsFn:
+        """The function that evaluation, prediction and figures call: ``images -> class scores`` (the model)."""
+        return model
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """mIoU, pixel accuracy and per-class IoU of the predictor on the validation images."""
+        data = self.data
+        return evaluate_segmentation(
+            self.predictor(model), data.val, data.num_classes, self.eval_settings, device, data.class_names
+        )
+
+    def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
+        """Predict every image among ``inputs`` (folders searched recursively) into ``out_dir``."""
+        model.eval()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for path in find_inputs(inputs, self.input_suffixes):
+            with torch.no_grad():
+                written += self.predict_image(model, path, out_dir, device)
+        return written
+
+    def predict_image(self, model: nn.Module, path: Path, out_dir: Path, device: torch.device) -> list[Path]:
+        """``<stem>.png`` (class indices) and ``<stem>_overlay.png`` (classes coloured over the image)."""
+        from fewlabels.viz import overlay
+
+        rgb = read_rgb(path)
+        x = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float().div(255).unsqueeze(0).to(device)
+        pred = infer_probs(self.predictor(model), x, self.eval_settings).argmax(1)[0].cpu().numpy().astype(np.uint8)
+        mask_path = out_dir / f"{path.stem}.png"
+        Image.fromarray(pred).save(mask_path)
+        overlay_path = out_dir / f"{path.stem}_overlay.png"
+        Image.fromarray(overlay(rgb, pred, self.num_classes)).save(overlay_path)
+        return [mask_path, overlay_path]
+
+    def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
+        """The first validation images, their ground truth and the predictor's classes (:attr:`figure_file`)."""
+        model.eval()
+        path = segmentation_figure(
+            {self.figure_column: self.predictor(model)},
+            self.data.val,
+            self.num_classes,
+            out_dir / self.figure_file,
+            device,
+        )
+        return {self.figure_caption: path}
