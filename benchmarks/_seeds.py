@@ -20,8 +20,10 @@ from fewlabels.metrics import mean_confidence_interval
 def train_run(out_dir: Path, name: str, data: dict[str, Any]) -> tuple[Path, dict[str, float], float]:
     """Train a fresh run ``out_dir/name``; return its directory, final metrics and wall seconds."""
     from fewlabels.engine import train
+    from fewlabels.engine.allocator import opt_in
     from fewlabels.registry import config_from_dict
 
+    opt_in()  # a benchmark process trains as the command line does (malloc tuned for CPU training)
     run_dir = out_dir / name
     if run_dir.exists():
         shutil.rmtree(run_dir)

@@ -12,7 +12,8 @@ Protocol, per training-set size N and variant:
    dev-selected checkpoint of each run is scored once on the held-out test snippets.
 
 Resumable: every finished run writes ``OUT/cells/<name>.json`` and is skipped when the script runs again (with the
-same arguments); a run that was stopped halfway is started again. Prints a markdown table of test accuracy
+same arguments); a run that was stopped halfway is started again. Variants are independent, so several processes
+may share one OUT, each with its own ``--variants`` (a last run with all of them only reads the records). Prints a markdown table of test accuracy
 (mean, std over seeds), the paired differences between variants with their 95 % t intervals, the trained
 parameters and the training wall time, and a JSON object as the last stdout line.
 """
@@ -167,6 +168,12 @@ def main() -> None:
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--evals-per-run", type=int, default=5, help="dev evaluations (checkpoints) per run")
     parser.add_argument("--grid-only", action="store_true", help="stop after the grid and the choice")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default); on a shared CPU, one process per variant with 1 thread each",
+    )
     parser.add_argument("--out", default="runs/relbitfit_sweep")
     args = parser.parse_args()
 
@@ -175,6 +182,8 @@ def main() -> None:
     from fewlabels.engine.allocator import keep_freed_memory
 
     keep_freed_memory()  # as the CLI does for CPU training
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     chosen: dict[tuple[int, str], tuple[float, float]] = {}
     grid: list[dict[str, Any]] = []
     for n in args.n:

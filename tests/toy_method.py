@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class ToyDataset(FewDataset):
     def __len__(self) -> int:
         return self.cfg.n
 
-    def sample(self, index, rng):
+    def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
         x = self.x[index].copy()
         if rng is not None:  # augmentation: seeded noise
             x += rng.normal(size=x.shape).astype(np.float32) * self.cfg.noise
@@ -59,27 +60,28 @@ class ToyDataset(FewDataset):
 
 
 @register_method
-class ToyMethod(Method):
+class ToyMethod(Method[ToyConfig]):
     name = "toy"
     description = "engine test method"
     config_class = ToyConfig
     metric = "neg_mse"
-    config: ToyConfig
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
 
-    def train_sources(self):
+    def train_sources(self) -> dict[str, Source]:
         return {"main": Source(ToyDataset(self.config.data), self.config.train.batch_size)}
 
-    def training_step(self, model, batch, step, total_steps):
+    def training_step(
+        self, model: nn.Module, batch: dict[str, dict[str, Any]], step: int, total_steps: int
+    ) -> StepOutput:
         if self.config.step_delay:
             time.sleep(self.config.step_delay)
         b = batch["main"]
         loss = F.mse_loss(model(b["x"]).squeeze(1), b["y"])
         return StepOutput(loss, {"mean_target": b["y"].mean()})
 
-    def evaluate(self, model, device):
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         ds = ToyDataset(ToyData(n=self.config.data.n, noise=0.0))
         x = torch.from_numpy(ds.x).to(device)
         y = torch.from_numpy(ds.y).to(device)

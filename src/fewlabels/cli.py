@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (ConfigError, DataError, RunDirError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, DataError, RunDirError, CheckpointError, OSError, ValueError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error``; for one re-raised from a DataLoader worker (``Caught DataError in DataLoader worker
+    process 0. Original Traceback ...``) the original message, without the worker's traceback."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    pattern = re.compile(r"^[\w.]*(?:Error|Exception|Interrupt): (.+)$")
+    raised = [m for m in map(pattern.match, text.splitlines()) if m]
+    return raised[-1].group(1) if raised else text.splitlines()[0]

@@ -15,9 +15,9 @@ from fewlabels.config import ConfigError, RunConfig, apply_overrides, build_conf
 if TYPE_CHECKING:
     from fewlabels.methods.base import Method
 
-M = TypeVar("M", bound="type[Method]")
+M = TypeVar("M", bound="type[Method[Any]]")
 
-_METHODS: dict[str, type[Method]] = {}
+_METHODS: dict[str, type[Method[Any]]] = {}
 
 
 def register_method(cls: M) -> M:
@@ -35,12 +35,12 @@ def _load_builtin() -> None:
     importlib.import_module("fewlabels.methods")
 
 
-def available_methods() -> dict[str, type[Method]]:
+def available_methods() -> dict[str, type[Method[Any]]]:
     _load_builtin()
     return dict(sorted(_METHODS.items()))
 
 
-def get_method(name: str) -> type[Method]:
+def get_method(name: str) -> type[Method[Any]]:
     methods = available_methods()
     if name not in methods:
         raise ConfigError(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fewlabels.engine.monitor import read_metrics
+
+log = logging.getLogger(__name__)
 
 
 def _fmt(v: Any) -> str:
@@ -19,12 +23,17 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_report(run_dir: str | Path, device: str = "auto") -> Path:
-    """Write ``RUN_DIR/report.md`` (+ PNGs in ``RUN_DIR/report/``) and return its path."""
+def build_report(run_dir: str | Path, device: str = "auto", overrides: Sequence[str] = ()) -> Path:
+    """Write ``RUN_DIR/report.md`` (+ PNGs in ``RUN_DIR/report/``) and return its path.
+
+    The figures read the run's validation data (``overrides`` such as ``data.root=...`` say where it is now); when
+    it cannot be read, the report is written without them and says why.
+    """
+    from fewlabels.data.base import DataError
     from fewlabels.engine import load_run
     from fewlabels.viz import plot_curves
 
-    run = load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, overrides=overrides)
     out = run.run_dir / "report"
     out.mkdir(exist_ok=True)
     records = read_metrics(run.run_dir / "metrics.jsonl")
@@ -52,7 +61,12 @@ def build_report(run_dir: str | Path, device: str = "auto") -> Path:
         best = json.loads(best_path.read_text())
         lines += [f"## Best checkpoint (step {best.get('step')}, selected on `{run.method.metric}`)", ""]
         lines += metrics_table({k: v for k, v in best.items() if k != "step"}) + [""]
-    figures = run.method.report_figures(run.model, out, run.device)
+    try:
+        figures = run.method.report_figures(run.model, out, run.device)
+    except DataError as e:
+        log.warning("report without figures: %s", e)
+        lines += ["## Figures", "", f"Not drawn: the run's data could not be read ({e}).", ""]
+        figures = {}
     if figures:
         lines += ["## Figures", ""]
         for title, path in figures.items():

@@ -8,12 +8,20 @@ __all__ = ["add_commands"]
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    """Print the check report of ROOT as a dataset of KIND; exit status 1 when it found problems."""
+    """Print the check report of ROOT as a dataset of KIND; when it found problems, also one ``error:`` line on
+    stderr (the count and the first problem) and exit status 1."""
+    import sys
+
     from fewlabels.data.check import check_dataset
 
     report = check_dataset(args.kind, args.root)
     print(report.format())
-    return 0 if report.ok else 1
+    if report.ok:
+        return 0
+    first = (report.problems[0].splitlines() or [""])[0] if report.problems else "see above"
+    where = f"{report.kind} dataset at {report.root}"
+    print(f"error: {len(report.problems)} problem(s) in {where}: {first}", file=sys.stderr)
+    return 1
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,6 +33,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="validate a dataset layout and print counts",
         description="Check that ROOT holds a dataset of KIND in its expected layout.",
     )
-    dc.add_argument("kind")
-    dc.add_argument("root")
+    dc.add_argument("kind", help="dataset name, as in configs (`data.dataset`)")
+    dc.add_argument("root", nargs="?", help="dataset folder or file (not needed for generated or packaged datasets)")
     dc.set_defaults(func=cmd_data_check)

@@ -13,10 +13,20 @@ from pathlib import Path
 
 from fewlabels.config import ConfigError
 
-__all__ = ["add_commands", "eval_overrides"]
+__all__ = ["add_commands", "add_predict_arguments", "cmd_predict_fewshot", "eval_overrides", "prediction_csv"]
 
 #: flags that stand for keys of the run's ``eval`` section (argparse destination = key name)
-EVAL_FLAGS: tuple[str, ...] = ("shots", "ways", "queries", "episodes", "seed", "classifier", "exact", "support_augment")
+EVAL_FLAGS: tuple[str, ...] = (
+    "shots",
+    "ways",
+    "queries",
+    "episodes",
+    "seed",
+    "classifier",
+    "exact",
+    "support_augment",
+    "features",
+)
 
 
 def eval_overrides(args: argparse.Namespace) -> list[str]:
@@ -26,20 +36,15 @@ def eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_fewshot_eval(args: argparse.Namespace) -> int:
     """Evaluate RUN_DIR on seeded episodes of a split; print one line per shot and write the JSON result."""
-    from fewlabels.engine import load_run, read_run_config
-    from fewlabels.methods.scl.config import FewShotConfig
     from fewlabels.methods.scl.fewshot_eval import evaluate_split
     from fewlabels.methods.scl.method import FewShotMethod
+    from fewlabels.methods.scl.predict import load_fewshot_run
 
-    # The kind of run is checked before the eval.* overrides are added: only a few-shot config has those keys.
-    saved = read_run_config(args.run_dir, args.overrides)
-    not_few_shot = f"{args.run_dir} is a {saved.method!r} run; fewshot-eval needs a few-shot run"
-    if not isinstance(saved, FewShotConfig):
-        raise ConfigError("run_dir", not_few_shot)
+    # The kind of run is checked (on the saved config) before the eval.* overrides are added: only a few-shot
+    # config has those keys. The training split is never read: data.* may name a folder of test classes only.
     overrides = [*args.overrides, *eval_overrides(args)]
-    run = load_run(args.run_dir, which=args.weights, device=args.device, overrides=overrides)
-    if not isinstance(run.method, FewShotMethod):
-        raise ConfigError("run_dir", not_few_shot)
+    run = load_fewshot_run(args.run_dir, which=args.weights, device=args.device, overrides=overrides)
+    assert isinstance(run.method, FewShotMethod)
     protocol = run.method.config.eval
     result = evaluate_split(run.method, run.model, args.split, protocol, device=run.device)
     result.update(weights=str(run.weights))
@@ -83,7 +88,62 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument(
         "--support-augment", type=int, default=None, help="augmented copies per support image (eval.support_augment)"
     )
-    p.add_argument("--weights", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--features",
+        choices=["both", "pooled", "spatial"],
+        default=None,
+        help="feature types, one classifier each, probabilities summed (eval.features)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=["best", "last"],
+        default="last",
+        help="last (the reference's protocol, default) or best on the validation episodes",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--out", default="", help="JSON output (default RUN_DIR/fewshot_eval_<split>.json)")
     p.set_defaults(func=cmd_fewshot_eval)
+
+
+def prediction_csv(out: str, support: str, inputs: list[str]) -> Path:
+    """The CSV that ``predict --support`` writes: ``--out`` itself if it ends in ``.csv``, else
+    ``OUT/fewshot_predictions.csv``; refused (ConfigError) when it is an input or lies inside an input folder."""
+    given = Path(out)
+    target = (given if given.suffix.lower() == ".csv" else given / "fewshot_predictions.csv").resolve()
+    for item in [support, *inputs]:
+        p = Path(item).resolve()
+        if target == p or (p.is_dir() and p in target.parents):
+            raise ConfigError("--out", f"{target} would be written into the input {item}; choose a path outside it")
+    return target
+
+
+def cmd_predict_fewshot(args: argparse.Namespace) -> int:
+    """``predict RUN --support DIR QUERIES --out OUT``: classify the queries into the support folder's classes."""
+    from fewlabels.methods.scl.predict import fewshot_predict
+
+    target = prediction_csv(args.out, args.support, list(args.inputs))
+    overrides = ["eval.exact=true"] if getattr(args, "exact", False) else []
+    result = fewshot_predict(
+        args.run_dir, args.support, args.inputs, which=args.weights, device=args.device, overrides=overrides
+    )
+    result.write_csv(target)
+    shots = ", ".join(f"{c}: {n}" for c, n in result.shots.items())
+    counts = ", ".join(f"{c}: {n}" for c, n in result.counts().items())
+    print(f"{len(result.classes)}-way support ({shots})")
+    print(f"{len(result.paths)} queries predicted as {counts}")
+    print(f"wrote {target}")
+    return 0
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--support`` and ``--exact`` of ``predict`` (few-shot runs: scl, scl-distill, protonet)."""
+    parser.add_argument(
+        "--support",
+        metavar="SUPPORT_DIR",
+        default=None,
+        help="few-shot runs: labelled examples, one sub-folder of images per class; the inputs are classified into "
+        "these classes (CSV at --out, or OUT/fewshot_predictions.csv)",
+    )
+    parser.add_argument(
+        "--exact", action="store_true", help="with --support: scikit-learn instead of the batched solver"
+    )

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fewlabels.config import ConfigError
+
+if TYPE_CHECKING:
+    from fewlabels.data.base import DataError
+    from fewlabels.engine.rundir import RunDirError
 
 __all__ = ["add_commands"]
 
@@ -60,15 +66,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: an override among ``predict``'s inputs: ``key.sub=value`` (a path that exists is an input, whatever its name)
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*=")
+
+
+def _split_inputs(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``predict``'s input paths and its ``key.sub=value`` overrides."""
+    inputs, overrides = [], []
+    for item in items:
+        (overrides if _OVERRIDE.match(item) and not Path(item).exists() else inputs).append(item)
+    return inputs, overrides
+
+
+def _data_hint(error: Exception) -> DataError:
+    from fewlabels.data.base import DataError
+
+    return DataError(f"{error} (this command reads the run's data: point to it with data.root=/path/to/data)")
+
+
+def _write_failed(what: Path, error: OSError, after: str = "") -> RunDirError:
+    from fewlabels.engine.rundir import RunDirError
+
+    reason = error.strerror or str(error)
+    return RunDirError(f"cannot write {what}: {reason}{after}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a run's weights on its validation split; write and print ``eval_<weights>.json``."""
+    """Evaluate a run's weights on its validation split; print and write ``eval_<weights>.json`` (the metrics are
+    printed even when the run directory is read-only; the exit status then says the file was not written)."""
+    from fewlabels.data.base import DataError
     from fewlabels.engine import load_run
 
     run = load_run(args.run_dir, which=args.weights, device=args.device, overrides=args.overrides)
-    metrics = run.evaluate()
+    try:
+        metrics = run.evaluate()
+    except DataError as e:
+        raise _data_hint(e) from None
     out = {"run_dir": str(run.run_dir), "weights": run.weights.name, "metrics": metrics}
-    (run.run_dir / f"eval_{run.weights.stem}.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
+    target = run.run_dir / f"eval_{run.weights.stem}.json"
+    try:
+        target.write_text(json.dumps(out, indent=2))
+    except OSError as e:
+        raise _write_failed(target, e, "; the metrics are printed above") from None
     return 0
 
 
@@ -76,16 +116,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Write a run's predictions for files or folders into ``--out`` (which must lie outside every input)."""
     from fewlabels.engine import load_run
 
+    if getattr(args, "support", None):  # few-shot runs: classify into the classes of the support folder
+        from fewlabels.commands.fewshot import cmd_predict_fewshot
+
+        return cmd_predict_fewshot(args)
+
+    inputs, overrides = _split_inputs(args.inputs)
+    if not inputs:
+        raise ConfigError("INPUTS", "give at least one image file or folder to predict on")
     out = Path(args.out).resolve()
-    for item in args.inputs:
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", f"{args.out} is an existing file; --out names a folder for the predictions")
+    for item in inputs:
         p = Path(item).resolve()
         if not p.exists():
             raise FileNotFoundError(f"input not found: {item}")
         if p.is_dir() and (out == p or p in out.parents):
             raise ConfigError("--out", f"{args.out} is inside the input folder {item}; choose a folder outside it")
-    run = load_run(args.run_dir, which=args.weights, device=args.device)
-    written = run.predict(args.inputs, out)
-    print(f"wrote {len(written)} files to {out}")
+    run = load_run(args.run_dir, which=args.weights, device=args.device, overrides=overrides)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = run.predict(inputs, out)
+    except OSError as e:
+        where = Path(e.filename) if isinstance(e.filename, str) else out
+        raise _write_failed(where, e, f" (predictions go to --out {args.out}: choose a writable folder)") from None
+    on_disk = sorted({p.resolve() for p in written if p.is_file()})
+    print(f"wrote {len(on_disk)} files to {out}")
     return 0
 
 
@@ -93,7 +149,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write a run's ``report.md`` with its curves, metrics and figures."""
     from fewlabels.report import build_report
 
-    path = build_report(args.run_dir, device=args.device)
+    try:
+        path = build_report(args.run_dir, device=args.device, overrides=args.overrides)
+    except OSError as e:
+        where = Path(e.filename) if isinstance(e.filename, str) else Path(args.run_dir)
+        raise _write_failed(where, e, "; the report is written into the run directory: make it writable") from None
     print(f"report written to {path}")
     return 0
 
@@ -131,13 +191,25 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         description="Write predictions of RUN_DIR's model for INPUTS (files or folders) into --out.",
     )
     pr.add_argument("run_dir")
-    pr.add_argument("inputs", nargs="+")
-    pr.add_argument("--out", required=True, help="output folder (must not be inside an input folder)")
+    pr.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT_OR_OVERRIDE",
+        help="image files or folders (searched recursively; the tree is mirrored under --out), and key.sub=value "
+        "overrides (e.g. data.root=/elsewhere)",
+    )
+    pr.add_argument(
+        "--out", required=True, help="output folder (not inside an input folder; an input file is never overwritten)"
+    )
     pr.add_argument("--weights", choices=["best", "last"], default="best")
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    from fewlabels.commands.fewshot import add_predict_arguments
+
+    add_predict_arguments(pr)
     pr.set_defaults(func=cmd_predict)
 
     r = subparsers.add_parser("report", help="write report.md with curves, metrics and figures for a run")
     r.add_argument("run_dir")
+    r.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. data.root=/elsewhere)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.set_defaults(func=cmd_report)

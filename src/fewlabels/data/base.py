@@ -54,6 +54,42 @@ class Subset(FewDataset):
         return getattr(self.dataset, name)
 
 
+class Repeated(FewDataset):
+    """``dataset`` listed ``times`` times: index ``i`` is sample ``i % len(dataset)``. The engine seeds each
+    position's augmentation separately, so the copies of an image in one batch are augmented differently."""
+
+    def __init__(self, dataset: FewDataset, times: int) -> None:
+        if times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        self.dataset = dataset
+        self.times = int(times)
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
+        return self.dataset.sample(index % len(self.dataset), rng)
+
+    def __getattr__(self, name: str) -> Any:
+        # Expose the wrapped dataset's metadata (num_classes, class_names, ...).
+        if name in {"dataset", "times"}:
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def fill_batch(dataset: FewDataset, batch_size: int) -> FewDataset:
+    """``dataset``, repeated (:class:`Repeated`) when it holds fewer examples than one batch, so that a source of
+    4 labeled images still fills a batch of 8 (each image twice per batch, differently augmented); a dataset of at
+    least ``batch_size`` examples is returned unchanged. An empty dataset is a DataError."""
+    n = len(dataset)
+    if n == 0:
+        raise DataError("a training source is empty: there is nothing to draw a batch from")
+    return dataset if n >= batch_size else Repeated(dataset, -(-batch_size // n))
+
+
 def require_path(path: str | Path, what: str, layout: str = "") -> Path:
     """Return ``path`` if it exists, else raise a DataError naming it, what it should be, and the expected layout."""
     p = Path(path).expanduser()

@@ -11,11 +11,18 @@ Classes (IIC): fine labels map to the 27 coarse categories (12 things then 15 st
 COCO-Stuff hierarchy as ordered by IIC). COCO-Stuff-15 keeps the 15 stuff categories (coarse 12..26 -> 0..14);
 COCO-Stuff-3 keeps sky, plant, ground (-> 0, 1, 2); every other pixel is 255. Images are rescaled by 0.33 before
 cropping 128 x 128 (``data.scale``, ``data.input_size``). The two variants are two datasets of this one module.
+
+Splits (IIC's "IID" protocol, the one AC follows): by default the curated lists of ``train2017`` *and* ``val2017``
+are the training images, the images whose votes match clusters to classes, and the test images (IIC:
+``train_partitions = mapping_assignment_partitions = mapping_test_partitions = ["train2017", "val2017"]``).
+``split`` / ``eval_split`` name other comma-separated COCO splits (IIC's "IID+" setting: train on ``train2017``,
+test on ``val2017``). Evaluation images are IIC's test crops: rescaled by ``scale``, then the centre
+``input_size x input_size`` crop (pixels outside it are not evaluated, as in IIC).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,7 @@ from fewlabels.data.unsupervised import (
 
 __all__ = [
     "COARSE_NAMES",
+    "COCOSTUFF_IID_SPLITS",
     "COCOSTUFF_LISTS",
     "COCO_LAYOUT",
     "FINE_TO_COARSE",
@@ -66,6 +74,8 @@ FINE_TO_COARSE: tuple[int, ...] = (
 
 #: IIC curated image lists of each COCO-Stuff variant.
 COCOSTUFF_LISTS: dict[int, str] = {3: "Coco164kFew_Stuff_6", 15: "Coco164kFull_Stuff_Coarse_7"}
+#: IIC's "IID" protocol: train, match and test on the curated lists of both COCO splits.
+COCOSTUFF_IID_SPLITS: tuple[str, ...] = ("train2017", "val2017")
 _COCO3_COARSE = (23, 22, 21)  # sky, plant, ground -> 0, 1, 2 (IIC order)
 
 COCO_LAYOUT = """  ROOT/images/{train2017,val2017}/<id>.jpg
@@ -96,10 +106,11 @@ def cocostuff_class_names(variant: int) -> tuple[str, ...]:
 
 
 class CocoStuffDataset(FewDataset):
-    """COCO-Stuff-3 / -15 over an IIC curated list (layout in the module docstring).
+    """COCO-Stuff-3 / -15 over IIC curated lists (layout in the module docstring).
 
     Args:
-        root: dataset folder. split: ``train2017`` or ``val2017``. variant: 3 or 15.
+        root: dataset folder. split: ``train2017``, ``val2017``, or several of them (a sequence or a comma-separated
+            string: their curated lists concatenated in that order; IIC's "IID" protocol uses both). variant: 3 or 15.
         input_size: crop side (IIC: 128). scale: rescale before cropping (IIC: 0.33).
         list_name: curated list (default: IIC's list of the variant).
     """
@@ -107,7 +118,7 @@ class CocoStuffDataset(FewDataset):
     def __init__(
         self,
         root: str | Path,
-        split: str = "train2017",
+        split: str | Sequence[str] = COCOSTUFF_IID_SPLITS,
         variant: int = 3,
         input_size: int = 128,
         scale: float = 0.33,
@@ -116,9 +127,18 @@ class CocoStuffDataset(FewDataset):
         self.root = require_path(root, "COCO-Stuff folder", COCO_LAYOUT)
         self.table = cocostuff_label_table(variant)
         name = list_name or COCOSTUFF_LISTS[variant]
-        self.ids = read_list(self.root / "curated" / split / f"{name}.txt", "curated image list", COCO_LAYOUT)
-        self.image_dir = require_path(self.root / "images" / split, "COCO-Stuff image folder", COCO_LAYOUT)
-        self.mask_dir = require_path(self.root / "annotations" / split, "COCO-Stuff annotation folder", COCO_LAYOUT)
+        splits = tuple(s for s in split.split(",") if s) if isinstance(split, str) else tuple(split)
+        if not splits:
+            raise DataError("COCO-Stuff: name at least one split (train2017, val2017)")
+        self.splits = splits
+        #: (split, image id) of every image, the lists of ``splits`` in order
+        self.items: list[tuple[str, str]] = []
+        for part in splits:
+            ids = read_list(self.root / "curated" / part / f"{name}.txt", "curated image list", COCO_LAYOUT)
+            require_path(self.root / "images" / part, "COCO-Stuff image folder", COCO_LAYOUT)
+            require_path(self.root / "annotations" / part, "COCO-Stuff annotation folder", COCO_LAYOUT)
+            self.items += [(part, i) for i in ids]
+        self.ids = [i for _, i in self.items]
         self.input_size, self.scale = int(input_size), float(scale)
         self.num_classes = variant
         self.class_names = list(cocostuff_class_names(variant))
@@ -129,9 +149,9 @@ class CocoStuffDataset(FewDataset):
         return len(self.ids)
 
     def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
-        image_id = self.ids[index]
-        image = read_rgb(self.image_dir / f"{image_id}.jpg")
-        mask_path = self.mask_dir / f"{image_id}.png"
+        part, image_id = self.items[index]
+        image = read_rgb(self.root / "images" / part / f"{image_id}.jpg")
+        mask_path = self.root / "annotations" / part / f"{image_id}.png"
         fine = read_index_mask(mask_path)
         if fine.shape != image.shape[:2]:
             raise DataError(f"{mask_path} is {fine.shape}, its image is {image.shape[:2]}")
@@ -144,9 +164,10 @@ class CocoStuffDataset(FewDataset):
 
 def _builder(variant: int) -> Callable[[UnsupervisedOptions], UnsupervisedData]:
     def build(options: UnsupervisedOptions) -> UnsupervisedData:
-        """The curated images of ``split`` (default train2017), evaluated on ``eval_split`` or on themselves."""
+        """The curated images of ``split`` (default: train2017 + val2017, IIC's "IID" protocol), evaluated on
+        ``eval_split`` or on themselves."""
         root, size, scale = options.root, options.input_size, options.scale
-        coco = CocoStuffDataset(root, options.split or "train2017", variant, size, scale)
+        coco = CocoStuffDataset(root, options.split or COCOSTUFF_IID_SPLITS, variant, size, scale)
         ev = CocoStuffDataset(root, options.eval_split, variant, size, scale) if options.eval_split else coco
         return UnsupervisedData(coco, ev, coco.num_classes, coco.class_names, 3)
 

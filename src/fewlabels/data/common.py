@@ -30,6 +30,8 @@ __all__ = [
     "CheckReport",
     "CheckerFunc",
     "DatasetMetadata",
+    "check_images_decode",
+    "check_mask_extensions",
     "check_mask_values",
     "check_same_size",
     "check_sampled_masks",
@@ -37,9 +39,11 @@ __all__ = [
     "find_inputs",
     "list_images",
     "missing_files_error",
+    "plan_outputs",
     "read_class_names",
     "read_index_mask",
     "read_rgb",
+    "to_rgb8",
     "report_missing",
     "require_files",
 ]
@@ -93,17 +97,47 @@ class DatasetMetadata:
 # Reading files
 
 
+def to_rgb8(img: Image.Image, path: str | Path) -> np.ndarray:
+    """An opened image as an HxWx3 uint8 array, whatever its mode.
+
+    Palette, grayscale, RGBA/LA (alpha dropped), CMYK and 1-bit images go through Pillow's RGB conversion. 16- and
+    32-bit integer images (``I;16`` PNGs, ``I``) are scaled to 0..255 from their full range (65535 for 16-bit data),
+    never clipped: Pillow's own conversion turns them white or black. Floating-point images are refused by path.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img)
+        if arr.ndim != 2:
+            raise DataError(f"cannot read image {path}: unsupported {mode} image of shape {arr.shape}")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+            raise DataError(
+                f"cannot read image {path}: 32-bit values outside 0..65535; save it as an 8- or 16-bit image"
+            )
+        scaled = (arr.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(scaled[:, :, None], 3, axis=2))
+    if mode == "F":
+        raise DataError(
+            f"cannot read image {path}: a floating-point ({mode}) image has no fixed range; save it as an 8- or "
+            "16-bit image"
+        )
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file into an HxWx3 uint8 array (DataError with the path if it fails to decode)."""
+    """Decode an image file into an HxWx3 uint8 array (DataError with the path if it fails to decode).
+
+    Any mode is read correctly (see :func:`to_rgb8`): a 16-bit PNG is scaled from 0..65535, not clipped.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = img.convert("RGB")
+            return to_rgb8(img, path)
+    except DataError:
+        raise
     except FileNotFoundError as exc:
         raise DataError(f"image not found: {path}") from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}. Re-export or remove this file.") from exc
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def read_index_mask(path: str | Path) -> np.ndarray:
@@ -213,6 +247,35 @@ def find_inputs(inputs: Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIO
     return files
 
 
+def plan_outputs(inputs: Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> list[tuple[Path, Path]]:
+    """Each file :func:`find_inputs` finds, with the relative path (without suffix) of its outputs under ``--out``.
+
+    A folder's files keep their place in its tree (``a/x.png`` -> ``a/x``); a named file goes to the top. Files
+    that would share an output name (``x.png`` and ``x.jpg`` in one folder, two inputs with the same name) get their
+    extension in it (``x_png``, ``x_jpg``), then a number if needed, so no prediction overwrites another.
+    """
+    planned: list[tuple[Path, Path]] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            planned += [(f, f.relative_to(p).with_suffix("")) for f in find_inputs([p], suffixes)]
+        else:
+            planned += [(f, Path(f.stem)) for f in find_inputs([p], suffixes)]
+    groups: dict[str, int] = {}
+    for _, rel in planned:
+        groups[rel.as_posix().lower()] = groups.get(rel.as_posix().lower(), 0) + 1
+    out: list[tuple[Path, Path]] = []
+    taken: set[str] = set()
+    for f, rel in planned:
+        if groups[rel.as_posix().lower()] > 1 and f.suffix:
+            rel = rel.with_name(f"{rel.name}_{f.suffix[1:]}")
+        base, n = rel, 2
+        while rel.as_posix().lower() in taken:
+            rel, n = base.with_name(f"{base.name}-{n}"), n + 1
+        taken.add(rel.as_posix().lower())
+        out.append((f, rel))
+    return out
+
+
 def missing_files_error(what: str, paths: Sequence[str], layout: str, total: int) -> DataError:
     """A DataError saying how many of ``total`` ``what`` are missing, with a few of their paths and the layout."""
     shown = "\n".join(f"  {p}" for p in paths[:SHOWN_PATHS])
@@ -279,6 +342,41 @@ def report_missing(report: CheckReport, what: str, paths: Sequence[str | Path], 
     shown = "\n".join(str(p) for p in paths[:SHOWN_PATHS])
     more = f"\n... and {len(paths) - SHOWN_PATHS} more" if len(paths) > SHOWN_PATHS else ""
     report.add_problem(f"{len(paths)} of {total} {what} missing:\n{shown}{more}")
+
+
+def check_images_decode(report: CheckReport, paths: Sequence[Path], what: str = "images") -> int:
+    """Decode every file of ``paths`` fully (pixels, not just the header), with a progress bar on stderr; add one
+    problem per file that fails (named), and return how many decoded. A 16-bit or palette image decodes like any
+    other (:func:`read_rgb`)."""
+    import sys
+
+    from tqdm import tqdm
+
+    bad: list[str] = []
+    for path in tqdm(paths, desc=f"decoding {what}", unit="img", file=sys.stderr, leave=False, disable=not paths):
+        try:
+            read_rgb(path)
+        except DataError as exc:
+            bad.append(str(exc))
+    for message in bad:
+        report.add_problem(message)
+    report.counts[f"{what} decoded"] = len(paths) - len(bad)
+    return len(paths) - len(bad)
+
+
+def check_mask_extensions(report: CheckReport, mask_dir: Path, allowed: Sequence[str] = (".png",)) -> None:
+    """Add one problem listing the files in ``mask_dir`` whose extension is not one of ``allowed`` (they are not
+    read as masks: a ``.jpg`` mask would be lossy anyway)."""
+    wanted = {a.lower() for a in allowed}
+    odd = [p for p in sorted(mask_dir.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    odd = [p for p in odd if p.suffix.lower() not in wanted]
+    if odd:
+        shown = "\n".join(str(p) for p in odd[:SHOWN_PATHS])
+        more = f"\n... and {len(odd) - SHOWN_PATHS} more" if len(odd) > SHOWN_PATHS else ""
+        report.add_problem(
+            f"{len(odd)} file(s) in {mask_dir} with an unexpected extension (masks are read only as "
+            f"{', '.join(sorted(wanted))}; lossless PNG keeps class indices exact):\n{shown}{more}"
+        )
 
 
 def _evenly_spaced(items: Sequence[Any], k: int) -> list[Any]:

@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from fewlabels.data.base import DataError, FewDataset, to_chw_float
-from fewlabels.data.common import CheckReport
+from fewlabels.data.common import CheckReport, read_rgb
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -154,11 +153,7 @@ class FileFewShotDataset(FewShotDataset):
 
     def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
         path = self.paths[index]
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot decode image {path}: {e}") from None
+        image = read_rgb(path)  # any mode, 16-bit scaled; a DataError naming the file when it does not decode
         return {
             "image": _resize(to_chw_float(image), self.image_size),
             "label": torch.tensor(int(self.labels[index])),
@@ -208,11 +203,15 @@ def load_cifar_style(name: str, prefix: str, layout: str, options: FewShotOption
 
 
 def check_fewshot_splits(
-    build: Callable[[FewShotOptions, str], FewShotDataset], root: Path, report: CheckReport, split_file: str = ""
+    build: Callable[[FewShotOptions, str], FewShotDataset],
+    root: Path,
+    report: CheckReport,
+    split_file: str = "",
+    splits: Sequence[str] = SPLITS,
 ) -> None:
-    """Build each split of a few-shot dataset at ``root`` with ``build``: count its images and classes, and flag
-    classes too small for 5-way 5-shot episodes with 15 queries."""
-    for split in SPLITS:
+    """Build each of ``splits`` of a few-shot dataset at ``root`` with ``build``: count its images and classes,
+    and flag classes too small for 5-way 5-shot episodes with 15 queries."""
+    for split in splits:
         try:
             ds = build(FewShotOptions(root=str(root), split_file=split_file), split)
         except DataError as e:

@@ -4,6 +4,10 @@ Layout: ``ROOT/<class>/<image>`` and a split file naming the classes of each spl
 (``{"train": [...], "val": [...], "test": [...]}``; ``base`` / ``novel`` are accepted for train / test) or, with
 ``data.split_file``, a JSON file or a text file of ``<split> <class>`` lines. Its old name in few-shot configs,
 ``folder``, is still accepted there.
+
+Evaluation-only folders (cross-domain test sets, a user's own novel classes): a split file that names only
+``test`` classes, or no split file at all -- every class folder is then a test class. Such a folder has no
+train or val split; ``fewshot-eval`` and ``data check`` need none.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ __all__ = ["FEWSHOT_FOLDER_LAYOUT", "load_fewshot_folder", "read_split_file"]
 
 FEWSHOT_FOLDER_LAYOUT = (
     "  ROOT/<class>/<image>.{jpg,png,...}\n"
-    '  ROOT/splits.json   ({"train": [classes], "val": [classes], "test": [classes]})'
+    '  ROOT/splits.json   ({"train": [classes], "val": [classes], "test": [classes]}; only "test" for an\n'
+    "                      evaluation-only folder; no splits.json = every class folder is a test class)"
 )
 
 
@@ -64,16 +69,28 @@ def read_split_file(path: Path) -> dict[str, list[str]]:
     return splits
 
 
+def folder_splits(root: Path, split_file: str = "") -> dict[str, list[str]]:
+    """The classes of each split: from the split file, or -- when none is given and ``ROOT/splits.json`` does not
+    exist -- every class folder as a test class (an evaluation-only folder)."""
+    path = Path(split_file) if split_file else root / "splits.json"
+    if split_file or path.is_file():
+        return read_split_file(path)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {"train": [], "val": [], "test": classes}
+
+
 def load_fewshot_folder(options: FewShotOptions, split: str) -> FewShotDataset:
     """The images of the classes that the split file assigns to ``split`` (84 pixels unless asked otherwise)."""
     root = Path(options.root).expanduser()
     split = normalise_split(split)
     if not root.is_dir():
         raise layout_error("fewshot-folder", f"folder {root} not found", FEWSHOT_FOLDER_LAYOUT)
-    split_file = Path(options.split_file) if options.split_file else root / "splits.json"
-    classes = read_split_file(split_file)[split]
+    classes = folder_splits(root, options.split_file)[split]
     if not classes:
-        raise DataError(f"the split file names no classes for split {split!r}")
+        raise DataError(
+            f"the split file names no classes for split {split!r} (an evaluation-only folder -- no split file, or one "
+            f"naming only test classes -- has test classes only)"
+        )
     paths, labels = [], []
     for name in classes:
         folder = root / name
@@ -88,8 +105,19 @@ def load_fewshot_folder(options: FewShotOptions, split: str) -> FewShotDataset:
 
 
 def check_fewshot_folder(root: Path, report: CheckReport) -> None:
-    """Count the images and classes of each split (from ``ROOT/splits.json``) and flag classes too small for
-    5-shot episodes."""
+    """Count the images and classes of each split (from ``ROOT/splits.json``; none = every class is a test class)
+    and flag classes too small for 5-shot episodes. A split without classes is not a problem when the folder
+    has test classes (an evaluation-only folder)."""
+    try:
+        splits = folder_splits(root) if root.is_dir() else {}
+    except DataError as e:
+        report.add_problem(str(e))
+        return
+    present = [s for s in SPLITS if splits.get(s)]
+    if splits and present == ["test"]:
+        report.counts["train/val classes (evaluation-only folder)"] = 0
+        check_fewshot_splits(load_fewshot_folder, root, report, splits=("test",))
+        return
     check_fewshot_splits(load_fewshot_folder, root, report)
 
 

@@ -21,6 +21,7 @@ from fewlabels.data.base import DataError, FewDataset, require_path
 from fewlabels.data.common import (
     IGNORE_INDEX,
     CheckReport,
+    check_images_decode,
     check_sampled_masks,
     list_images,
     read_class_names,
@@ -104,6 +105,7 @@ def check_image_folder(root: Path, report: CheckReport) -> None:
     if not images:
         report.add_problem(f"no images in {image_dir}")
         return
+    check_images_decode(report, list(images.values()))  # every image in full: a bad file is named now
     num_classes = None
     classes_file = root / "classes.txt"
     if classes_file.is_file():

@@ -8,6 +8,12 @@ Layout::
 
 Potsdam-6 keeps the six classes; Potsdam-3 merges {roads, cars}, {buildings, clutter}, {vegetation, trees}. IIC ships
 no ground truth for ``unlabelled_train``: its masks are all 255. The two variants are two datasets of this module.
+
+Splits (IIC's "IID" protocol, the one AC follows): by default the training images are the three lists
+(``unlabelled_train``, ``labelled_train``, ``labelled_test``) and the images that match clusters to classes and are
+tested are ``labelled_train`` + ``labelled_test`` (IIC: ``mapping_assignment_partitions = mapping_test_partitions =
+["labelled_train", "labelled_test"]``). ``split`` / ``eval_split`` name other comma-separated lists. Tiles are
+200 x 200 and IIC's input size is 200: evaluation sees whole tiles.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ POTSDAM_CLASSES: tuple[str, ...] = ("roads", "buildings", "vegetation", "trees",
 _POTSDAM3 = (0, 1, 2, 2, 0, 1)
 _POTSDAM3_NAMES = ("roads and cars", "buildings and clutter", "vegetation and trees")
 _POTSDAM_TRAIN_LISTS = ("unlabelled_train", "labelled_train", "labelled_test")
+_POTSDAM_EVAL_LISTS = ("labelled_train", "labelled_test")  # IIC "IID": match and test on the labelled tiles
 
 POTSDAM_LAYOUT = """  ROOT/imgs/<id>.mat   (key 'img', uint8 200x200x4 RGB+IR)
   ROOT/gt/<id>.mat     (key 'gt', class ids 0..5)
@@ -105,10 +112,13 @@ class PotsdamDataset(FewDataset):
 def _builder(variant: int) -> Callable[[UnsupervisedOptions], UnsupervisedData]:
     def build(options: UnsupervisedOptions) -> UnsupervisedData:
         """The tiles of the comma-separated list names of ``split`` (default all three), evaluated on those of
-        ``eval_split`` or on themselves."""
+        ``eval_split`` (default: labelled_train + labelled_test when training on the default lists, IIC's "IID"
+        protocol; else the training tiles)."""
         lists = tuple(s for s in options.split.split(",") if s) or _POTSDAM_TRAIN_LISTS
         pots = PotsdamDataset(options.root, lists, variant, options.input_size)
         eval_lists = tuple(s for s in options.eval_split.split(",") if s)
+        if not eval_lists and lists == _POTSDAM_TRAIN_LISTS:
+            eval_lists = _POTSDAM_EVAL_LISTS
         ev = PotsdamDataset(options.root, eval_lists, variant, options.input_size) if eval_lists else pots
         return UnsupervisedData(pots, ev, variant, pots.class_names, 4)
 

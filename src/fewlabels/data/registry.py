@@ -63,6 +63,7 @@ FAMILIES: tuple[str, ...] = ("segmentation", "unsupervised", "few-shot", "text")
 #: The modules of this package that register the built-in datasets, imported before every lookup.
 BUILTIN_MODULES: tuple[str, ...] = (
     "scenes",
+    "scenes_shift",
     "voc",
     "cityscapes",
     "seg_folder",

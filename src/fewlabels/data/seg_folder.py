@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fewlabels.data.base import DataError, require_path
+from fewlabels.data.base import DataError, FewDataset, Subset, require_path
 from fewlabels.data.common import (
     IGNORE_INDEX,
+    SHOWN_PATHS,
     CheckReport,
+    check_images_decode,
+    check_mask_extensions,
     check_sampled_masks,
     list_images,
     read_class_names,
@@ -24,14 +27,16 @@ from fewlabels.data.common import (
 )
 from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
 from fewlabels.data.segmentation import SegmentationData, SegmentationDataset, SegmentationOptions, Transform
+from fewlabels.data.splits import labeled_unlabeled_split, read_id_list
 
-__all__ = ["FOLDER_LAYOUT", "SEG_FOLDER", "FolderSegmentation", "infer_num_classes"]
+__all__ = ["FOLDER_LAYOUT", "SEG_FOLDER", "FolderSegmentation", "folder_metadata", "infer_num_classes"]
 
 FOLDER_LAYOUT = """\
   <root>/
     images/<name>.<jpg|png|...>     every image (with or without a mask)
     masks/<name>.png                class index per pixel (0..num_classes-1, 255 = ignore), image's stem
-    classes.txt                     optional, one class name per line (defines num_classes)
+    classes.txt                     optional, one class name per line (defines num_classes); the class
+                                    named "background" is the background (default: class 0)
     unlabeled/<name>.<jpg|png|...>  optional extra images without masks (used only with labeled=False)
     val/images, val/masks           optional validation split (else the labeled images)"""
 
@@ -134,25 +139,75 @@ class FolderSegmentation(SegmentationDataset):
             self.class_names = [f"class_{i}" for i in range(num_classes)]
 
 
+def _listed(dataset: FolderSegmentation, list_file: str, what: str) -> list[int]:
+    """Indices in ``dataset`` of the ids listed in ``list_file`` (an unknown id is a DataError naming both)."""
+    index = {i: n for n, i in enumerate(dataset.ids)}
+    ids = read_id_list(list_file)
+    unknown = [i for i in ids if i not in index]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:SHOWN_PATHS]) + (", ..." if len(unknown) > SHOWN_PATHS else "")
+        raise DataError(
+            f"{list_file} lists {len(unknown)} id(s) that are not {what} of {dataset.root}: {shown} (ids are file "
+            "names without extension; unlabeled/ images are unlabeled/<name>)"
+        )
+    return [index[i] for i in ids]
+
+
+#: Class names (case-insensitive) that mark a folder's background class in ``classes.txt``.
+BACKGROUND_NAMES = ("background", "_background_", "__background__", "bg")
+
+
+def folder_metadata(class_names: Sequence[str]) -> DatasetMetadata:
+    """The metadata of a folder with these classes: the classes ``classes.txt`` names ``background`` (or ``bg``)
+    are the background and every other class an object; with no such name, class 0 is the background."""
+    marked = [i for i, name in enumerate(class_names) if name.strip().lower() in BACKGROUND_NAMES]
+    if not marked:
+        return SEG_FOLDER.metadata
+    things = tuple(i for i in range(len(class_names)) if i not in marked)
+    return DatasetMetadata(thing_classes=things)
+
+
 def build_seg_folder(options: SegmentationOptions, transform: Transform) -> SegmentationData:
-    """Every masked image is labeled, every image (and ``unlabeled/``) is unlabeled data; ``val/`` validates."""
+    """The labeled images: every masked image, or those of ``labeled_list``, or ``labeled`` of them drawn with
+    ``split_seed``. The unlabeled images: every image (and ``unlabeled/``), or those of ``unlabeled_list``, or with
+    ``labeled_list`` the images it does not name. ``val/`` validates (else the masked images)."""
     nc = options.num_classes or None
-    labeled = FolderSegmentation(options.root, labeled=True, transform=transform, num_classes=nc)
-    unlabeled = FolderSegmentation(options.root, labeled=False, transform=transform, num_classes=labeled.num_classes)
+    masked = FolderSegmentation(options.root, labeled=True, transform=transform, num_classes=nc)
+    everything = FolderSegmentation(options.root, labeled=False, transform=transform, num_classes=masked.num_classes)
+    labeled: FewDataset = masked
+    unlabeled: FewDataset = everything
+    if options.labeled_list:
+        chosen = _listed(masked, options.labeled_list, "masked images")
+        labeled = Subset(masked, chosen)
+        if options.unlabeled_list:
+            unlabeled = Subset(everything, _listed(everything, options.unlabeled_list, "images"))
+        else:
+            taken = {masked.ids[i] for i in chosen}
+            unlabeled = Subset(everything, [n for n, i in enumerate(everything.ids) if i not in taken])
+    elif options.labeled:
+        amount: int | float = int(options.labeled) if options.labeled >= 1 else options.labeled
+        chosen, _ = labeled_unlabeled_split(len(masked), amount, options.split_seed)
+        labeled = Subset(masked, chosen)
     val_root = Path(options.root) / options.val_split
     val = (
-        FolderSegmentation(val_root, labeled=True, num_classes=labeled.num_classes)
+        FolderSegmentation(val_root, labeled=True, num_classes=masked.num_classes)
         if (val_root / "images").is_dir()
-        else labeled
+        else masked
     )
-    num_classes = int(labeled.num_classes or 0)
+    num_classes = int(masked.num_classes or 0)
     return SegmentationData.from_metadata(
-        labeled, unlabeled, val, SEG_FOLDER.metadata, num_classes=num_classes, class_names=labeled.class_names
+        labeled,
+        unlabeled,
+        val,
+        folder_metadata(masked.class_names),
+        num_classes=num_classes,
+        class_names=masked.class_names,
     )
 
 
 def check_seg_folder(root: Path, report: CheckReport) -> None:
-    """Check an ``images/`` + ``masks/`` folder: counts, masks without an image, sampled mask values."""
+    """Check an ``images/`` + ``masks/`` folder: counts, every image decoded (``images/``, ``unlabeled/``,
+    ``val/images/``), masks with another extension than ``.png``, masks without an image, sampled mask values."""
     image_dir = root / "images"
     mask_dir = root / "masks"
     if not image_dir.is_dir():
@@ -162,8 +217,19 @@ def check_seg_folder(root: Path, report: CheckReport) -> None:
     report.counts["images"] = len(images)
     if not images:
         report.add_problem(f"no images in {image_dir}")
+    every = list(images.values())
     if (root / "unlabeled").is_dir():
-        report.counts["unlabeled/ images"] = len(list_images(root / "unlabeled"))
+        extra = list_images(root / "unlabeled")
+        report.counts["unlabeled/ images"] = len(extra)
+        every += extra.values()
+    val_images = root / "val" / "images"
+    if val_images.is_dir():
+        every += list_images(val_images).values()
+    # Every image is decoded in full: a file whose header reads but whose pixels do not would stop training later.
+    check_images_decode(report, every)
+    for folder in (root / "masks", root / "val" / "masks"):
+        if folder.is_dir():
+            check_mask_extensions(report, folder)
     num_classes = None
     classes_file = root / "classes.txt"
     if classes_file.is_file():
@@ -200,7 +266,8 @@ SEG_FOLDER = register_dataset(
         name="seg-folder",
         description="your segmentation folder: images/ + masks/ (+ classes.txt, unlabeled/, val/)",
         check=check_seg_folder,
-        # Classes come from classes.txt or the masks; every class but 0 (the background) is an object.
+        # Classes come from classes.txt or the masks; every class but 0 (the background) is an object, unless
+        # classes.txt names the background (folder_metadata).
         metadata=DatasetMetadata(),
         layout=FOLDER_LAYOUT,
         segmentation=build_seg_folder,

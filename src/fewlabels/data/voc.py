@@ -2,9 +2,10 @@
 
 Split lists are ``ImageSets/Segmentation/<split>.txt`` files of bare ids, or of ``image mask`` path pairs as CCT
 and UniMatch ship them (``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png``). A run with ``data.labeled_list``
-reads the labeled ids from such a file (CCT's ``1464_train_supervised.txt``) and the unlabeled ids from
-``data.unlabeled_list`` (default: the rest of the training split); otherwise ``data.labeled`` images of the
-training split are drawn with ``data.split_seed``.
+reads the labeled ids from such a file (CCT's ``1464_train_supervised.txt``) or from the VOC split it names
+(``labeled_list: train`` is ``ImageSets/Segmentation/train.txt``, VOC's own 1,464 images: the paper's setting) and
+the unlabeled ids from ``data.unlabeled_list`` (default: the rest of the training split); otherwise
+``data.labeled`` images of the training split are drawn with ``data.split_seed``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from fewlabels.data.segmentation import (
     Transform,
     labeled_unlabeled_subsets,
 )
-from fewlabels.data.splits import read_id_list
 
 __all__ = [
     "VOC",
@@ -40,6 +40,7 @@ __all__ = [
     "VOCSegmentation",
     "parse_list_entry",
     "read_split_list",
+    "resolve_split_list",
     "voc_entry_paths",
     "voc_mask_dir",
 ]
@@ -202,14 +203,44 @@ class VOCSegmentation(SegmentationDataset):
             require_files([str(p) for p in self.mask_paths], f"masks for the ids in {source}", VOC_LAYOUT)
 
 
+def resolve_split_list(root: str | Path, name: str) -> Path:
+    """The split-list file that ``name`` names: an existing file path, else the VOC split of that name,
+    ``<root>/ImageSets/Segmentation/<name>.txt`` (so ``train`` is VOC's own 1,464-image training list, the labeled
+    set of the paper's main VOC setting). DataError naming both places when neither exists."""
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given
+    split_dir = Path(root) / "ImageSets" / "Segmentation"
+    stem = name[: -len(".txt")] if name.endswith(".txt") else name
+    candidate = split_dir / f"{stem}.txt"
+    if "/" not in name and "\\" not in name and candidate.is_file():
+        return candidate
+    raise DataError(
+        f"split list {name!r} not found: it is neither a file nor a VOC split {candidate}; pass the path of a "
+        f"list file (e.g. CCT's 1464_train_supervised.txt) or the name of a split in {split_dir}\n"
+        f"Expected layout:\n{VOC_LAYOUT}"
+    )
+
+
 def build_voc(options: SegmentationOptions, transform: Transform) -> SegmentationData:
-    """The labeled (listed, or drawn from the training split), unlabeled and validation sets of a VOC run."""
+    """The labeled (listed, or drawn from the training split), unlabeled and validation sets of a VOC run.
+
+    ``options.labeled_list`` / ``options.unlabeled_list`` are list files or names of VOC splits
+    (:func:`resolve_split_list`): ``labeled_list: train`` with ``train_split: trainaug`` labels VOC's 1,464 ``train``
+    images and leaves the rest of the 10,582 ``trainaug`` images unlabeled."""
     val = VOCSegmentation(options.root, split=options.val_split)
     if options.labeled_list:
         labeled = VOCSegmentation(
-            options.root, split=options.train_split, ids=options.labeled_list, transform=transform
+            options.root,
+            split=options.train_split,
+            ids=resolve_split_list(options.root, options.labeled_list),
+            transform=transform,
         )
-        unlabeled_ids = read_id_list(options.unlabeled_list) if options.unlabeled_list else None
+        unlabeled_ids = (
+            [e.id for e in read_split_list(resolve_split_list(options.root, options.unlabeled_list))]
+            if options.unlabeled_list
+            else None
+        )
         if unlabeled_ids is None:
             pool = VOCSegmentation(options.root, split=options.train_split, labeled=False)
             taken = set(labeled.ids)

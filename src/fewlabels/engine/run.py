@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from fewlabels.config import RunConfig
-from fewlabels.engine.checkpoint import load_weights
+from fewlabels.config import ConfigError, RunConfig
+from fewlabels.engine.checkpoint import CheckpointError, latest_valid_checkpoint, load_weights
 from fewlabels.engine.rundir import RunDirError
 from fewlabels.methods.base import Method
 from fewlabels.registry import get_method, load_config
 
-__all__ = ["LoadedRun", "RunDirError", "load_run", "pick_device", "read_run_config"]
+__all__ = ["ARCHITECTURE_KEYS", "LoadedRun", "RunDirError", "load_run", "pick_device", "read_run_config"]
+
+log = logging.getLogger(__name__)
+
+#: config keys (and sections, ending in ".") that shape a trained model: a run read back refuses overrides of them
+ARCHITECTURE_KEYS = ("method", "model.", "perturbations.", "domains")
 
 
 def read_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -27,6 +35,9 @@ def read_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> RunCo
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``cuda`` when asked for (a ConfigError when no GPU is visible) or, for ``auto``, when there is one."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "cuda requested but no GPU is visible; use --device cpu (or auto)")
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -38,7 +49,7 @@ class LoadedRun:
 
     run_dir: Path
     config: RunConfig
-    method: Method
+    method: Method[Any]
     model: nn.Module
     weights: Path
     device: torch.device
@@ -63,18 +74,51 @@ def load_run(
     names the file.
     """
     run = Path(run_dir)
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in ARCHITECTURE_KEYS):
+            raise ConfigError(
+                key, "shapes the trained model, so it cannot be overridden on a trained run (train a new run instead)"
+            )
     config = read_run_config(run, overrides)
+    dev = pick_device(device)
     method = get_method(config.method)(config)
     candidates = (
         [run / "best.safetensors", run / "model.safetensors"] if which == "best" else [run / "model.safetensors"]
     )
-    weights = next((p for p in candidates if p.is_file()), None)
-    if weights is None:
-        raise RunDirError(f"{run} has no weights yet ({', '.join(p.name for p in candidates)} missing): train it first")
-    model = method.build_model()
-    # A method that stores only part of the model (saved_state) loads it onto the freshly built rest.
-    partial = method.saved_state(model) is not None
-    load_weights(model, weights, method.load_saved_state if partial else None)
-    dev = pick_device(device)
+    # The first weights file that loads; an unreadable one (truncated, garbage, empty) falls back to the next, then
+    # to the last valid checkpoint, with a warning.
+    failures: list[str] = []
+    model: nn.Module | None = None
+    weights = candidates[0]
+    for path in [p for p in candidates if p.is_file()]:
+        method.prepare_inference(run, path)
+        model = method.build_model()
+        # A method that stores only part of the model (saved_state) loads it onto the freshly built rest.
+        partial = method.saved_state(model) is not None
+        try:
+            load_weights(model, path, method.load_saved_state if partial else None)
+        except (CheckpointError, SafetensorError, OSError) as e:
+            failures.append(f"{path.name}: {e}")
+            log.warning("cannot use %s (%s); trying the next weights", path, e)
+            model = None
+            continue
+        weights = path
+        break
+    if model is None:
+        found = latest_valid_checkpoint(run / "checkpoints")
+        if found is None and not failures:
+            names = ", ".join(p.name for p in candidates)
+            raise RunDirError(f"{run} has no weights yet ({names} missing): train it first")
+        if found is None:
+            raise CheckpointError(f"{run} has no usable weights ({'; '.join(failures)}) and no valid checkpoint")
+        weights, state = found
+        method.prepare_inference(run, weights)
+        model = method.build_model()
+        try:
+            method.load_saved_state(model, state["model"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{weights} does not fit the model: {e}") from e
+        log.warning("using the weights of checkpoint %s", weights)
     model.to(dev).eval()
     return LoadedRun(run, config, method, model, weights, dev)

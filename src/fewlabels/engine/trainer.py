@@ -262,7 +262,7 @@ class Trainer:
                     f"({src.batch_size // self.cfg.grad_accum})",
                 )
 
-    def _state(self, model, optimizer, scheduler, step: int, method: Method | None = None) -> dict[str, Any]:
+    def _state(self, model, optimizer, scheduler, step: int, method: Method[Any] | None = None) -> dict[str, Any]:
         rng = capture_rng_state()
         all_rng = gather_object([rng]) if self.world > 1 else [rng]
         net = self.accelerator.unwrap_model(model)
@@ -307,7 +307,7 @@ class Trainer:
 
     def _fit(self, stop: StopRequest) -> TrainResult:
         acc, cfg = self.accelerator, self.cfg
-        method: Method = get_method(self.config.method)(self.config)
+        method: Method[Any] = get_method(self.config.method)(self.config)
         seed_everything(self.config.seed)  # identical initial weights on every rank
         model = method.build_model()
         if self.world > 1:
@@ -495,7 +495,7 @@ class Trainer:
         return bool(broadcast_object_list([missing])[0]) if self.world > 1 else missing
 
     def _evaluation_step(
-        self, method: Method, model: Any, monitor: Monitor, step: int, best: dict[str, float] | None
+        self, method: Method[Any], model: Any, monitor: Monitor, step: int, best: dict[str, float] | None
     ) -> tuple[dict[str, float], dict[str, float] | None]:
         """Evaluate at ``step``, log the metrics and keep the best weights; returns the metrics and the best record."""
         metrics = self._evaluate(method, model)
@@ -504,7 +504,7 @@ class Trainer:
             best = self._maybe_best(method, model, step, metrics, best)
         return metrics, best
 
-    def _evaluate(self, method: Method, model) -> dict[str, float]:
+    def _evaluate(self, method: Method[Any], model) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if self.is_main:
             net = self.accelerator.unwrap_model(model)
@@ -524,7 +524,7 @@ class Trainer:
         path = self.run_dir / "best.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def _maybe_best(self, method: Method, model, step: int, metrics: dict[str, float], best):
+    def _maybe_best(self, method: Method[Any], model, step: int, metrics: dict[str, float], best):
         if method.metric not in metrics:
             raise KeyError(f"{method.name}.evaluate returned {sorted(metrics)}, without its metric {method.metric!r}")
         value = metrics[method.metric]

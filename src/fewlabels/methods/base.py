@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -39,8 +39,16 @@ class StepOutput:
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
-class Method:
-    """Base class of every method. Subclasses set the class attributes and implement the hooks."""
+#: the config class of a method: ``Method[C]`` has ``self.config: C``
+C = TypeVar("C", bound=RunConfig)
+
+
+class Method(Generic[C]):
+    """Base class of every method. Subclasses set the class attributes and implement the hooks.
+
+    A method is generic in its config class: ``class MyMethod(Method[MyConfig])`` types ``self.config`` as
+    ``MyConfig`` (set ``config_class = MyConfig`` too; the registry builds the config from it).
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -51,8 +59,8 @@ class Method:
     #: DDP option for models whose forward leaves some parameters unused in a step
     find_unused_parameters: ClassVar[bool] = False
 
-    def __init__(self, config: RunConfig) -> None:
-        self.config = config
+    def __init__(self, config: C) -> None:
+        self.config: C = config
 
     # --- model and data -------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -93,6 +101,11 @@ class Method:
         model.load_state_dict(state)
 
     # --- evaluation and inference ---------------------------------------------------------------------------
+    def prepare_inference(self, run_dir: Path, weights: Path) -> None:
+        """Called by ``load_run`` before :meth:`build_model` for a trained run whose ``weights`` are about to be
+        loaded: a method may take what building the model needs (e.g. its classes) from the run instead of reading
+        the training data, so that predicting needs no data (default: nothing)."""
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Metrics on the validation split (unwrapped model in eval mode). Must contain ``self.metric``."""
         return {}

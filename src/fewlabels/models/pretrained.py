@@ -75,11 +75,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
-    obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+            return dict(load_file(str(path), device="cpu"))
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - garbage, truncated or foreign files fail in many ways (unpickling, zip, header)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PretrainedWeightsError(
+            f"{path} is not a readable weights file ({reason[:200]}); it must be a torch.save state dict (.pth/.pt) "
+            "or a .safetensors file"
+        ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state"):
             if isinstance(obj.get(key), Mapping):
@@ -167,7 +174,8 @@ def load_backbone_weights(module: nn.Module, path: str | Path, strict_backbone: 
             f"{path.name} does not match the backbone {getattr(module, 'arch', type(module).__name__)}: "
             f"{len(missing)} missing key(s) {missing[:5]}, "
             f"{len(unexpected)} unexpected key(s) {unexpected[:5]}. "
-            f"Expected {_weights_hint(module)}; pass strict_backbone=False to load the matching part."
+            f"Expected {_weights_hint(module)}: point model.pretrained at that file, or set it to null to train "
+            "from scratch."
         )
     loadable = {k: v for k, v in state.items() if k in own}
     module.load_state_dict(loadable, strict=False)

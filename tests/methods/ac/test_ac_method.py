@@ -167,6 +167,17 @@ def test_after_optimizer_step_rezeroes_masked_taps():
     assert bool((conv.weight[conv.mask == 1] != 0).all())
 
 
+def test_inference_is_mask_free_by_default():
+    assert ACConfig().model.inference == "plain"
+    method = _method()
+    model = method.build_model().eval()
+    images = torch.rand(2, 3, 16, 16)
+    model.masked = False
+    expected = model(images)["main"]
+    model.masked = True
+    torch.testing.assert_close(method.predictor(model)(images), expected)  # unmatched: cluster order
+
+
 def test_config_rejects_inconsistent_settings():
     with pytest.raises(ConfigError, match="views.jitter"):
         build_config(ACConfig, {"model": {"mask_from": "none"}})
@@ -216,8 +227,24 @@ def test_evaluate_and_predict_with_the_real_network(tmp_path):
     method = _method()
     model = method.build_model().eval()
     metrics = method.evaluate(model, torch.device("cpu"))
-    assert 0.5 <= metrics["pixel_accuracy"] <= 1.0  # one-to-one matching of 2 clusters is right at least half
+    # recomputed independently: the mask-free network's clusters on every evaluation pixel, matched by
+    # fewlabels.metrics; and the predictor (clusters moved to their matched classes) scored without matching
+    ds = method.data.eval
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    target = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+    was = model.masked
+    model.masked = False
+    clusters = model(images)["main"].argmax(1)
+    model.masked = was
+    assert metrics["pixel_accuracy"] == pytest.approx(matched_accuracy(clusters, target, 2), abs=1e-9)
+    predicted = method.predictor(model)(images).argmax(1)
+    assert metrics["pixel_accuracy"] == pytest.approx((predicted == target).double().mean().item(), abs=1e-9)
     assert set(model.cluster_to_class.tolist()) == {0, 1}
+    ensemble = _method(model={"inference": "ensemble"})
+    views = model.cluster_probabilities(images, "ensemble").argmax(1)
+    assert ensemble.evaluate(model, torch.device("cpu"))["pixel_accuracy"] == pytest.approx(
+        matched_accuracy(views, target, 2), abs=1e-9
+    )
     image = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "x.png")
     written = method.predict(model, [tmp_path / "x.png"], tmp_path / "out", torch.device("cpu"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -77,11 +78,13 @@ def test_multi_domain_uses_each_samples_domain_decoder() -> None:
     z = model.net.encode(x)
     torch.testing.assert_close(logits[0], model.net.decode(z)[0])
     torch.testing.assert_close(logits[1:], model.domain_decoders[0](z)[1:])
-    # the unsupervised target of a domain-1 image comes from domain 1's decoder; only that decoder is
-    # untouched
-    out = model(x, x, domains_l=domains, domains_u=domains)
+    # the unsupervised target of a domain-1 image comes from domain 1's decoder (detached: no main decoder gets
+    # gradient from it); the unlabeled images are grouped by domain and given as per-domain counts
+    out = model(x, x, domains_l=domains, domains_u=[1, 2])
     out["loss_u"].backward()
     assert _grads(model.domain_decoders) == 0.0
+    with pytest.raises(TypeError, match="per-domain image counts"):
+        model(x, x, domains_u=domains)
 
 
 def test_predict_pads_odd_sizes_and_crops_back() -> None:

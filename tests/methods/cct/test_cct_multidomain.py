@@ -60,14 +60,15 @@ def test_domains_parse_into_data_sections() -> None:
     assert cfg.all_domains[0] is cfg.data and cfg.predict_domain == 1
 
 
-def test_domains_with_other_classes_are_refused(tmp_path: Path) -> None:
+def test_a_label_free_domain_with_other_classes_is_refused(tmp_path: Path) -> None:
+    # Labeled domains may have their own classes (test_cct_domains.py); a label-free one is predicted by domain
+    # 0's main decoder, so it needs domain 0's classes.
     folder = _inverted_scenes_folder(tmp_path / "d1")
-    cfg = build_config(
-        CCTConfig, {**TINY, "domains": [{"dataset": "folder", "root": str(folder), "crop_size": 32, "num_classes": 3}]}
-    )
+    domain = {"dataset": "folder", "root": str(folder), "crop_size": 32, "num_classes": 7, "label_free": True}
+    cfg = build_config(CCTConfig, {**TINY, "domains": [domain]})
     with pytest.raises(ConfigError) as err:
         _ = CCTMethod(cfg).domain_data
-    assert err.value.key == "domains[0]" and "3 classes" in str(err.value) and f"{NUM_CLASSES}" in str(err.value)
+    assert err.value.key == "domains[0].label_free" and "7" in str(err.value) and f"{NUM_CLASSES}" in str(err.value)
 
 
 def test_each_image_is_decoded_by_its_domains_main_decoder() -> None:

@@ -198,29 +198,47 @@ def _hand_attention(model, options, tables, ids, layer: int = 0) -> torch.Tensor
     return probs
 
 
+def _random_biases(model, seed: int = 11) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for attention in find_self_attentions(model):  # non-zero b_q and b_k: the two forms differ only then
+            attention.query.bias.copy_(torch.randn(attention.query.bias.shape, generator=g))
+            attention.key.bias.copy_(torch.randn(attention.key.bias.shape, generator=g))
+
+
 @pytest.mark.parametrize("relative_index", ["absolute", "signed"])
 @pytest.mark.parametrize("tie", [False, True])
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_attention_matches_a_hand_computation_of_the_thesis_score(relative_index, tie, attn):
-    model = tiny_model("bert", attn)
+def test_attention_matches_a_hand_computation_of_the_thesis_score(relative_index, tie):
+    model = tiny_model("bert", "eager")
     options = RelativeBiasOptions(num_positions=3, relative_index=relative_index, tie_layers=tie)
     tables = add_relative_attention_bias(model, options)
     randomise_tables(model)
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for attention in find_self_attentions(model):  # non-zero b_q and b_k: the forms differ only then
-            attention.query.bias.copy_(torch.randn(attention.query.bias.shape, generator=g))
-            attention.key.bias.copy_(torch.randn(attention.key.bias.shape, generator=g))
+    _random_biases(model)
     ids = torch.tensor([[5, 17, 23, 8, 41, 2]])
-    model.config._attn_implementation = "eager"  # attention weights are returned by the eager kernel only
     with torch.no_grad():
         got = model(input_ids=ids, output_attentions=True).attentions[0][0]
         expected = _hand_attention(model, options, tables, ids)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("query_bias", [False, True])
+def test_sdpa_and_eager_agree_with_trained_tables_and_query_biases(query_bias):
+    outputs = []
+    for attn in ("eager", "sdpa"):
+        model = tiny_model("bert", attn)
+        add_relative_attention_bias(model, RelativeBiasOptions(num_positions=4, query_bias=query_bias))
+        randomise_tables(model)
+        _random_biases(model)
+        with torch.no_grad():
+            outputs.append(model(**batch()).logits)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
 def test_query_bias_option_adds_exactly_the_b_q_R_term():
-    options = {"thesis": RelativeBiasOptions(num_positions=3), "biased": RelativeBiasOptions(num_positions=3, query_bias=True)}
+    options = {
+        "thesis": RelativeBiasOptions(num_positions=3),
+        "biased": RelativeBiasOptions(num_positions=3, query_bias=True),
+    }
     probs = {}
     for name, opt in options.items():
         model = tiny_model("bert", "eager")

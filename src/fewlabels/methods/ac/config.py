@@ -30,12 +30,24 @@ class ACModelConfig:
     vertical_fraction: float = field(
         default=0.5, metadata={"help": "share of V (rows-above) channels in masked layers", "gt": 0, "max": 1}
     )
+    sobel: bool = field(
+        default=False,
+        metadata={"help": "IIC's Sobel input: the grey image's Sobel x/y replace the RGB channels (not with F1)"},
+    )
+    sobel_keep: bool = field(
+        default=False, metadata={"help": "with sobel: keep the RGB channels before the Sobel ones (IIC include_rgb)"}
+    )
     inference: Literal["ensemble", "plain"] = field(
-        default="ensemble",
-        metadata={"help": "evaluation/prediction: mean over the 8 orderings, or one unmasked pass"},
+        default="plain",
+        metadata={
+            "help": "evaluation/prediction: plain = the masks removed, one pass of the network as a standard "
+            "segmentation model (the thesis' inference); ensemble = mean over the 8 masked orderings"
+        },
     )
 
     def validate(self) -> None:
+        if self.sobel and self.mask_from == "input":
+            fail("model.sobel", "the Sobel filter mixes later pixels into each pixel: use mask_from features/decoder")
         if not self.widths or any(w < 2 for w in self.widths):
             fail("model.widths", f"at least one width, each >= 2 (V and H channels), got {self.widths}")
         if self.attention and self.widths[-1] % self.attention_heads:
@@ -48,7 +60,20 @@ class ACModelConfig:
 @dataclass
 class ACLossConfig:
     displacement: int = field(default=10, metadata={"help": "T: pixel pairs within [-T, T]^2 (IIC: 10, 5)", "min": 0})
-    lamb: float = field(default=1.0, metadata={"help": "marginal-entropy weight (IIC: 1.0-1.5)", "min": 1.0})
+    lamb: float = field(
+        default=1.0,
+        metadata={"help": "marginal-entropy weight of the main head (IIC: 1.5 for -3, 1.0 for -15/-6)", "min": 1.0},
+    )
+    lamb_over: float = field(
+        default=1.0, metadata={"help": "marginal-entropy weight of the over-clustering head (IIC: 1.0)", "min": 1.0}
+    )
+    head_alternation: Literal["step", "epoch"] = field(
+        default="step",
+        metadata={
+            "help": "with model.k_over: train the heads in turn every step, or every pass over the training images "
+            "(IIC: per epoch, over-clustering head first)"
+        },
+    )
     collapsed: bool = field(
         default=False,
         metadata={"help": "one joint over all displacements (True) or one per displacement (IIC)"},
@@ -64,6 +89,17 @@ class ACLossConfig:
 
 @dataclass
 class ACViewsConfig:
+    kind: Literal["raster", "random", "dropout"] = field(
+        default="raster",
+        metadata={
+            "help": "AC's two views (mask_from != none): two of the 8 raster orderings (the paper), two random "
+            "non-raster orderings of the feature positions, or two dropout masks of the unmasked network (the "
+            "thesis' open question)"
+        },
+    )
+    dropout: float = field(
+        default=0.2, metadata={"help": "views.kind=dropout: element dropout rate", "gt": 0, "max": 0.9}
+    )
     jitter: float = field(
         default=0.0, metadata={"help": "photometric jitter strength applied to each view (0 = off)", "min": 0}
     )
@@ -87,7 +123,18 @@ class ACDataConfig:
         metadata={"help": "train/eval split: COCO train2017|val2017, Potsdam list name; '' = default"},
     )
     eval_split: str = field(default="", metadata={"help": "evaluation split ('' = the training images: IID)"})
-    eval_images: int = field(default=0, metadata={"help": "evaluate on the first N images (0 = all)", "min": 0})
+    eval_images: int = field(
+        default=0,
+        metadata={"help": "evaluate on the first N images (0 = all; every result reports the count)", "min": 0},
+    )
+    eval_input_size: int = field(
+        default=0,
+        metadata={
+            "help": "side of the evaluation crops (0 = input_size: IIC's centre crop); the image side (e.g. "
+            "scenes_size) evaluates whole images",
+            "min": 0,
+        },
+    )
     eval_batch_size: int = field(default=16, metadata={"min": 1})
     scenes_n: int = field(default=600, metadata={"help": "scenes: generated images", "min": 2})
     scenes_size: int = field(default=96, metadata={"min": 16})
@@ -134,6 +181,10 @@ class ACConfig(RunConfig):
                 f"{self.data.dataset} has {classes} classes; Hungarian matching needs k = {classes} "
                 f"(use model.k_over for over-clustering), got {self.model.k}",
             )
+        if self.views.kind != "raster" and self.model.mask_from == "none":
+            fail("views.kind", f"{self.views.kind} views replace the orderings: they need model.mask_from != none")
+        if self.views.kind == "dropout" and self.model.inference == "ensemble":
+            fail("model.inference", "dropout views train no masks: evaluate the plain network (inference=plain)")
         if self.model.mask_from == "none" and self.views.jitter == 0 and not self.views.flip:
             fail(
                 "views.jitter",

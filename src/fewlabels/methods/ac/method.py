@@ -10,8 +10,14 @@ second view's output so that pixels stay aligned. Same network, loss and budget.
 method with ``model.mask_from=none`` rather than as a second name, so that both share every line of data,
 evaluation and prediction code.
 
-Over-clustering (IIC): with ``model.k_over > 0`` the over-clustering head is trained on odd steps and the main
-head on even steps (IIC alternates per epoch; per step keeps both heads moving at any run length).
+Over-clustering (IIC): with ``model.k_over > 0`` the over-clustering head (``loss.lamb_over``, IIC 1.0) and the main
+head (``loss.lamb``, IIC 1.5 / 1.0) are trained in turn: every step (``loss.head_alternation=step``, default: both
+heads move at any run length), or every pass over the training images (``epoch``, IIC's schedule, over-clustering
+head first).
+
+Other views (the thesis' open question, ``views.kind``): ``random`` draws, per view, a random permutation of the
+ordered part's positions as the autoregressive order (per-position masks, ``masked_conv``); ``dropout`` runs the
+network without masks and makes the two views with two element-dropout masks. Both evaluate mask-free.
 
 Data, prediction I/O and figures are those of :class:`~fewlabels.methods.segmentation.SegmentationMethod`; AC
 overrides its predictor (cluster probabilities, in class order once evaluation has matched them), its evaluation
@@ -22,11 +28,10 @@ over the evaluation images is matched one-to-one (Hungarian), then pixel accurac
 labelled pixels. The matching is stored in the model (buffer ``cluster_to_class``) so that ``predict`` colours
 clusters by class.
 
-Our choices where the paper is silent: the V/H channel-type masking (``masked_conv``),
-the network (``model``), the per-step head alternation, and inference by the mean over the 8 orderings
-(``model.inference=ensemble``): masked taps are held at exactly zero during training, so the unmasked network
-(``plain``) equals the ``tl_row`` view and would only see the pixels before each pixel; the ensemble sees the
-whole neighbourhood.
+Our choices where the paper is silent: the V/H channel-type masking (``masked_conv``), the network (``model``) and the
+per-step head alternation (IIC alternates per epoch: ``loss.head_alternation``). Inference follows the thesis: the
+masks are removed and the shared weights run as a plain segmentation network (``model.inference=plain``, the
+default); the mean over the 8 masked views is an option (``model.inference=ensemble``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from fewlabels.data.unsupervised import PREDICTION_SUFFIXES, UnsupervisedData, r
 from fewlabels.methods.ac.config import ACConfig
 from fewlabels.methods.ac.losses import information_loss, information_terms, normalise_joint, segmentation_counts
 from fewlabels.methods.ac.masked_conv import zero_masked_weights
-from fewlabels.methods.ac.model import ACNet
+from fewlabels.methods.ac.model import RANDOM_ORDERING, ACNet
 from fewlabels.methods.ac.views import TwoViewDataset, global_sum, sample_orderings, step_generator
 from fewlabels.methods.base import Source, StepOutput
 from fewlabels.methods.segmentation.method import LogitsFn, SegmentationMethod
@@ -85,7 +90,7 @@ def _unwrap(model: nn.Module) -> ACModel:
 
 
 @register_method
-class ACMethod(SegmentationMethod[UnsupervisedData]):
+class ACMethod(SegmentationMethod[ACConfig, UnsupervisedData]):
     """Autoregressive clustering (orderings as views + mutual information); ``mask_from=none`` = IIC baseline."""
 
     name = "ac"
@@ -93,26 +98,27 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
     config_class = ACConfig
     metric = "pixel_accuracy"
     metric_mode = "max"
-    config: ACConfig
     figure_file = "ac_clusters.png"
     figure_column = "clusters (matched)"
     figure_caption = "evaluation images: image / ground truth / clusters"
     input_suffixes = PREDICTION_SUFFIXES
+    output_names = ("{stem}_clusters.png", "{stem}_colour.png")
 
     # --- data and model -------------------------------------------------------------------------------------
     def build_data(self) -> UnsupervisedData:
+        """Training images (random ``input_size`` crops) and evaluation images (centre ``eval_input_size`` crops,
+        default ``input_size``; with the image side, whole images)."""
         d = self.config.data
-        return build_unsupervised_data(
-            d.dataset,
-            d.root,
-            d.split,
-            d.eval_split,
-            d.input_size,
-            d.scale,
-            d.scenes_n,
-            d.scenes_size,
-            self.config.seed,
-        )
+
+        def build(size: int) -> UnsupervisedData:
+            return build_unsupervised_data(
+                d.dataset, d.root, d.split, d.eval_split, size, d.scale, d.scenes_n, d.scenes_size, self.config.seed
+            )
+
+        data = build(d.input_size)
+        if d.eval_input_size and d.eval_input_size != d.input_size:
+            data.eval = build(d.eval_input_size).eval
+        return data
 
     @property
     def k(self) -> int:
@@ -132,7 +138,7 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
 
     def build_model(self) -> nn.Module:
         m = self.config.model
-        return ACModel(
+        model = ACModel(
             in_channels=self.data.in_channels,
             widths=tuple(m.widths),
             decoder_blocks=m.decoder_blocks,
@@ -142,7 +148,12 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
             attention=m.attention,
             attention_heads=m.attention_heads,
             vertical_fraction=m.vertical_fraction,
+            sobel=m.sobel,
+            sobel_keep=m.sobel_keep,
         )
+        if self.config.views.kind == "dropout":
+            model.masked = False  # dropout views: the plain network, in training and at inference
+        return model
 
     def train_sources(self) -> dict[str, Source]:
         views = self.config.views
@@ -157,8 +168,12 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
         data = batch["images"]
         stacked = "image2" in data  # augmented views (TwoViewDataset), else the same images under two orderings
         inputs = torch.cat([data["image"], data["image2"]]) if stacked else data["image"]
-        orderings = sample_orderings(step_generator(cfg.seed, step)) if cfg.model.mask_from != "none" else None
-        out = model(inputs, orderings=orderings, stacked_views=stacked)
+        generator = step_generator(cfg.seed, step)
+        orderings: tuple[str, ...] | None = None
+        if cfg.model.mask_from != "none":
+            orderings = sample_orderings(generator) if cfg.views.kind == "raster" else (RANDOM_ORDERING,) * 2
+        dropout = cfg.views.dropout if cfg.views.kind == "dropout" else 0.0
+        out = model(inputs, orderings=orderings, stacked_views=stacked, generator=generator, dropout=dropout)
         flipped = data["flipped"].view(-1, 1, 1, 1) if "flipped" in data else None
 
         def aligned_views(head: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,13 +183,14 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
             return first_view, second_view
 
         heads = ["main"] + (["over"] if "over" in out else [])
-        active = heads[step % len(heads)]
+        active = heads[self._head_turn(step) % len(heads)]
+        lamb = cfg.loss.lamb if active == "main" else cfg.loss.lamb_over
         p1, p2 = aligned_views(active)
         valid = None
         if cfg.loss.ignore_unlabelled and "mask" in data:
             valid = data["mask"] != self.data.ignore_index
         counts = global_sum(segmentation_counts(p1, p2, cfg.loss.displacement, cfg.loss.collapsed, valid))
-        loss = information_loss(normalise_joint(counts), cfg.loss.lamb)
+        loss = information_loss(normalise_joint(counts), lamb)
         for other in heads:
             if other != active:
                 # keeps the idle head in the graph with a zero gradient, so DDP sees every parameter used
@@ -185,6 +201,16 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
             m1, m2 = (p1, p2) if active == "main" else aligned_views("main")
             logged = global_sum(segmentation_counts(m1, m2, cfg.loss.displacement, True, valid))
         return StepOutput(loss, dict(information_terms(normalise_joint(logged))))
+
+    def _head_turn(self, step: int) -> int:
+        """Even: the main head trains at ``step``; odd: the over-clustering head (when there is one).
+
+        ``step`` mode alternates every step (main first); ``epoch`` mode every pass over the training images, the
+        over-clustering head first (IIC: head A, then head B, in each epoch)."""
+        if self.config.loss.head_alternation == "step":
+            return step
+        steps_per_pass = max(1, len(self.data.train) // self.config.train.batch_size)
+        return step // steps_per_pass + 1
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         # Masked taps get no gradient, but weight decay on restored/perturbed weights must not revive them.
@@ -217,8 +243,16 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
         votes = torch.zeros(k, k, dtype=torch.long, device=device)  # [class, cluster]
         usage = torch.zeros(k, dtype=torch.float64, device=device)
         bs = self.config.data.eval_batch_size
-        for start in range(0, n, bs):
-            items = [dataset[i] for i in range(start, min(n, start + bs))]
+        start = 0
+        while start < n:
+            items = [dataset[start]]
+            # batch only images of one shape (whole COCO images differ in size)
+            while len(items) < bs and start + len(items) < n:
+                nxt = dataset[start + len(items)]
+                if nxt["image"].shape != items[0]["image"].shape:
+                    break
+                items.append(nxt)
+            start += len(items)
             if "mask" not in items[0]:
                 raise DataError("evaluation needs ground-truth masks (labels are used only to match clusters)")
             images = torch.stack([it["image"] for it in items]).to(device)
@@ -239,6 +273,10 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
         usage = usage / usage.sum().clamp(min=1)
         entropy = float(-(usage * usage.clamp(min=1e-12).log()).sum())
         out = {"pixel_accuracy": pixel_accuracy(matched), "miou": miou(matched), "cluster_entropy": entropy}
+        # every printed result says what it was measured on (a subset when data.eval_images < the eval set)
+        out["eval_images"] = float(n)
+        out["eval_images_available"] = float(len(dataset))
+        out["eval_pixels"] = float(votes.sum())
         for c, v in enumerate(iou(matched).tolist()):
             if not np.isnan(v):
                 out[f"iou/{self.data.class_names[c]}"] = float(v)
@@ -255,10 +293,10 @@ class ACMethod(SegmentationMethod[UnsupervisedData]):
         ac = _unwrap(model)
         image = read_input_image(path, self.data.in_channels, self.config.data.scale)
         clusters = self._probabilities(ac, image.unsqueeze(0).to(device)).argmax(1)[0]
-        cluster_path = out_dir / f"{path.stem}_clusters.png"
+        cluster_path = out_dir / f"{self.output_stem(path)}_clusters.png"
         Image.fromarray(clusters.cpu().numpy().astype(np.uint8)).save(cluster_path)
         mapping = ac.cluster_to_class.to(clusters.device)
         labels = mapping[clusters] if bool((mapping >= 0).all()) else clusters
-        colour_path = out_dir / f"{path.stem}_colour.png"
+        colour_path = out_dir / f"{self.output_stem(path)}_colour.png"
         Image.fromarray(colorize(labels.cpu().numpy().astype(np.uint8), self.k)).save(colour_path)
         return [cluster_path, colour_path]

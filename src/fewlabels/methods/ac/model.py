@@ -14,10 +14,12 @@ Variants (paper ablation F1-F4; the split below is our reading of it):
 The optional causal self-attention block closes the ordered part. Heads: 1x1 conv to ``k`` clusters (and
 ``k_over`` for the over-clustering head), bilinear upsampling to the input size, softmax over clusters.
 
-Two views in one pass: :meth:`ACNet.forward` with ``orderings=(o1, o2)`` runs the unmasked part once, maps its
-output into each ordering's canonical view, stacks the views along the batch dimension and runs the ordered
-part once (orderings whose views have different shapes -- a transposed and a plain view of a non-square map --
-run as separate passes).
+Orderings: one set of weights; every masked layer applies, to each view, the mask of that view's ordering
+(``masked_conv``). Two views in one pass: :meth:`ACNet.forward` with ``orderings=(o1, o2)`` runs the unmasked part
+once, stacks its output twice along the batch and runs the ordered part once, each masked layer masking chunk ``v``
+with ordering ``o_v``'s mask. Inference (:meth:`ACNet.cluster_probabilities`): the masks removed, one pass of the
+plain network (default, the thesis' "remove masking & proceed as in standard image segmentation"), or the mean over
+the 8 masked views.
 """
 
 from __future__ import annotations
@@ -33,12 +35,50 @@ from fewlabels.methods.ac.masked_conv import (
     CausalSelfAttention,
     MaskedConv2d,
     MaskedResidualBlock,
+    ViewOrdering,
     channel_types,
     set_masked,
+    set_view_orderings,
 )
-from fewlabels.methods.ac.orderings import ORDERINGS, from_canonical, to_canonical
+from fewlabels.methods.ac.orderings import ORDERINGS, ordering_index
 
-__all__ = ["MASK_FROM", "ACNet"]
+__all__ = ["MASK_FROM", "RANDOM_ORDERING", "ACNet", "SobelInput"]
+
+#: Ordering name of a view in a random (non-raster) ordering: a random permutation of the ordered part's positions.
+RANDOM_ORDERING = "random"
+
+
+class SobelInput(nn.Module):
+    """IIC's Sobel input (``sobel_process``): the grey image's horizontal and vertical Sobel responses replace (or,
+    with ``keep``, follow) the RGB channels; channels after the first three (Potsdam's IR) are kept.
+
+    ``grey = 0.299 R + 0.587 G + 0.114 B`` (PIL's greyscale, as IIC), ``dx = grey * [[1, 0, -1], [2, 0, -2], [1, 0,
+    -1]]``, ``dy = grey * [[1, 2, 1], [0, 0, 0], [-1, -2, -1]]`` (cross-correlation, zero padding). Shapes ``[B, C, H,
+    W] -> [B, C + 2, H, W]`` with ``keep`` (``[RGB, dx, dy, rest]``), else ``[B, C - 1, H, W]`` (``[dx, dy, rest]``).
+    Fixed (no parameters)."""
+
+    kernels: torch.Tensor
+    luma: torch.Tensor
+
+    def __init__(self, keep: bool = False) -> None:
+        super().__init__()
+        self.keep = keep
+        dx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        self.register_buffer("kernels", torch.stack([dx, dx.T]).unsqueeze(1), persistent=False)  # [2, 1, 3, 3]
+        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+
+    @staticmethod
+    def out_channels(in_channels: int, keep: bool) -> int:
+        if in_channels < 3:
+            raise ValueError(f"Sobel input needs RGB channels first, got {in_channels} channels")
+        return in_channels + 2 if keep else in_channels - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = (x[:, :3] * self.luma.to(x.dtype)).sum(1, keepdim=True)
+        edges = F.conv2d(grey, self.kernels.to(x.dtype), padding=1)
+        parts = [x[:, :3], edges, x[:, 3:]] if self.keep else [edges, x[:, 3:]]
+        return torch.cat(parts, dim=1)
+
 
 MaskFrom = Literal["input", "features", "decoder", "none"]
 MASK_FROM: tuple[str, ...] = ("input", "features", "decoder", "none")
@@ -68,10 +108,17 @@ class ACNet(nn.Module):
         attention: bool = False,
         attention_heads: int = 4,
         vertical_fraction: float = 0.5,
+        sobel: bool = False,
+        sobel_keep: bool = False,
     ) -> None:
         super().__init__()
         if mask_from not in MASK_FROM:
             raise ValueError(f"mask_from must be one of {', '.join(MASK_FROM)}, got {mask_from!r}")
+        if sobel and mask_from == "input":
+            raise ValueError("Sobel input mixes each pixel's neighbours (later ones too): not with mask_from='input'")
+        sobel_layer = SobelInput(sobel_keep) if sobel else None
+        if sobel:
+            in_channels = SobelInput.out_channels(in_channels, sobel_keep)
         if not widths:
             raise ValueError("widths must name at least one encoder block width")
         self.mask_from = mask_from
@@ -93,19 +140,30 @@ class ACNet(nn.Module):
             )
         else:
             stem = nn.Sequential(
+                *([sobel_layer] if sobel_layer is not None else []),
                 nn.Conv2d(in_channels, w0, 3, padding=1, bias=False),
                 nn.BatchNorm2d(w0),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             )
+        # The output of an unmasked part holds, at each position, that position's own content (and its
+        # neighbours'): H-typed. Typing half of it V (rows above only) would let the first masked block read later
+        # columns of the current row through V -> * taps with dy = 0.
+        first_masked = {"input": None, "features": 0, "decoder": len(widths), "none": None}[mask_from]
+
+        def in_types(c: int, masked: bool, index: int) -> torch.Tensor | None:
+            if masked and index == first_masked:
+                return torch.zeros(c, dtype=torch.bool)
+            return types(c, masked)
+
         encoder = []
         prev = w0
-        for w in widths:
-            encoder.append(MaskedResidualBlock(prev, w, types(prev, enc_masked), types(w, enc_masked)))
+        for i, w in enumerate(widths):
+            encoder.append(MaskedResidualBlock(prev, w, in_types(prev, enc_masked, i), types(w, enc_masked)))
             prev = w
         decoder = [
-            MaskedResidualBlock(prev, prev, types(prev, dec_masked), types(prev, dec_masked))
-            for _ in range(decoder_blocks)
+            MaskedResidualBlock(prev, prev, in_types(prev, dec_masked, len(widths) + j), types(prev, dec_masked))
+            for j in range(decoder_blocks)
         ]
         tail = [CausalSelfAttention(prev, attention_heads)] if attention else []
         layers: list[nn.Module] = [stem, *encoder, *decoder, *tail]
@@ -140,39 +198,58 @@ class ACNet(nn.Module):
             out["over"] = self.head_over(features)
         return out
 
-    def _ordered_logits(
-        self, features: torch.Tensor, orderings: Sequence[str], stacked: bool
+    def ordered_logits(
+        self,
+        features: torch.Tensor,
+        orderings: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+        dropout: float = 0.0,
     ) -> dict[str, torch.Tensor]:
-        """``[B, C, h, w]`` (or ``[V B, ...]`` when ``stacked``) -> head logits ``[V B, k, h, w]``: the ordered part
-        under each of the V orderings (view ``v`` reads chunk ``v`` of a stacked input).
+        """Head logits at feature resolution: the ordered part and the 1x1 heads on ``features``.
 
-        The 1x1 heads act per position, so they commute with the flips and transposes of the views: they run in
-        the canonical layout on the stacked views, and only their k-channel outputs are mapped back (cheaper than
-        mapping back the wide feature maps, forward and backward)."""
-        chunks = features.chunk(len(orderings)) if stacked else [features] * len(orderings)
-        views = [to_canonical(c, o) for c, o in zip(chunks, orderings)]
-        if all(v.shape == views[0].shape for v in views):
-            stacked_logits = self._head_logits(self.ordered(torch.cat(views)))
-            per_view = {name: x.chunk(len(orderings)) for name, x in stacked_logits.items()}
-        else:
-            outs = [self._head_logits(self.ordered(v)) for v in views]
-            per_view = {name: tuple(o[name] for o in outs) for name in outs[0]}
-        return {
-            name: torch.cat([from_canonical(x, o) for x, o in zip(parts, orderings)])
-            for name, parts in per_view.items()
-        }
+        Args:
+            features: ``[V B, C, h, w]``, the output of the unmasked part for V views stacked along the batch
+                (views major).
+            orderings: the V views' orderings: names in :data:`ORDERINGS`, or :data:`RANDOM_ORDERING` (a random
+                permutation of the ``h x w`` positions drawn from ``generator``); None: the canonical ``tl_row`` view
+                when masked.
+            dropout: element dropout rate on the ordered part's input and on the heads' input (dropout views).
+
+        Returns ``{"main": [V B, k, h, w]}`` (+ ``"over"``).
+        """
+        views: list[ViewOrdering] = []
+        for o in orderings or ("tl_row",):
+            if o == RANDOM_ORDERING:
+                h, w = features.shape[-2:]
+                views.append(torch.randperm(h * w, generator=generator).to(features.device))
+            else:
+                views.append(ordering_index(o))
+        set_view_orderings(self.ordered, tuple(views))
+        if dropout > 0:
+            features = F.dropout(features, dropout, training=True)
+        out = self.ordered(features)
+        if dropout > 0:
+            out = F.dropout(out, dropout, training=True)
+        return self._head_logits(out)
 
     def forward(
-        self, images: torch.Tensor, orderings: Sequence[str] | None = None, stacked_views: bool = False
+        self,
+        images: torch.Tensor,
+        orderings: Sequence[str] | None = None,
+        stacked_views: bool = False,
+        generator: torch.Generator | None = None,
+        dropout: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Cluster probabilities of every view.
 
         Args:
             images: ``[B, C_in, H, W]``, or ``[V B, C_in, H, W]`` with ``stacked_views`` (one input per view,
                 e.g. differently jittered images; the unmasked part then runs on all of them).
-            orderings: V ordering names (see :data:`ORDERINGS`); None = the canonical view only (with masking
-                off: the plain CNN). Ignored by ``mask_from='none'``.
+            orderings: V ordering names (see :data:`ORDERINGS`, or :data:`RANDOM_ORDERING`); None = the canonical
+                view only (with masking off: the plain CNN). Ignored by ``mask_from='none'``.
             stacked_views: whether ``images`` already holds one chunk per ordering.
+            generator: draws the random orderings.
+            dropout: dropout rate of dropout views (see :meth:`ordered_logits`; 0 = none).
 
         Returns:
             ``{"main": [V B, k, H, W]}`` (+ ``"over": [V B, k_over, H, W]``) softmax probabilities, views
@@ -180,9 +257,11 @@ class ACNet(nn.Module):
         """
         features = self.unmasked(images)
         if orderings and self.uses_orderings:
-            logits = self._ordered_logits(features, orderings, stacked_views)
+            if not stacked_views and len(orderings) > 1:
+                features = torch.cat([features] * len(orderings))
+            logits = self.ordered_logits(features, orderings, generator, dropout)
         else:
-            logits = self._head_logits(self.ordered(features))
+            logits = self.ordered_logits(features, dropout=dropout)
         size = images.shape[-2:]
         return {
             name: F.interpolate(x, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
@@ -191,13 +270,13 @@ class ACNet(nn.Module):
 
     @torch.no_grad()
     def cluster_probabilities(
-        self, images: torch.Tensor, inference: Literal["ensemble", "plain"] = "ensemble", head: str = "main"
+        self, images: torch.Tensor, inference: Literal["ensemble", "plain"] = "plain", head: str = "main"
     ) -> torch.Tensor:
         """``[B, k, H, W]`` cluster probabilities for evaluation and prediction.
 
-        ``plain``: masking off, one pass (a plain CNN over the trained weights). ``ensemble``: the mean of the
-        probabilities under the 8 orderings (every pixel's whole neighbourhood is seen by some ordering).
-        Our choice, documented in ``method.py``; the IIC baseline always uses one plain pass.
+        ``plain`` (default; the thesis' inference): the masks removed, one pass of the network as a standard
+        segmentation model over the shared weights. ``ensemble``: the mean of the probabilities of the 8 masked views
+        (an option, reported separately). The IIC baseline (no masks) always runs one plain pass.
         """
         if inference == "plain" or not self.uses_orderings:
             was = self.masked

@@ -1,18 +1,37 @@
-"""The 8 raster-scan orderings of AC as flips/transposes of one canonical ordering.
+"""The 8 raster-scan orderings of AC (paper: "4 corners x 2 directions") and their masks.
 
 The canonical ordering ``tl_row`` starts at the top-left pixel and scans rows left to right, top to bottom:
-``q`` comes before ``p`` iff ``q_y < p_y`` or (``q_y = p_y`` and ``q_x < p_x``). Every other ordering is a
-view of the image in which the canonical scan is the wanted scan: flip vertically (start at the bottom), flip
-horizontally (start at the right), then transpose (column-major). A masked stack built for ``tl_row`` runs on
-``to_canonical(x, o)`` and its output is mapped back with ``from_canonical`` (this file's two functions), so
-one set of masks serves all 8 orderings (paper: "4 corners x 2 directions").
+``q`` comes before ``p`` iff ``q_y < p_y`` or (``q_y = p_y`` and ``q_x < p_x``). Every other ordering is the
+canonical scan of a flipped (vertically: start at the bottom; horizontally: start at the right) and then transposed
+(column-major) image: :func:`to_canonical` maps an image into that frame, :func:`from_canonical` back.
+
+**Masks.** The network keeps one set of weights; ordering ``o`` multiplies each kernel by its own mask
+``M_o = kernel_for(M, o)``, the canonical mask ``M`` mapped by :func:`kernel_for` (a transpose and flips of the kernel's
+two spatial axes). For a convolution (PyTorch's cross-correlation) and any kernel ``K``,
+
+    from_canonical(conv(to_canonical(x, o), K), o) == conv(x, kernel_for(K, o)),
+
+so ``conv(x, W * M_o)`` -- the shared-weights view -- equals running the canonical mask on the flipped feature map
+*with the kernel mapped into that frame* (``to_canonical(W, o) * M``). Flipping the feature map around one canonical
+mask without mapping the kernel is a different model: every ordering then trains the same canonically kept taps
+(see ``tests/methods/ac/test_ac_orderings.py``, which proves both statements by computation). Causal attention uses
+the rank of each position in the ordering (:func:`attention_mask`).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["ORDERINGS", "from_canonical", "is_before", "ordering_index", "to_canonical"]
+__all__ = [
+    "ORDERINGS",
+    "attention_mask",
+    "from_canonical",
+    "is_before",
+    "kernel_for",
+    "ordering_index",
+    "ordering_ranks",
+    "to_canonical",
+]
 
 #: ordering name -> (flip rows, flip columns, transpose); names are ``<start corner>_<row|col>``-major.
 _TRANSFORMS: dict[str, tuple[bool, bool, bool]] = {
@@ -74,3 +93,27 @@ def is_before(name: str, q: tuple[int, int], p: tuple[int, int], height: int, wi
         return (x, y) if transpose else (y, x)
 
     return key(*q) < key(*p)
+
+
+def kernel_for(kernel: torch.Tensor, name: str) -> torch.Tensor:
+    """The canonical-frame kernel (or mask) ``[..., k, k]`` as ordering ``name`` sees it in the image frame.
+
+    ``conv(x, kernel_for(K, o)) == from_canonical(conv(to_canonical(x, o), K), o)`` (module docstring): a transpose,
+    then the flips, of the two spatial axes -- the same map as :func:`from_canonical`.
+    """
+    return from_canonical(kernel, name)
+
+
+def ordering_ranks(name: str, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """``[H W]`` int64: the position of each pixel (row-major index ``y W + x``) in ordering ``name``'s scan."""
+    positions = torch.arange(height * width, device=device).view(1, 1, height, width)
+    scan = to_canonical(positions, name).flatten()  # pixels in scan order (the canonical view read row-major)
+    ranks = torch.empty_like(scan)
+    ranks[scan] = torch.arange(scan.numel(), device=device)
+    return ranks
+
+
+def attention_mask(name: str, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """``[H W, H W]`` bool, True where token ``p`` (row) may attend to ``q`` (column): ``q`` is ``p`` or before it."""
+    ranks = ordering_ranks(name, height, width, device)
+    return ranks.view(1, -1) <= ranks.view(-1, 1)

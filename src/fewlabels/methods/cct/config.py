@@ -18,7 +18,7 @@ from fewlabels.config import RunConfig, TrainConfig, fail
 from fewlabels.methods.cct.perturbations import PerturbationsConfig
 from fewlabels.methods.segmentation.config import SegDataConfig, SegEvalConfig, SegModelConfig
 
-__all__ = ["CCTConfig", "CCTLossConfig", "CCTWeakConfig", "PerturbationsConfig"]
+__all__ = ["CCTConfig", "CCTDomainConfig", "CCTLossConfig", "CCTWeakConfig", "PerturbationsConfig"]
 
 
 @dataclass
@@ -63,6 +63,20 @@ class CCTWeakConfig:
 
 
 @dataclass
+class CCTDomainConfig(SegDataConfig):
+    """A further domain of multi-domain CCT: a full data section, plus whether the domain has labels."""
+
+    label_free: bool = field(
+        default=False,
+        metadata={
+            "help": "the domain has no labels (UDA target): all its training images are unlabeled, it trains only "
+            "through the consistency loss, is predicted by domain 0's main decoder (same classes needed) and is "
+            "evaluated on its own val split (its masks serve evaluation only)"
+        },
+    )
+
+
+@dataclass
 class CCTConfig(RunConfig):
     """CCT: shared encoder, main decoder trained on labels, K perturbed aux decoders trained to agree."""
 
@@ -76,11 +90,11 @@ class CCTConfig(RunConfig):
     unlabeled_batch_size: int = field(
         default=0, metadata={"help": "unlabeled images per step (0 = train.batch_size)", "min": 0}
     )
-    domains: list[SegDataConfig] = field(
+    domains: list[CCTDomainConfig] = field(
         default_factory=list,
         metadata={
-            "help": "multi-domain CCT: further domains, each a data section (dataset, root, labeled, ...) with the "
-            "classes of `data` (domain 0); shared encoder and aux decoders, one main decoder per domain"
+            "help": "multi-domain CCT: further domains, each a data section (dataset, root, labeled, ..., "
+            "label_free); shared encoder, per domain a main decoder and K aux decoders over its own classes"
         },
     )
     predict_domain: int = field(
@@ -92,6 +106,11 @@ class CCTConfig(RunConfig):
     def all_domains(self) -> list[SegDataConfig]:
         """The data section of every domain, domain 0 (``data``) first."""
         return [self.data, *self.domains]
+
+    @property
+    def labeled_domains(self) -> list[int]:
+        """The domains with labels (domain 0 always; a further one unless ``label_free``)."""
+        return [0, *(i + 1 for i, d in enumerate(self.domains) if not d.label_free)]
 
     def validate(self) -> None:
         # Training crops go through the pixel-shuffle decoders without padding: catch a bad size up front.

@@ -56,7 +56,7 @@ def _primary_metric(metrics: dict[str, float], glue: str | None, regression: boo
 
 
 @register_method
-class RelBitFitMethod(Method):
+class RelBitFitMethod(Method[RelBitFitConfig]):
     """RelBitFit / BitFit / full fine-tuning of a pretrained BERT or RoBERTa on a few labelled sentences."""
 
     name = "relbitfit"
@@ -67,7 +67,6 @@ class RelBitFitMethod(Method):
 
     def __init__(self, config: RelBitFitConfig) -> None:
         super().__init__(config)
-        self.config: RelBitFitConfig = config
         self._task: TaskData | None = None
         self._tokenizer: Any = None
         self._eval_sets: dict[str, TokenizedTextDataset] = {}

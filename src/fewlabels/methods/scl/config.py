@@ -37,6 +37,13 @@ class FewShotModelConfig:
         default=40_000,
         metadata={"help": "batches over which DropBlock's keep prob ramps 1 -> 1 - rate", "min": 1},
     )
+    normalisation: Literal["auto", "imagenet", "mini-imagenet", "cifar"] = field(
+        default="auto",
+        metadata={
+            "help": "input statistics: auto = the reference's for the dataset (mini-imagenet for mini/tiered-"
+            "ImageNet, cifar for CIFAR-FS/FC100, imagenet otherwise)"
+        },
+    )
 
 
 @dataclass
@@ -95,11 +102,22 @@ class FewShotEvalConfig:
     )
     support_augment: int = field(
         default=0,
-        metadata={"help": "augmented copies of each support image (the reference used 5)", "min": 0},
+        metadata={
+            "help": "0 = the raw support images; N = N augmented copies of each (every copy augmented, as the "
+            "reference; it used 5)",
+            "min": 0,
+        },
     )
     exact: bool = field(
         default=False,
         metadata={"help": "fewshot-eval: scikit-learn per episode instead of the batched solver (same protocol)"},
+    )
+    features: Literal["both", "pooled", "spatial"] = field(
+        default="both",
+        metadata={
+            "help": "feature types with one classifier each, probabilities summed: pooled (D), spatial (2x2 "
+            "max-pooled, 4D) or both (the reference)"
+        },
     )
     batch_size: int = field(default=128, metadata={"help": "feature extraction batch", "min": 1})
 
@@ -202,7 +220,10 @@ class DistillConfig:
     temperature: float = field(default=4.0, metadata={"gt": 0})
     lambda_kl: float = field(default=1.0, metadata={"help": "KL(T) * T^2 on the logits", "min": 0})
     lambda_contrast: float = field(default=10.0, metadata={"help": "2 - 2 cos on pooled features", "min": 0})
-    lambda_spatial: float = field(default=0.0, metadata={"help": "2 - 2 cos on spatial maps", "min": 0})
+    lambda_spatial: float = field(
+        default=0.0,
+        metadata={"help": "2 - 2 cos per spatial position, averaged over batch and positions", "min": 0},
+    )
 
 
 @dataclass

@@ -2,7 +2,8 @@
 term).
 
     loss = lambda_kl * T^2 KL(softmax(t/T) || softmax(s/T)) + lambda_contrast * (2 - 2 cos(f_s, f_t))
-           [+ lambda_spatial * (2 - 2 cos) on the spatial maps] [+ the scl loss terms of ``loss.*``]
+           [+ lambda_spatial * mean over batch and positions of (2 - 2 cos) between the C-vectors of the
+              spatial maps] [+ the scl loss terms of ``loss.*``]
 
 The student has the teacher's architecture (the same ``model`` section). The teacher is read from its run
 directory (``config.yaml`` + ``model.safetensors`` or ``best.safetensors``) when training starts, kept outside
@@ -22,7 +23,7 @@ from fewlabels.config import read_yaml
 from fewlabels.data.base import DataError
 from fewlabels.methods.base import StepOutput
 from fewlabels.methods.scl.config import FewShotConfig, SCLDistillConfig
-from fewlabels.methods.scl.losses import contrast_distill, distill_kl
+from fewlabels.methods.scl.losses import contrast_distill, distill_kl, spatial_contrast_distill
 from fewlabels.methods.scl.method import SCLMethod, build_net
 from fewlabels.methods.scl.model import SCLNet
 from fewlabels.registry import config_from_dict, register_method
@@ -60,16 +61,12 @@ def load_teacher(run_dir: str | Path, which: str = "last") -> SCLNet:
 
 
 @register_method
-class SCLDistillMethod(SCLMethod):
+class SCLDistillMethod(SCLMethod[SCLDistillConfig]):
     """Self-distillation of an scl teacher into a student of the same architecture."""
 
     name = "scl-distill"
     description = "few-shot classification: distillation from a frozen scl teacher (KL + feature contrast)"
     config_class = SCLDistillConfig
-
-    def __init__(self, config: SCLDistillConfig) -> None:
-        super().__init__(config)
-        self.config: SCLDistillConfig = config
 
     def training_step(
         self, model: nn.Module, batch: dict[str, dict[str, Any]], step: int, total_steps: int
@@ -101,7 +98,7 @@ class SCLDistillMethod(SCLMethod):
             logs["feature_distill"] = feat.detach()
             total = total + d.lambda_contrast * feat
         if d.lambda_spatial > 0:
-            spatial = contrast_distill(out["spatial"].float(), out["teacher_spatial"].float())
+            spatial = spatial_contrast_distill(out["spatial"].float(), out["teacher_spatial"].float())
             logs["spatial_distill"] = spatial.detach()
             total = total + d.lambda_spatial * spatial
         return StepOutput(total, logs)

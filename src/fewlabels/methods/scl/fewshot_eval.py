@@ -22,9 +22,10 @@ The protocol (ways, shots, queries, episodes, seed, classifier, support augmenta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -39,6 +40,15 @@ from fewlabels.methods.scl.augment import build_view
 from fewlabels.methods.scl.config import FewShotConfig, FewShotEvalConfig
 
 FEATURE_TYPES: tuple[str, ...] = ("pooled", "spatial")
+#: ``eval.features`` -> the feature types whose classifiers' probabilities are summed
+FEATURE_CHOICES: dict[str, tuple[str, ...]] = {"both": FEATURE_TYPES, "pooled": ("pooled",), "spatial": ("spatial",)}
+
+
+def feature_types(choice: str) -> tuple[str, ...]:
+    """The feature types of an ``eval.features`` value (``both``, ``pooled`` or ``spatial``)."""
+    if choice not in FEATURE_CHOICES:
+        raise ValueError(f"unknown feature choice {choice!r}; choose one of: {', '.join(FEATURE_CHOICES)}")
+    return FEATURE_CHOICES[choice]
 
 
 @dataclass
@@ -247,6 +257,35 @@ def batched_logistic_regression(
     return LinearSolution(torch.cat(weights), torch.cat(biases), iters)
 
 
+#: Floating-point work of one batched solver product below which one more CPU thread does not pay: the
+#: products are ``[E, n, n+1] @ [E, n+1, W]``, and a thread team synchronises (and, when another process holds
+#: the cores, spin-waits for a descheduled member) at every one of the solver's few hundred small ops.
+WORK_PER_THREAD = 2**25
+
+
+def solver_thread_count(x: Tensor, n_classes: int, available: int | None = None) -> int:
+    """CPU threads for the batched solver on support features ``x [E, n, F]``: one per ``WORK_PER_THREAD``
+    flops of its typical product, at most ``available`` (default ``torch.get_num_threads()``)."""
+    e, n = x.shape[:2]
+    work = 2 * e * n * (n + 1) * n_classes
+    limit = torch.get_num_threads() if available is None else available
+    return int(max(1, min(limit, work // WORK_PER_THREAD)))
+
+
+@contextlib.contextmanager
+def solver_threads(x: Tensor, n_classes: int) -> Iterator[int]:
+    """Run the block with :func:`solver_thread_count` CPU threads (restored afterwards); no-op on an accelerator."""
+    before = torch.get_num_threads()
+    threads = before if x.device.type != "cpu" else solver_thread_count(x, n_classes, before)
+    if threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if threads != before:
+            torch.set_num_threads(before)
+
+
 def nearest_centroid_proba(xs: Tensor, ys: Tensor, xq: Tensor, n_classes: int) -> Tensor:
     """ProtoNet classifier: ``softmax(-||x_q - c_k||^2)`` with class means ``c_k``; ``[E, q, W]``."""
     onehot = F.one_hot(ys.long(), n_classes).to(xs.dtype)
@@ -264,18 +303,53 @@ def _sklearn_proba(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray, C: float) -> 
     return clf.predict_proba(xq)
 
 
+def support_copies(copies: int) -> list[int]:
+    """Feature copies that make up the support: the raw image (copy 0) without augmentation, else the
+    ``copies`` augmented copies 1..copies only -- the reference augments every copy of a support image."""
+    return list(range(1, copies + 1)) if copies > 0 else [0]
+
+
 def _episode_sets(
     feats: Tensor, support: np.ndarray, query: np.ndarray, copies: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Support ``[E, (1+copies) W S, F]`` with labels, query ``[E, W Q, F]`` with labels."""
+    """Support ``[E, max(1, copies) W S, F]`` with labels, query ``[E, W Q, F]`` (raw copy) with labels."""
     e, w, s = support.shape
     q = query.shape[2]
     sup = torch.as_tensor(support.reshape(e, -1))
-    xs = torch.cat([feats[c][sup] for c in range(1 + copies)], dim=1)
-    ys = torch.arange(w).repeat_interleave(s).repeat(1 + copies).expand(e, -1)
+    used = support_copies(copies)
+    xs = torch.cat([feats[c][sup] for c in used], dim=1)
+    ys = torch.arange(w).repeat_interleave(s).repeat(len(used)).expand(e, -1)
     xq = feats[0][torch.as_tensor(query.reshape(e, -1))]
     yq = torch.arange(w).repeat_interleave(q).expand(e, -1)
     return xs, ys, xq, yq
+
+
+def classifier_proba(
+    xs: Tensor,
+    ys: Tensor,
+    xq: Tensor,
+    n_classes: int,
+    classifier: Literal["lr", "nc"] = "lr",
+    exact: bool = False,
+    C: float = 1.0,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Query probabilities ``[E, q, W]`` (float64, CPU) of the episode classifier fitted on one feature type.
+
+    ``xs [E, n, F]`` support features with labels ``ys [E, n]`` in ``0..n_classes-1``, ``xq [E, q, F]``. The
+    one classifier of both evaluation and few-shot prediction: the batched solver, scikit-learn per episode
+    (``exact``) or the nearest centroid (``classifier="nc"``).
+    """
+    if classifier == "nc":
+        return nearest_centroid_proba(xs.to(device), ys.to(device), xq.to(device), n_classes).cpu().double()
+    if exact:
+        return torch.from_numpy(
+            np.stack([_sklearn_proba(xs[i].numpy(), ys[i].numpy(), xq[i].numpy(), C) for i in range(xs.shape[0])])
+        )
+    xs = xs.to(device)
+    with solver_threads(xs, n_classes):
+        sol = batched_logistic_regression(xs, ys.to(device), n_classes, C=C)
+        return sol.logits(xq.to(device)).softmax(dim=2).cpu()
 
 
 def episode_accuracies(
@@ -290,20 +364,12 @@ def episode_accuracies(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Accuracy ``[E]`` of each episode (``support [E, W, S]``, ``query [E, W, Q]`` dataset indices)."""
-    e, w = support.shape[:2]
+    w = support.shape[1]
     proba: Tensor | None = None
     yq: Tensor | None = None
     for t in feature_types:
         xs, ys, xq, yq = _episode_sets(features.features[t], support, query, support_augment)
-        if classifier == "nc":
-            p = nearest_centroid_proba(xs.to(device), ys.to(device), xq.to(device), w).cpu().double()
-        elif exact:
-            p = torch.from_numpy(
-                np.stack([_sklearn_proba(xs[i].numpy(), ys[i].numpy(), xq[i].numpy(), C) for i in range(e)])
-            )
-        else:
-            sol = batched_logistic_regression(xs.to(device), ys.to(device), w, C=C)
-            p = sol.logits(xq.to(device)).softmax(dim=2).cpu()
+        p = classifier_proba(xs, ys, xq, w, classifier, exact, C, device)
         proba = p if proba is None else proba + p
     assert proba is not None and yq is not None
     return (proba.argmax(dim=2) == yq).double().mean(dim=1).numpy()
@@ -330,6 +396,7 @@ def fewshot_evaluate(
     exact: bool | None = None,
     support_augment: int | None = None,
     batch_size: int | None = None,
+    features: Literal["both", "pooled", "spatial"] | None = None,
     device: torch.device | str | None = None,
     C: float = 1.0,
     return_episodes: bool = False,
@@ -337,10 +404,10 @@ def fewshot_evaluate(
     """Mean accuracy (percent) and 95% CI half-width of the episodes of ``config`` for each number of shots.
 
     ``model(images, mode="features")`` must return ``(spatial [B, D, h, w], pooled [B, D])``. The protocol is
-    ``config`` (default :class:`FewShotEvalConfig`); each keyword from ``shots`` to ``batch_size`` that is not
+    ``config`` (default :class:`FewShotEvalConfig`); each keyword from ``shots`` to ``features`` that is not
     ``None`` replaces that field of it. Episodes are seeded by ``seed`` (the same episodes for every model).
     Returns ``{"acc_{K}shot", "ci95_{K}shot"}`` per shot, plus the protocol (``episodes``, ``ways``, ``queries``,
-    ``classifier``, ``exact``, ``support_augment``, ``seed``) and ``seconds``.
+    ``classifier``, ``exact``, ``support_augment``, ``features``, ``seed``) and ``seconds``.
     """
     start = time.perf_counter()
     cfg = _with_fields(
@@ -354,6 +421,7 @@ def fewshot_evaluate(
         exact=exact,
         support_augment=support_augment,
         batch_size=batch_size,
+        features=features,
     )
     if device is None:
         device = next(model.parameters()).device
@@ -364,7 +432,15 @@ def fewshot_evaluate(
     for k, sampler in samplers.items():
         _, support, query = sampler.as_arrays()
         accs = episode_accuracies(
-            feats, support, query, cfg.classifier, cfg.exact, cfg.support_augment, C=C, device=device
+            feats,
+            support,
+            query,
+            cfg.classifier,
+            cfg.exact,
+            cfg.support_augment,
+            feature_types(cfg.features),
+            C=C,
+            device=device,
         )
         out[f"acc_{k}shot"], out[f"ci95_{k}shot"] = _summary(accs)
         if return_episodes:  # per-episode accuracies, e.g. for a histogram
@@ -376,6 +452,7 @@ def fewshot_evaluate(
         classifier=cfg.classifier,
         exact=cfg.exact,
         support_augment=cfg.support_augment,
+        features=cfg.features,
         seed=cfg.seed,
         seconds=time.perf_counter() - start,
     )

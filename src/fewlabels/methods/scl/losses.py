@@ -122,3 +122,14 @@ def contrast_distill(f1: Tensor, f2: Tensor) -> Tensor:
     f1 = F.normalize(f1.flatten(1), dim=1)
     f2 = F.normalize(f2.flatten(1), dim=1)
     return (2.0 - 2.0 * (f1 * f2).sum(dim=1)).mean()
+
+
+def spatial_contrast_distill(student: Tensor, teacher: Tensor) -> Tensor:
+    """Spatial feature distillation of the reference: ``2 - 2 cos`` between the student's and the teacher's
+    ``C``-vectors at each position, averaged over the ``B * H * W`` positions; maps ``[B, C, H, W]``."""
+    if student.shape != teacher.shape or student.dim() != 4:
+        raise ValueError(
+            f"expected two [B, C, H, W] maps of one shape, got {tuple(student.shape)}, {tuple(teacher.shape)}"
+        )
+    c = student.shape[1]
+    return contrast_distill(student.permute(0, 2, 3, 1).reshape(-1, c), teacher.permute(0, 2, 3, 1).reshape(-1, c))

@@ -16,14 +16,13 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewlabels.data.base import DataError
 from fewlabels.data.fewshot import FewShotDataset
 from fewlabels.data.registry import load_fewshot
 from fewlabels.methods.base import Method, Source, StepOutput
@@ -32,7 +31,7 @@ from fewlabels.methods.scl.backbones import build_backbone
 from fewlabels.methods.scl.config import FewShotConfig, SCLConfig
 from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
 from fewlabels.methods.scl.losses import spatial_similarity, supcon_loss
-from fewlabels.methods.scl.model import SCLNet
+from fewlabels.methods.scl.model import NORMALISATION, SCLNet, resolve_normalisation
 from fewlabels.registry import register_method
 
 
@@ -60,7 +59,22 @@ def build_net(config: FewShotConfig, num_classes: int, global_head: bool = False
         block_size=m.dropblock_size or None,
         ramp_steps=m.dropblock_ramp_steps,
     )
-    return SCLNet(backbone, num_classes, global_head=global_head, spatial_head=spatial_head)
+    mean, std = NORMALISATION[resolve_normalisation(m.normalisation, config.data.spec.name)]
+    return SCLNet(backbone, num_classes, global_head=global_head, spatial_head=spatial_head, mean=mean, std=std)
+
+
+def classifier_rows(weights: Path) -> int | None:
+    """Rows of ``classifier.weight`` in a safetensors file: 0 when the network has none (ProtoNet), ``None`` when
+    the file is not a readable safetensors file (e.g. a training checkpoint)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            if "classifier.weight" not in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                return 0
+            return int(fh.get_slice("classifier.weight").get_shape()[0])
+    except (SafetensorError, OSError):
+        return None
 
 
 def _gather_views(x: Tensor, views: int) -> Tensor:
@@ -86,16 +100,37 @@ def _gather_labels(y: Tensor) -> Tensor:
     return torch.cat(out)
 
 
-class FewShotMethod(Method):
+#: the config class of a few-shot method (``FewShotMethod[FewShotConfigT]``)
+FewShotConfigT = TypeVar("FewShotConfigT", bound=FewShotConfig)
+#: the config class of SCL and of the methods built on it (``SCLMethod[SCLConfigT]``)
+SCLConfigT = TypeVar("SCLConfigT", bound=SCLConfig)
+
+
+class FewShotMethod(Method[FewShotConfigT]):
     """Shared plumbing of the few-shot methods: splits, episodic validation, prediction."""
 
     metric = "acc"
     metric_mode = "max"
 
-    def __init__(self, config: FewShotConfig) -> None:
+    def __init__(self, config: FewShotConfigT) -> None:
         super().__init__(config)
-        self.config: FewShotConfig = config
         self._splits: dict[str, FewShotDataset] = {}
+        #: Base classes of the pre-training classifier when known without reading the train split (set from the
+        #: weights by :func:`fewlabels.methods.scl.predict.load_fewshot_run`): an evaluation-only dataset has none.
+        self.num_base_classes: int | None = None
+
+    def prepare_inference(self, run_dir: Path, weights: Path) -> None:
+        """Before a trained run's model is built: the base-class count from the weights (so that evaluating on a
+        folder of test classes only never reads a training split) and the input statistics the run was trained
+        with (``model.normalisation: auto`` resolved on the saved config, whatever ``data`` now points at)."""
+        from fewlabels.engine.run import read_run_config
+
+        self.num_base_classes = classifier_rows(weights)
+        saved = read_run_config(run_dir)
+        if isinstance(saved, FewShotConfig):
+            self.config.model.normalisation = resolve_normalisation(  # type: ignore[assignment]
+                saved.model.normalisation, saved.data.spec.name
+            )
 
     def split(self, name: str) -> FewShotDataset:
         """The ``train`` (base), ``val`` or ``test`` (novel) split of the run's dataset, read once."""
@@ -128,6 +163,7 @@ class FewShotMethod(Method):
             episodes=ev.val_episodes,
             seed=ev.seed,
             classifier=ev.classifier,
+            features=ev.features,
             device=device,
             batch_size=ev.batch_size,
             return_episodes=return_episodes,
@@ -156,16 +192,14 @@ class FewShotMethod(Method):
         from PIL import Image
 
         from fewlabels.data.base import to_chw_float
+        from fewlabels.data.common import read_rgb
 
         out_dir.mkdir(parents=True, exist_ok=True)
         size = self.config.data.resolved_image_size()
         rows, feats = [], []
         for path in inputs:
-            try:
-                with Image.open(path) as im:
-                    image = to_chw_float(np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
-            except OSError as e:
-                raise DataError(f"cannot decode image {path}: {e}") from None
+            rgb = Image.fromarray(read_rgb(path))  # any mode (16-bit scaled); a DataError naming an undecodable file
+            image = to_chw_float(np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR)))
             x = image[None].to(device)
             if getattr(model, "classifier", None) is not None:
                 prob = model(x, mode="logits").softmax(dim=1)[0]
@@ -187,21 +221,22 @@ class FewShotMethod(Method):
 
 
 @register_method
-class SCLMethod(FewShotMethod):
+class SCLMethod(FewShotMethod[SCLConfigT]):
     """Spatial contrastive pre-training (and its CE / GC / SS baselines, by loss weights)."""
 
     name = "scl"
     description = "few-shot classification: CE pre-training + spatial/global contrastive regularisers (SCL)"
     config_class = SCLConfig
 
-    def __init__(self, config: SCLConfig) -> None:
+    def __init__(self, config: SCLConfigT) -> None:
         super().__init__(config)
-        self.config: SCLConfig = config
         self.augment = MultiViewAugment(config.augment.views, config.data.resolved_image_size())
 
     def build_model(self) -> nn.Module:
         loss = self.config.loss
-        num_classes = int(self.split("train").num_classes)
+        num_classes = self.num_base_classes
+        if num_classes is None:
+            num_classes = int(self.split("train").num_classes)
         return build_net(self.config, num_classes, global_head=loss.uses_global(), spatial_head=loss.uses_spatial())
 
     def train_sources(self) -> dict[str, Source]:

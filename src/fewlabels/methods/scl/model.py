@@ -14,9 +14,36 @@ from torch import Tensor, nn
 from fewlabels.methods.scl.backbones import FewShotBackbone
 from fewlabels.methods.scl.heads import GlobalProjection, SpatialAttentionHead
 
-#: ImageNet statistics, used by RFS/SCL for every dataset.
+#: ImageNet statistics (glyphs and folder datasets).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The reference's statistics of mini-ImageNet (also used for tiered-ImageNet and the cross-domain test sets).
+MINI_IMAGENET_MEAN = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
+MINI_IMAGENET_STD = (70.68188272 / 255.0, 68.27635443 / 255.0, 72.54505529 / 255.0)
+#: The reference's CIFAR-100 statistics (CIFAR-FS, FC100).
+CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR_STD = (0.2675, 0.2565, 0.2761)
+
+#: ``model.normalisation`` -> (mean, std)
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "mini-imagenet": (MINI_IMAGENET_MEAN, MINI_IMAGENET_STD),
+    "cifar": (CIFAR_MEAN, CIFAR_STD),
+}
+#: ``model.normalisation: auto``: the statistics the reference uses for each training dataset (others: imagenet)
+DATASET_NORMALISATION = {
+    "mini-imagenet": "mini-imagenet",
+    "tiered-imagenet": "mini-imagenet",
+    "cifar-fs": "cifar",
+    "fc100": "cifar",
+}
+
+
+def resolve_normalisation(choice: str, dataset: str) -> str:
+    """The statistics' name of ``model.normalisation`` (``auto`` picks the training ``dataset``'s)."""
+    if choice != "auto":
+        return choice
+    return DATASET_NORMALISATION.get(dataset, "imagenet")
 
 
 class SCLNet(nn.Module):

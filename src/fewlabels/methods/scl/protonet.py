@@ -33,7 +33,7 @@ def prototype_logits(
 
 
 @register_method
-class ProtoNetMethod(FewShotMethod):
+class ProtoNetMethod(FewShotMethod[ProtoNetConfig]):
     """Prototypical networks trained episodically on the base classes."""
 
     name = "protonet"
@@ -42,7 +42,6 @@ class ProtoNetMethod(FewShotMethod):
 
     def __init__(self, config: ProtoNetConfig) -> None:
         super().__init__(config)
-        self.config: ProtoNetConfig = config
         views = ["standard"] if config.episodes.augment else ["none"]
         self.augment = MultiViewAugment(views, config.data.resolved_image_size())
 

@@ -10,7 +10,10 @@ from fewlabels.data.base import DataError
 from fewlabels.data.registry import get_dataset
 from fewlabels.data.segmentation import SegmentationOptions
 
-__all__ = ["SegDataConfig", "SegEvalConfig", "SegModelConfig"]
+__all__ = ["ID_LIST_DATASETS", "SegDataConfig", "SegEvalConfig", "SegModelConfig"]
+
+#: the segmentation datasets whose labeled/unlabeled images can be named by id lists (data.labeled_list)
+ID_LIST_DATASETS = ("voc", "seg-folder")
 
 
 @dataclass
@@ -45,12 +48,20 @@ class SegDataConfig:
         metadata={"help": "a segmentation dataset: scenes, voc, cityscapes, seg-folder (`fewlabels data check` names)"},
     )
     root: str = field(default="", metadata={"help": "dataset folder (not needed for scenes)"})
-    labeled: float = field(
-        default=0.1,
-        metadata={"help": "labeled training images: a count (>= 1) or a fraction in (0, 1)", "gt": 0},
+    labeled: float | None = field(
+        default=None,
+        metadata={
+            "help": "labeled training images: a count (>= 1) or a fraction in (0, 1); default: 0.1 of a dataset's "
+            "training split, every masked image of a seg-folder",
+            "gt": 0,
+        },
     )
-    labeled_list: str = field(default="", metadata={"help": "file of labeled image ids (overrides labeled)"})
-    unlabeled_list: str = field(default="", metadata={"help": "file of unlabeled image ids (default: the rest)"})
+    labeled_list: str = field(
+        default="", metadata={"help": "file of labeled image ids (voc, seg-folder; replaces labeled)"}
+    )
+    unlabeled_list: str = field(
+        default="", metadata={"help": "file of unlabeled image ids (with labeled_list; default: the rest)"}
+    )
     split_seed: int = field(default=0, metadata={"help": "seed of the labeled/unlabeled draw"})
     train_split: str = "train"
     val_split: str = "val"
@@ -73,14 +84,26 @@ class SegDataConfig:
             fail("data.root", f"dataset {self.dataset!r} needs data.root=/path/to/{self.dataset}")
         if not 0 < self.scale[0] <= self.scale[1]:
             fail("data.scale", f"must be a range 0 < low <= high, got {list(self.scale)}")
-        if self.labeled > 1 and self.labeled != int(self.labeled):
+        if self.labeled is not None and self.labeled > 1 and self.labeled != int(self.labeled):
             fail("data.labeled", f"a count must be a whole number, got {self.labeled}")
+        if (self.labeled_list or self.unlabeled_list) and spec.name not in ID_LIST_DATASETS:
+            key = "data.labeled_list" if self.labeled_list else "data.unlabeled_list"
+            fail(
+                key,
+                f"id lists are not supported by dataset {spec.name!r} (only {', '.join(ID_LIST_DATASETS)}); "
+                "choose the labeled images with data.labeled and data.split_seed",
+            )
+        if self.unlabeled_list and not self.labeled_list:
+            fail("data.unlabeled_list", "needs data.labeled_list (the unlabeled images are the rest of a draw)")
 
     def options(self) -> SegmentationOptions:
         """What the dataset's builder reads from this section."""
+        labeled = self.labeled
+        if labeled is None:  # the dataset's default: a seg-folder labels every masked image (0), others 0.1
+            labeled = 0.0 if get_dataset(self.dataset, "segmentation").name == "seg-folder" else 0.1
         return SegmentationOptions(
             root=self.root,
-            labeled=self.labeled,
+            labeled=labeled,
             labeled_list=self.labeled_list,
             unlabeled_list=self.unlabeled_list,
             split_seed=self.split_seed,

@@ -23,6 +23,7 @@ Hungarian evaluation protocol and the files it predicts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -33,15 +34,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fewlabels.data.base import FewDataset
-from fewlabels.data.common import IMAGE_EXTENSIONS, find_inputs, read_rgb
-from fewlabels.data.registry import load_segmentation
+from fewlabels.config import RunConfig
+from fewlabels.data.base import DataError, FewDataset
+from fewlabels.data.common import IGNORE_INDEX, IMAGE_EXTENSIONS, plan_outputs, read_class_names, read_rgb
+from fewlabels.data.registry import get_dataset, load_segmentation
 from fewlabels.data.segmentation import SegmentationData
 from fewlabels.methods.base import Method
 from fewlabels.methods.segmentation.config import SegDataConfig, SegEvalConfig, SegModelConfig
 from fewlabels.models import SegmentationNet, build_segmentation_model
 
 __all__ = [
+    "LabelSpace",
     "LogitsFn",
     "SegmentationDataView",
     "SegmentationMethod",
@@ -74,6 +77,60 @@ class SegmentationDataView(Protocol):
 
 
 DataT = TypeVar("DataT", bound=SegmentationDataView)
+#: the config class of a segmentation method (``SegmentationMethod[ConfigT, DataT]``)
+ConfigT = TypeVar("ConfigT", bound=RunConfig)
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The classes a segmentation model scores: all that building it and predicting with it need of the data."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    ignore_index: int
+    thing_classes: tuple[int, ...]
+
+
+def classifier_outputs(weights: Path) -> int | None:
+    """The number of classes of a saved segmentation network (rows of its ``decoder.classifier``), read from the
+    file's header only; None when the file cannot tell."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 - a safetensors handle is not a mapping
+                if key.endswith("decoder.classifier.weight"):
+                    return int(fh.get_slice(key).get_shape()[0])
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when the weights are loaded
+        return None
+    return None
+
+
+def label_space_without_data(cfg: SegDataConfig, weights: Path | None) -> LabelSpace | None:
+    """The label space of a ``data`` section read without opening the dataset: the dataset's metadata, then
+    ``data.num_classes``, then ``classes.txt`` in its root, then the saved classifier in ``weights``; None when none
+    of these tells the number of classes."""
+    try:
+        meta = get_dataset(cfg.dataset, "segmentation").metadata
+    except DataError:
+        return None
+    names = list(meta.class_names)
+    n = len(names) or cfg.num_classes
+    classes_file = Path(cfg.root) / "classes.txt" if cfg.root else None
+    if not names and classes_file is not None and classes_file.is_file():
+        try:
+            names = read_class_names(classes_file)
+        except (OSError, UnicodeDecodeError):
+            names = []
+        n = n or len(names)
+    if not n and weights is not None:
+        n = classifier_outputs(weights) or 0
+    if not n:
+        return None
+    if len(names) != n:
+        names = [f"class_{i}" for i in range(n)]
+    ignore = IGNORE_INDEX if meta.ignore_index is None else meta.ignore_index
+    return LabelSpace(n, tuple(names), ignore, tuple(meta.things(n)))
 
 
 def build_segmentation_data(cfg: SegDataConfig) -> SegmentationData:
@@ -164,7 +221,7 @@ def segmentation_figure(
     return save_image_grid(out_png, rows, ["image", "ground truth", *predictors])
 
 
-class SegmentationMethod(Method, Generic[DataT]):
+class SegmentationMethod(Method[ConfigT], Generic[ConfigT, DataT]):
     """A method that labels every pixel; see the module docstring for what it shares and what subclasses set."""
 
     metric = "miou"
@@ -175,6 +232,10 @@ class SegmentationMethod(Method, Generic[DataT]):
     figure_caption: ClassVar[str] = "validation images: image / ground truth / prediction"
     #: the files that ``predict`` reads from the folders it is given
     input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_EXTENSIONS
+    #: the files that ``predict`` writes per image (``{stem}``: the image's output name, see :meth:`output_stem`)
+    output_names: ClassVar[tuple[str, ...]] = ("{stem}.png", "{stem}_overlay.png")
+    #: the label space restored from the run by :meth:`prepare_inference` (then no dataset is read to build the model)
+    restored_labels: LabelSpace | None = None
 
     # --- data and model -------------------------------------------------------------------------------------
     def build_data(self) -> DataT:
@@ -187,9 +248,37 @@ class SegmentationMethod(Method, Generic[DataT]):
         return self.build_data()
 
     @property
+    def label_space(self) -> LabelSpace:
+        """The classes the model scores: restored from the run (:meth:`prepare_inference`), else the data's."""
+        if self.restored_labels is not None:
+            return self.restored_labels
+        data = self.data
+        n = data.num_classes
+        things = getattr(data, "thing_classes", range(1, n))
+        return LabelSpace(n, tuple(data.class_names), data.ignore_index, tuple(things))
+
+    @property
     def num_classes(self) -> int:
         """Classes the predictor scores: the palette size of predictions and figures."""
-        return self.data.num_classes
+        return self.label_space.num_classes
+
+    def prepare_inference(self, run_dir: Path, weights: Path) -> None:
+        """Before a trained run's model is built: take its label space from the dataset's metadata, the config,
+        ``classes.txt`` or the weights, so that predicting needs no training data (evaluation still reads it)."""
+        cfg = getattr(self.config, "data", None)
+        if isinstance(cfg, SegDataConfig):
+            self.restored_labels = label_space_without_data(cfg, weights)
+
+    def checked_data(self) -> DataT:
+        """:attr:`data`, refused when its classes differ from those the trained model scores."""
+        data = self.data
+        restored = self.restored_labels
+        if restored is not None and data.num_classes != restored.num_classes:
+            raise DataError(
+                f"the data has {data.num_classes} classes but the trained model scores {restored.num_classes}; "
+                "evaluate on data with the classes it was trained on (check data.root and data.num_classes)"
+            )
+        return data
 
     @property
     def eval_settings(self) -> SegEvalConfig:
@@ -226,19 +315,39 @@ class SegmentationMethod(Method, Generic[DataT]):
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """mIoU, pixel accuracy and per-class IoU of the predictor on the validation images."""
-        data = self.data
+        data = self.checked_data()
         return evaluate_segmentation(
             self.predictor(model), data.val, data.num_classes, self.eval_settings, device, data.class_names
         )
 
+    def output_stem(self, path: Path) -> str:
+        """The name (without suffix) of the predictions of the image ``path`` (unique within its output folder)."""
+        stems: dict[Path, str] = getattr(self, "_output_stems", {})
+        return stems.get(path, path.stem)
+
     def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
-        """Predict every image among ``inputs`` (folders searched recursively) into ``out_dir``."""
+        """Predict every image among ``inputs`` into ``out_dir``: a folder's tree is mirrored (``a/x.png`` ->
+        ``out/a/x.png``), names that would collide get the image's extension, and no input file is ever written
+        (a DataError before anything is written)."""
+        planned = plan_outputs(inputs, self.input_suffixes)
+        sources = {f.resolve() for f, _ in planned} | {Path(p).resolve() for p in inputs}
+        for f, rel in planned:
+            for name in self.output_names:
+                target = (out_dir / rel.parent / name.format(stem=rel.name)).resolve()
+                if target in sources:
+                    raise DataError(
+                        f"predict would overwrite the input file {target} (the prediction of {f}); choose an --out "
+                        "folder that holds none of the inputs"
+                    )
         model.eval()
-        out_dir.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
-        for path in find_inputs(inputs, self.input_suffixes):
+        for f, rel in planned:
+            folder = out_dir / rel.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            self._output_stems = {f: rel.name}
             with torch.no_grad():
-                written += self.predict_image(model, path, out_dir, device)
+                written += self.predict_image(model, f, folder, device)
+        self._output_stems = {}
         return written
 
     def predict_image(self, model: nn.Module, path: Path, out_dir: Path, device: torch.device) -> list[Path]:
@@ -248,9 +357,10 @@ class SegmentationMethod(Method, Generic[DataT]):
         rgb = read_rgb(path)
         x = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float().div(255).unsqueeze(0).to(device)
         pred = infer_probs(self.predictor(model), x, self.eval_settings).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        mask_path = out_dir / f"{path.stem}.png"
+        stem = self.output_stem(path)
+        mask_path = out_dir / f"{stem}.png"
         Image.fromarray(pred).save(mask_path)
-        overlay_path = out_dir / f"{path.stem}_overlay.png"
+        overlay_path = out_dir / f"{stem}_overlay.png"
         Image.fromarray(overlay(rgb, pred, self.num_classes)).save(overlay_path)
         return [mask_path, overlay_path]
 
@@ -259,7 +369,7 @@ class SegmentationMethod(Method, Generic[DataT]):
         model.eval()
         path = segmentation_figure(
             {self.figure_column: self.predictor(model)},
-            self.data.val,
+            self.checked_data().val,
             self.num_classes,
             out_dir / self.figure_file,
             device,

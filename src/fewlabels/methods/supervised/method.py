@@ -7,6 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
+from fewlabels.data.base import fill_batch
 from fewlabels.data.segmentation import SegmentationData
 from fewlabels.methods.base import Source, StepOutput
 from fewlabels.methods.segmentation.config import SegEvalConfig
@@ -19,14 +20,13 @@ __all__ = ["SupervisedSegmentation"]
 
 
 @register_method
-class SupervisedSegmentation(SegmentationMethod[SegmentationData]):
+class SupervisedSegmentation(SegmentationMethod[SupervisedConfig, SegmentationData]):
     """Encoder-decoder trained with cross-entropy (ignoring the dataset's ignore index) on the labeled images only;
     data, evaluation, prediction and figures are the shared ones of :class:`SegmentationMethod`."""
 
     name = "supervised"
     description = "supervised-only semantic segmentation (the baseline of CCT)"
     config_class = SupervisedConfig
-    config: SupervisedConfig
 
     def build_data(self) -> SegmentationData:
         return build_segmentation_data(self.config.data)
@@ -39,7 +39,9 @@ class SupervisedSegmentation(SegmentationMethod[SegmentationData]):
         return self.build_network(self.config.model)
 
     def train_sources(self) -> dict[str, Source]:
-        return {"labeled": Source(self.data.labeled, self.config.train.batch_size)}
+        # Fewer labeled images than a batch: repeated to fill it, as CCT does (4 labeled images, batch 8).
+        batch = self.config.train.batch_size
+        return {"labeled": Source(fill_batch(self.data.labeled, batch), batch)}
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return self.encoder_param_groups(model, self.config.model.backbone_lr_scale)
