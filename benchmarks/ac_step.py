@@ -3,8 +3,9 @@
 Times, in one process and interleaved (machines are noisy; only the ratio means something):
 
 - ``one_view``: forward + backward of the network on B images (one ordering, a scalar of the output);
-- ``two_view``: the AC step: two sampled orderings, both views in one batched forward (unmasked stem once),
-  ``iic_segmentation_loss`` between them, backward.
+- ``two_view``: the AC step: two sampled orderings, both views in one batched forward (unmasked stem once; each
+  masked layer convolves each view's half of the batch with the shared weights under that view's mask: the
+  one-set-of-weights, 8-masks construction), ``iic_segmentation_loss`` between them, backward.
 
 Target: ``two_view_over_one_view <= 2.0`` (two views cost at most twice one view, the loss included).
 The last stdout line is a JSON object with the timings and the ratio.

@@ -7,16 +7,27 @@ regressions together (batched Newton-CG in the span of the support features).
 
 Default model: a conv-4 on the embedded glyphs novel split (random init, or ``--run RUN_DIR`` for a trained
 run). The last stdout line is a JSON object with ``speedup`` (reference time / fast time, both shots together)
-and ``accuracy_gap`` (largest |fast - reference| mean accuracy over the shots, in points) next to the 95% CIs.
+and ``accuracy_gap`` (largest |fast - reference| mean accuracy over the shots, in points) next to the 95% CIs,
+``eval_over_backbone`` (the whole fast evaluation over one backbone pass over the split's images: the
+moonshot asks <= 1.3 for 600 episodes) and the solver's thread count (``solver_threads``, chosen for the work
+by ``fewshot_eval.solver_thread_count``).
 
-    python benchmarks/fewshot_eval.py --episodes 100 --shots 1 5
+``--load N`` also times the classifiers (the batched solver, and scikit-learn per episode) on the same
+features while N busy processes compete for the cores, and with the solver forced onto every torch thread
+(what the fast path did before it chose its thread count): ``*_under_load`` and ``*_slowdown`` keys.
+
+    python benchmarks/fewshot_eval.py --episodes 100 --shots 1 5 --load 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +45,51 @@ def _model(run: str, backbone: str, image_size: int) -> torch.nn.Module:
     return SCLNet(build_backbone(backbone, image_size=image_size), num_classes=64).eval()
 
 
+@contextlib.contextmanager
+def _busy(processes: int) -> Iterator[None]:
+    """``processes`` busy-looping Python processes (another user's work on the cores) for the block."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _classifier_times(model: torch.nn.Module, dataset: object, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds of the classifiers alone (features extracted beforehand) for every shot: the batched solver with
+    its chosen thread count, the batched solver on every torch thread, scikit-learn per episode."""
+    from fewlabels.data.episodes import EpisodeSampler
+    from fewlabels.methods.scl import fewshot_eval as fe
+
+    feats = fe.extract_features(model, dataset, "cpu")  # type: ignore[arg-type]
+    episodes = [
+        EpisodeSampler(feats.labels, args.ways, k, args.queries, args.episodes, args.seed).as_arrays()[1:]
+        for k in args.shots
+    ]
+
+    def solve(exact: bool) -> None:
+        for support, query in episodes:
+            fe.episode_accuracies(feats, support, query, exact=exact)
+
+    chosen = _seconds(lambda: solve(False))
+    keep = fe.WORK_PER_THREAD
+    fe.WORK_PER_THREAD = 1  # every available thread, whatever the work
+    try:
+        all_threads = _seconds(lambda: solve(False))
+    finally:
+        fe.WORK_PER_THREAD = keep
+    return {"solver_s": chosen, "solver_all_threads_s": all_threads, "sklearn_s": _seconds(lambda: solve(True))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=100)
@@ -44,6 +100,7 @@ def main() -> None:
     parser.add_argument("--run", default="", help="use the model of this run directory instead of a random conv-4")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--load", type=int, default=0, help="also time the classifiers next to N busy processes")
     args = parser.parse_args()
     from fewlabels.engine.allocator import keep_freed_memory
 
@@ -53,7 +110,12 @@ def main() -> None:
 
     import fewlabels.methods.scl  # noqa: F401  (registers the methods for --run)
     from fewlabels.data.glyphs import GlyphsDataset
-    from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate, reference_protocol_evaluate
+    from fewlabels.methods.scl.fewshot_eval import (
+        extract_features,
+        fewshot_evaluate,
+        reference_protocol_evaluate,
+        solver_thread_count,
+    )
     from fewlabels.metrics import mean_confidence_interval
 
     dataset = GlyphsDataset("novel", image_size=32, per_class=24)
@@ -88,6 +150,22 @@ def main() -> None:
         print(f"fast      {k}-shot: {fast[f'acc_{k}shot']:.2f} +- {fast[f'ci95_{k}shot']:.2f}")
     print(f"fast path: {fast_time:.2f} s")
 
+    backbone_time = min(_seconds(lambda: extract_features(model, dataset, "cpu")) for _ in range(2))
+    print(f"one backbone pass over the {len(dataset)} images: {backbone_time:.2f} s")
+    n = args.ways * max(args.shots)
+    threads = solver_thread_count(torch.zeros(args.episodes, n, 1), args.ways)
+    loaded: dict[str, float] = {}
+    if args.load:
+        quiet = _classifier_times(model, dataset, args)
+        with _busy(args.load):
+            busy = _classifier_times(model, dataset, args)
+        for key in quiet:
+            name = key.removesuffix("_s")
+            loaded[key] = round(quiet[key], 3)
+            loaded[f"{name}_under_load_s"] = round(busy[key], 3)
+            loaded[f"{name}_slowdown"] = round(busy[key] / quiet[key], 2)
+            print(f"{name}: {quiet[key]:.2f} s, next to {args.load} busy processes {busy[key]:.2f} s")
+
     gaps = {k: abs(fast[f"acc_{k}shot"] - ref[k][0]) for k in args.shots}
     result = {
         "speedup": round(ref_time / fast_time, 2),
@@ -97,6 +175,10 @@ def main() -> None:
         "fast_s": round(fast_time, 3),
         "episodes": args.episodes,
         "threads": torch.get_num_threads(),
+        "solver_threads": threads,
+        "backbone_pass_s": round(backbone_time, 3),
+        "eval_over_backbone": round(fast_time / backbone_time, 2),
+        **loaded,
         **{f"acc_{k}shot_reference": round(ref[k][0], 3) for k in args.shots},
         **{f"acc_{k}shot_fast": round(float(fast[f"acc_{k}shot"]), 3) for k in args.shots},
         **{f"ci95_{k}shot": round(ref[k][1], 3) for k in args.shots},

@@ -13,9 +13,10 @@ Protocol, per training-set size N and variant:
 
 Resumable: every finished run writes ``OUT/cells/<name>.json`` and is skipped when the script runs again (with the
 same arguments); a run that was stopped halfway is started again. Variants are independent, so several processes
-may share one OUT, each with its own ``--variants`` (a last run with all of them only reads the records). Prints a markdown table of test accuracy
-(mean, std over seeds), the paired differences between variants with their 95 % t intervals, the trained
-parameters and the training wall time, and a JSON object as the last stdout line.
+may share one OUT, each with its own ``--variants`` (a last run with all of them only reads the records).
+Prints a markdown table of test accuracy (mean, std over seeds), the paired differences between variants with
+their 95 % t intervals, the trained parameters and the training wall time, and a JSON object as the last stdout
+line.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ VARIANTS: dict[str, tuple[dict[str, float], list[str]]] = {
     # regulariser on the raw images, against plain CE; and CE with the RFS "standard" augmentation in one view
     # (what the RFS/SCL papers call CE)
     "CE+SC (no aug)": ({"lambda_sc": 0.1, "lambda_gc": 0.0}, ["none", "none"]),
+    # the control the SCL claim needs: CE on the same two identical raw views (same network passes per step)
+    # with lambda_sc = 0, so that a CE+SC (no aug) margin is the SC term's and not the doubled CE batch's
+    "CE (two raw views)": ({"lambda_sc": 0.0, "lambda_gc": 0.0}, ["none", "none"]),
     "CE (standard aug)": ({"lambda_sc": 0.0, "lambda_gc": 0.0}, ["standard"]),
 }
 
@@ -49,6 +52,20 @@ def config(seed: int, steps: int, weights: dict[str, float], views: list[str], w
     }
 
 
+def paired_differences(table: SeedTable, a: str, b: str) -> dict[str, dict[str, Any]]:
+    """Per column, ``a - b`` on the seeds both rows hold: mean, std, Student-t 95% CI over seeds."""
+    from _seeds import summarise
+
+    out: dict[str, dict[str, Any]] = {}
+    for column in dict.fromkeys(c for _, c in table.cells):
+        va = dict(zip(table.seeds.get((a, column), []), table.cells.get((a, column), []), strict=True))
+        vb = dict(zip(table.seeds.get((b, column), []), table.cells.get((b, column), []), strict=True))
+        common = sorted(set(va) & set(vb))
+        if common:
+            out[column] = summarise([va[s] - vb[s] for s in common])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -58,6 +75,14 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/scl_ablation")
     parser.add_argument("--resume", action="store_true", help="keep OUT/values.jsonl and skip the runs it holds")
+    parser.add_argument(
+        "--paired",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="also print the paired per-seed difference A - B with its 95%% CI, "
+        'e.g. "CE+SC (no aug)" "CE (two raw views)"',
+    )
     args = parser.parse_args()
 
     from fewlabels.engine import load_run
@@ -84,7 +109,14 @@ def main() -> None:
                     name, f"{k}-shot", seed, res[f"acc_{k}shot"], ci95_episodes=res[f"ci95_{k}shot"], seconds=seconds
                 )
     print(table.markdown(digits=1))
-    print(json.dumps({"steps": args.steps, "weight": args.weight, "seeds": args.seeds, "summary": table.summary()}))
+    paired = paired_differences(table, *args.paired) if args.paired else {}
+    for column, d in paired.items():
+        print(
+            f"{args.paired[0]} - {args.paired[1]}, {column}: {d['mean']:+.2f} +- {d['ci95']:.2f} "
+            f"(paired over {d['n']} seeds; per seed {', '.join(f'{v:+.1f}' for v in d['values'])})"
+        )
+    summary = {"steps": args.steps, "weight": args.weight, "seeds": args.seeds, "summary": table.summary()}
+    print(json.dumps({**summary, "paired": paired}))
 
 
 if __name__ == "__main__":

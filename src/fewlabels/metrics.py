@@ -7,8 +7,8 @@ same code serves CPU evaluation and on-GPU validation loops. Results that summar
 
 Segmentation (CCT): :func:`confusion_matrix`, :func:`iou`, :func:`miou`, :func:`pixel_accuracy`,
 :class:`SegmentationMeter`. Unsupervised clustering (AC): :func:`hungarian_match`, :func:`matched_accuracy`.
-Few-shot episodes (SCL): :func:`mean_confidence_interval`. GLUE (RelBitFit): :func:`accuracy`,
-:func:`f1_score`, :func:`matthews_corrcoef`, :func:`pearson`, :func:`spearman`, :func:`glue_metrics`.
+Few-shot episodes (SCL): :func:`mean_confidence_interval`. GLUE (RelBitFit): :func:`accuracy`, :func:`f1_score`,
+:func:`matthews_corrcoef`, :func:`pearson`, :func:`spearman`, :func:`glue_metrics`.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def _check_same_shape(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
 def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
     """Confusion matrix of integer label maps.
 
-    ``C[i, j] = #{pixels p : target[p] = i, pred[p] = j, target[p] != ignore_index}`` — rows are the
-    target class, columns the predicted class. Computed with one ``bincount`` of ``target * K + pred``.
+    ``C[i, j] = #{pixels p : target[p] = i, pred[p] = j, target[p] != ignore_index}`` — rows are the target class,
+    columns the predicted class. Computed with one ``bincount`` of ``target * K + pred``.
 
     Args:
         pred: predicted class indices, any shape ``[*]`` (e.g. ``[B, H, W]``), integer dtype.
@@ -249,8 +249,7 @@ def hungarian_match(pred: ArrayLike, target: ArrayLike, k: int, ignore_index: in
     """One-to-one cluster -> class assignment that maximises the number of agreeing pixels.
 
     With agreement ``A[c, y] = #{p : pred[p] = c, target[p] = y}`` (pixels whose target is ``ignore_index``
-    dropped), returns the permutation ``m`` maximising ``sum_c A[c, m(c)]``
-    (``scipy.optimize.linear_sum_assignment``).
+    dropped), returns the permutation ``m`` maximising ``sum_c A[c, m(c)]`` (``scipy.optimize.linear_sum_assignment``).
 
     Args:
         pred: cluster indices in ``[0, k)``, any shape ``[*]``.
@@ -372,9 +371,9 @@ def matthews_corrcoef(predictions: ArrayLike, labels: ArrayLike) -> float:
 
     With confusion ``C`` over the classes seen in either input, ``c = trace(C)``, ``s = sum(C)``,
     ``t_k = sum_j C[k, j]`` (true counts), ``p_k = sum_i C[i, k]`` (predicted counts):
-    ``MCC = (c s - sum_k t_k p_k) / sqrt((s^2 - sum_k p_k^2) (s^2 - sum_k t_k^2))``; 0.0 when the
-    denominator is 0 (a constant prediction or label vector), as scikit-learn does. For two classes this
-    is the usual ``(TP TN - FP FN) / sqrt(...)``.
+    ``MCC = (c s - sum_k t_k p_k) / sqrt((s^2 - sum_k p_k^2) (s^2 - sum_k t_k^2))``; 0.0 when the denominator is 0 (a
+    constant prediction or label vector), as scikit-learn does. For two classes this is the usual
+    ``(TP TN - FP FN) / sqrt(...)``.
 
     Args:
         predictions: ``[n]`` predicted labels (any integers).
@@ -400,8 +399,7 @@ def pearson(predictions: ArrayLike, labels: ArrayLike) -> float:
     """Pearson correlation ``sum (x - x_bar)(y - y_bar) / sqrt(sum (x - x_bar)^2 sum (y - y_bar)^2)`` in
     float64.
 
-    ``predictions``, ``labels``: ``[n]`` real scores. ``NaN`` if either input is constant (undefined
-    correlation).
+    ``predictions``, ``labels``: ``[n]`` real scores. ``NaN`` if either input is constant (undefined correlation).
     """
     p, y = _pair(predictions, labels)
     x = p.to(torch.float64)

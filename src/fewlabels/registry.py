@@ -1,8 +1,8 @@
 """Method registry: name -> Method subclass (which carries its config class).
 
-Methods register themselves with :func:`register_method` when their package is imported; importing
-``fewlabels.methods`` imports every built-in method. The registry doubles as the test matrix: every registered
-method runs the same battery (one step, save/load round trip, kill and resume, two-process equivalence).
+Methods register themselves with :func:`register_method` when their package is imported; importing ``fewlabels.methods``
+imports every built-in method. The registry doubles as the test matrix: every registered method runs the same battery
+(one step, save/load round trip, kill and resume, two-process equivalence).
 """
 
 from __future__ import annotations

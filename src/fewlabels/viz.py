@@ -231,9 +231,9 @@ def plot_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
     """Plot training curves from a ``metrics.jsonl`` log.
 
     Each line is a JSON object ``{"step": int, "split": "train" | "val" | ..., "<metric>": number, ...}``. One
-    subplot per metric name; the train split contributes its loss terms (keys containing ``"loss"``;
-    learning rate, throughput and the like are left out), every other split contributes all its numeric
-    keys; each (split, metric) is one line against ``step``.
+    subplot per metric name; the train split contributes its loss terms (keys containing ``"loss"``; learning rate,
+    throughput and the like are left out), every other split contributes all its numeric keys; each (split, metric) is
+    one line against ``step``.
 
     Args:
         metrics_jsonl: path of the log.

@@ -1,8 +1,9 @@
 """Bad inputs to every command that reads a run, a dataset or a file (issue 17), and the data-loss fixes.
 
-Each catalogue row runs the real CLI in a subprocess and must exit non-zero with exactly one ``error:`` line naming
-the problem, no traceback, and no change to any file it was given (sha256 before and after). One tiny supervised run
-on a seg-folder (trained once per module, its data then moved away) and one tiny few-shot run serve every row.
+Each catalogue row runs the real CLI (``main``, in this process) and must exit non-zero with exactly one ``error:``
+line naming the problem, no traceback, and no change to any file it was given (sha256 before and after). One tiny
+supervised run on a seg-folder (trained once per module, its data then moved away) and one tiny few-shot run serve
+every row.
 
 The rows of ``train`` beyond these and the run-directory faults are in ``tests/test_bad_inputs.py`` and
 ``tests/engine/test_faults.py``; ``--help`` of every subcommand is ``tests/commands/test_cli_help.py``.
@@ -11,16 +12,17 @@ The rows of ``train`` beyond these and the run-directory faults are in ``tests/t
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
-import sys
+import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,6 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import subprocess_env
 from fewlabels.cli import main
 from fewlabels.data.base import DataError
 from fewlabels.data.common import read_rgb
@@ -76,15 +77,28 @@ def _digests(paths: list[Path]) -> dict[str, str]:
     return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(files)}
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fewlabels", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=600,
-        cwd=cwd,
-    )
+def _cli(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``fewlabels ARGS`` run in this process (an interpreter start per row would make the catalogue slow): its
+    exit status, stdout, and stderr with the warnings logged; an exception that escapes is a traceback in stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    opted = allocator._opted_in
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 2
+            except BaseException:  # noqa: BLE001 - what a user would see as a traceback
+                err.write(traceback.format_exc())
+                code = 1
+    finally:
+        root.removeHandler(handler)
+        allocator._opted_in = opted  # main() opts the process in; the test process is put back as it was
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +127,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (t / "scl.yaml").write_text(yaml.safe_dump(scl))
     (t / "cct.yaml").write_text(yaml.safe_dump({"method": "cct", "output_dir": str(t / "runs")}))
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [
-            pool.submit(_cli, ["train", str(t / "sup.yaml"), "name=segrun"], t),
-            pool.submit(_cli, ["train", str(t / "scl.yaml")], t),
-        ]
-        for job in jobs:
-            res = job.result()
-            assert res.returncode == 0, res.stderr[-3000:]
+    for argv in (["train", str(t / "sup.yaml"), "name=segrun"], ["train", str(t / "scl.yaml")]):
+        res = _cli(argv)
+        assert res.returncode == 0, res.stderr[-3000:]
     # The run's training data is gone from where it was trained (item 9): it now lives elsewhere.
     shutil.move(t / "train_data", t / "moved_data")
     run = t / "runs/segrun"
@@ -271,6 +280,11 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["not a run directory"],
     ),
     (
+        "predict-delta: a delta file that does not exist",
+        ["predict-delta", "{t}/absent.safetensors", "{t}/afile.txt", "--out", "{t}/o_delta"],
+        ["{t}/absent.safetensors"],
+    ),
+    (
         "cct-pseudo-labels: an image-labels file that does not exist",
         ["cct-pseudo-labels", "{t}/cct.yaml", "--image-labels", "{t}/absent.json", "--out", "{t}/pl"],
         ["{t}/absent.json"],
@@ -294,18 +308,18 @@ if not GPU:
 
 
 def _paths(world: Path, argv: list[str]) -> list[Path]:
-    """The existing files and folders among a case's arguments (a run directory, inputs, --out, config files)."""
-    return [Path(a) for a in argv if a.startswith(str(world)) and Path(a).exists()]
+    """The existing files and folders among a case's arguments and override values (a run directory, inputs, --out,
+    config files, data.root=...)."""
+    values = [a.split("=", 1)[1] if "=" in a and not a.startswith(str(world)) else a for a in argv]
+    return [Path(v) for v in values if v.startswith(str(world)) and Path(v).exists()]
 
 
 @pytest.fixture(scope="module")
 def outcomes(world: Path) -> dict[str, tuple[subprocess.CompletedProcess, dict[str, str], dict[str, str]]]:
-    """Every case's subprocess (three at a time), with the digests of the files it was given before and after."""
+    """Every case's outcome, with the digests of the files it was given before and after."""
     argvs = {name: [a.replace("{t}", str(world)) for a in args] for name, args, _ in CASES}
     before = {name: _digests(_paths(world, argv)) for name, argv in argvs.items()}
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(_cli, argv, world) for name, argv in argvs.items()}
-        results = {name: f.result() for name, f in futures.items()}
+    results = {name: _cli(argv) for name, argv in argvs.items()}
     return {name: (results[name], before[name], _digests(_paths(world, argvs[name]))) for name in argvs}
 
 
@@ -334,6 +348,7 @@ def test_every_command_that_reads_input_has_a_row():
         "peft-count",
         "export-delta",
         "bias-changes",
+        "predict-delta",
         "cct-pseudo-labels",
     }
 
@@ -565,3 +580,12 @@ def test_predict_into_a_read_only_place_is_one_error_line(world, cli, read_only,
     code, _, errors = cli("predict", str(world / "runs/segrun"), str(world / "photos"), "--out", str(tmp_path / "ro/p"))
     assert code == 2 and len(errors) == 1, errors
     assert "Read-only file system" in errors[0] and "--out" in errors[0], errors
+
+
+def test_data_check_decodes_every_image_with_a_progress_bar(world):
+    """``data check`` opens every image in full (labeled, unlabeled, validation), showing its progress on stderr."""
+    res = _cli(["data", "check", "seg-folder", str(world / "moved_data")])
+    assert res.returncode == 0, res.stdout + res.stderr
+    counts = dict(line.strip().rsplit(None, 1) for line in res.stdout.splitlines()[1:] if line.startswith("  "))
+    assert counts["images decoded"] == "4"
+    assert "decoding images" in res.stderr and "error:" not in res.stderr

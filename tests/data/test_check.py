@@ -112,6 +112,7 @@ def test_seg_folder_check_counts_and_orphan_masks(tmp_path: Path) -> None:
     assert report.ok
     assert report.counts == {
         "images": 3,
+        "images decoded": 3,
         "classes (classes.txt)": 3,
         "masks": 2,
         "labeled images": 2,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from fewlabels.config import ConfigError
@@ -29,6 +30,9 @@ EVAL_FLAGS: tuple[str, ...] = (
 )
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*=")
+
+
 def eval_overrides(args: argparse.Namespace) -> list[str]:
     """``eval.<key>=<value>`` overrides for the protocol flags the user gave (those that are not ``None``)."""
     return [f"eval.{key}={json.dumps(getattr(args, key))}" for key in EVAL_FLAGS if getattr(args, key) is not None]
@@ -36,17 +40,19 @@ def eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_fewshot_eval(args: argparse.Namespace) -> int:
     """Evaluate RUN_DIR on seeded episodes of a split; print one line per shot and write the JSON result."""
+    from fewlabels import load_fewshot_run
+    from fewlabels.methods.scl.config import FewShotConfig
     from fewlabels.methods.scl.fewshot_eval import evaluate_split
     from fewlabels.methods.scl.method import FewShotMethod
-    from fewlabels.methods.scl.predict import load_fewshot_run
 
     # The kind of run is checked (on the saved config) before the eval.* overrides are added: only a few-shot
     # config has those keys. The training split is never read: data.* may name a folder of test classes only.
     overrides = [*args.overrides, *eval_overrides(args)]
     run = load_fewshot_run(args.run_dir, which=args.weights, device=args.device, overrides=overrides)
     assert isinstance(run.method, FewShotMethod)
-    protocol = run.method.config.eval
-    result = evaluate_split(run.method, run.model, args.split, protocol, device=run.device)
+    method: FewShotMethod[FewShotConfig] = run.method
+    protocol = method.config.eval
+    result = evaluate_split(method, run.model, args.split, protocol, device=run.device)
     result.update(weights=str(run.weights))
     for k in protocol.shots:
         print(
@@ -119,12 +125,18 @@ def prediction_csv(out: str, support: str, inputs: list[str]) -> Path:
 
 def cmd_predict_fewshot(args: argparse.Namespace) -> int:
     """``predict RUN --support DIR QUERIES --out OUT``: classify the queries into the support folder's classes."""
-    from fewlabels.methods.scl.predict import fewshot_predict
+    from fewlabels import fewshot_predict
 
-    target = prediction_csv(args.out, args.support, list(args.inputs))
-    overrides = ["eval.exact=true"] if getattr(args, "exact", False) else []
+    # key.sub=value items among the inputs are overrides (``predict``'s convention), unless such a file exists
+    inputs = [i for i in args.inputs if not _OVERRIDE.match(i) or Path(i).exists()]
+    overrides = [i for i in args.inputs if i not in inputs]
+    if not inputs:
+        raise ConfigError("INPUTS", "give at least one query image file or folder")
+    target = prediction_csv(args.out, args.support, inputs)
+    if getattr(args, "exact", False):
+        overrides.append("eval.exact=true")
     result = fewshot_predict(
-        args.run_dir, args.support, args.inputs, which=args.weights, device=args.device, overrides=overrides
+        args.run_dir, args.support, inputs, which=args.weights, device=args.device, overrides=overrides
     )
     result.write_csv(target)
     shots = ", ".join(f"{c}: {n}" for c, n in result.shots.items())

@@ -43,7 +43,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("overrides", nargs="*")
     p.add_argument("--image-labels", required=True, help="JSON {image id: [class, ...]} of the unlabeled images")
     p.add_argument("--out", required=True, help="folder for <image id>.png")
-    p.add_argument("--encoder", default="resnet18")
+    p.add_argument(
+        "--encoder",
+        default="",
+        help="classifier encoder (default: the config's model.encoder, with its deep_stem and pretrained weights)",
+    )
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)

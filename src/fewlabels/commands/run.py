@@ -72,7 +72,8 @@ _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]]*=")
 
 def _split_inputs(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """``predict``'s input paths and its ``key.sub=value`` overrides."""
-    inputs, overrides = [], []
+    inputs: list[str] = []
+    overrides: list[str] = []
     for item in items:
         (overrides if _OVERRIDE.match(item) and not Path(item).exists() else inputs).append(item)
     return inputs, overrides
@@ -81,7 +82,9 @@ def _split_inputs(items: Sequence[str]) -> tuple[list[str], list[str]]:
 def _data_hint(error: Exception) -> DataError:
     from fewlabels.data.base import DataError
 
-    return DataError(f"{error} (this command reads the run's data: point to it with data.root=/path/to/data)")
+    first, _, rest = str(error).partition("\n")
+    hint = " (this command reads the run's data: point to it with data.root=/path/to/data)"
+    return DataError(first + hint + (f"\n{rest}" if rest else ""))
 
 
 def _write_failed(what: Path, error: OSError, after: str = "") -> RunDirError:
@@ -138,7 +141,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         written = run.predict(inputs, out)
     except OSError as e:
-        where = Path(e.filename) if isinstance(e.filename, str) else out
+        where = Path(e.filename).resolve() if isinstance(e.filename, str) else out
+        if where not in (out, *out.parents) and out not in where.parents:
+            raise  # not a write of --out or under it (an input that cannot be read): the CLI names the file
         raise _write_failed(where, e, f" (predictions go to --out {args.out}: choose a writable folder)") from None
     on_disk = sorted({p.resolve() for p in written if p.is_file()})
     print(f"wrote {len(on_disk)} files to {out}")

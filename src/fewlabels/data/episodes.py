@@ -34,8 +34,7 @@ def _class_members(labels: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def check_episode_request(labels: np.ndarray, n_way: int, n_shot: int, n_query: int) -> dict[int, np.ndarray]:
-    """Indices of each class, or a :class:`DataError` saying why ``n_way``-way ``n_shot``-shot is
-    impossible."""
+    """Indices of each class, or a :class:`DataError` saying why ``n_way``-way ``n_shot``-shot is impossible."""
     if n_way < 1 or n_shot < 1 or n_query < 0:
         raise DataError(f"an episode needs n_way >= 1, n_shot >= 1, n_query >= 0; got {n_way}, {n_shot}, {n_query}")
     members = _class_members(np.asarray(labels).reshape(-1))
@@ -95,8 +94,7 @@ class EpisodeSampler:
             yield self.draw(rng)
 
     def as_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(classes [E, n_way], support [E, n_way, n_shot], query [E, n_way, n_query])`` of every
-        episode."""
+        """``(classes [E, n_way], support [E, n_way, n_shot], query [E, n_way, n_query])`` of every episode."""
         episodes = list(self)
         return (
             np.stack([e.classes for e in episodes]),
@@ -110,9 +108,8 @@ class EpisodicDataset(FewDataset):
 
     ``sample(index, rng)`` draws the episode from ``rng`` (the engine's per-(seed, epoch, index) generator, so
     a resumed run sees the same episodes); without a generator (evaluation) episode ``index`` of a fixed seed
-    is used.
-    Returns ``support [n_way * n_shot, C, H, W]``, ``query [n_way * n_query, C, H, W]`` (class-major) and
-    their episode labels ``support_labels``, ``query_labels``.
+    is used. Returns ``support [n_way * n_shot, C, H, W]``, ``query [n_way * n_query, C, H, W]`` (class-major) and their
+    episode labels ``support_labels``, ``query_labels``.
     """
 
     def __init__(

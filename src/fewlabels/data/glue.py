@@ -242,8 +242,7 @@ def read_text_file(
         path: the file; its suffix picks the format (``.csv``, ``.tsv``, ``.jsonl``/``.json``).
         text_column, pair_column, label_column: column (key) names; ``pair_column=None`` for single sentences,
             ``label_column=None`` for examples to label (every label is then 0, and a label column is ignored).
-        labels: label names in index order; when None labels must be class indices (or numbers if
-        ``regression``).
+        labels: label names in index order; when None labels must be class indices (or numbers if ``regression``).
         regression: labels are float scores.
     """
     p = Path(path).expanduser()

@@ -1,8 +1,8 @@
 """The dataset registry: every dataset the library can read, by the one name that configs and ``data check`` use.
 
-A dataset is one module of this package that, when imported, passes a :class:`DatasetSpec` to
-:func:`register_dataset`: its name, a description, its layout checker (``fewlabels data check NAME ROOT``), its
-metadata (class names, ignore index, object classes, channels) and one builder per family it serves:
+A dataset is one module of this package that, when imported, passes a :class:`DatasetSpec` to :func:`register_dataset`:
+its name, a description, its layout checker (``fewlabels data check NAME ROOT``), its metadata (class names, ignore
+index, object classes, channels) and one builder per family it serves:
 
 ==============  ==============================================================  =================================
 family          builder                                                         used by

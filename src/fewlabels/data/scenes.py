@@ -12,13 +12,12 @@ Every image is a composition of real photographic textures shipped with scikit-i
 
 Grayscale textures are tinted with a per-class colour blended at 35%, and every region and object gets a
 random brightness gain in [0.75, 1.25]: colour helps but does not decide, so a model has to use texture and
-shape too. Textures are resampled so that one image spans the same physical extent at any ``size``
-(``size / 192`` of the 512-pixel originals).
+shape too. Textures are resampled so that one image spans the same physical extent at any ``size`` (``size / 192`` of
+the 512-pixel originals).
 
 Class indices: 0 grass, 1 gravel, 2 brick (stuff), 3 disc, 4 triangle, 5 letter (things). Code that needs a
-single background class (e.g. an objects-vs-background view of CCT's weak labels) uses
-``background_index = 0``, the first stuff class. The masks never contain the ignore index 255; it only appears
-in padding added by augmentation.
+single background class (e.g. an objects-vs-background view of CCT's weak labels) uses ``background_index = 0``, the
+first stuff class. The masks never contain the ignore index 255; it only appears in padding added by augmentation.
 """
 
 from __future__ import annotations
@@ -298,8 +297,8 @@ class ScenesDataset(FewDataset):
             is the scene index, not the position in ``indices``.
 
     Attributes:
-        num_classes, class_names, ignore_index (255), thing_classes (indices of object classes),
-        background_index (0, the first stuff class), images, masks (the full uint8 arrays).
+        num_classes, class_names, ignore_index (255), thing_classes (indices of object classes), background_index (0,
+        the first stuff class), images, masks (the full uint8 arrays).
     """
 
     ignore_index = 255

@@ -55,8 +55,7 @@ def labeled_unlabeled_split(n: int, labeled: int | float, seed: int) -> tuple[li
             fixed ``(n, seed)`` a smaller labeled set is contained in a larger one.
 
     Returns:
-        ``(labeled_indices, unlabeled_indices)``, each sorted ascending, disjoint, together covering
-        ``range(n)``.
+        ``(labeled_indices, unlabeled_indices)``, each sorted ascending, disjoint, together covering ``range(n)``.
 
     Raises:
         DataError: for an empty dataset, a count of 0, a negative value, a count above ``n`` or a fraction

@@ -6,8 +6,7 @@ aligned; padding fills images with 0 and masks with the ignore index, so padded 
 or a metric.
 
 Randomness only comes from the ``numpy.random.Generator`` passed in, and every call draws the same number of
-values in the same order whatever the image size, so equal seeds give equal outputs (see
-``fewlabels.data.base``).
+values in the same order whatever the image size, so equal seeds give equal outputs (see ``fewlabels.data.base``).
 """
 
 from __future__ import annotations

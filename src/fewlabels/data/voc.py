@@ -4,8 +4,8 @@ Split lists are ``ImageSets/Segmentation/<split>.txt`` files of bare ids, or of 
 and UniMatch ship them (``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png``). A run with ``data.labeled_list``
 reads the labeled ids from such a file (CCT's ``1464_train_supervised.txt``) or from the VOC split it names
 (``labeled_list: train`` is ``ImageSets/Segmentation/train.txt``, VOC's own 1,464 images: the paper's setting) and
-the unlabeled ids from ``data.unlabeled_list`` (default: the rest of the training split); otherwise
-``data.labeled`` images of the training split are drawn with ``data.split_seed``.
+the unlabeled ids from ``data.unlabeled_list`` (default: the rest of the training split); otherwise ``data.labeled``
+images of the training split are drawn with ``data.split_seed``.
 """
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ class VOCSegmentation(SegmentationDataset):
         labeled: False drops the masks (no mask file needed, no ``"mask"`` key): the unlabeled half of CCT.
         use_aug_labels: True reads every mask from ``SegmentationClassAug/``, False from ``SegmentationClass/``.
             None (default) follows the mask path of each list line when it names one, and otherwise uses
-            ``SegmentationClassAug/`` for splits whose name contains "aug" (``trainaug``) or when
-            ``SegmentationClass/`` does not exist, ``SegmentationClass/`` else.
+            ``SegmentationClassAug/`` for splits whose name contains "aug" (``trainaug``) or when ``SegmentationClass/``
+            does not exist, ``SegmentationClass/`` else.
         transform: ``(image, mask, rng) -> (image, mask)``, applied only when ``sample`` gets an rng.
     """
 

@@ -11,9 +11,9 @@ linking jemalloc/tcmalloc as PyTorch's CPU tuning guide suggests, without an ext
 
 The price: the process keeps its peak heap after a large free instead of shrinking (a training process does not
 shrink anyway). Because the setting is process-wide, the library never makes it on its own: a user's Python process
-that calls ``fewlabels.train()`` keeps its malloc settings. The ``fewlabels`` command line opts in
-(:func:`opt_in`), and so does ``FEWLABELS_MALLOC_TUNING=1`` in the environment; ``FEWLABELS_MALLOC_TUNING=0`` leaves
-glibc's defaults alone even then. Other C libraries (musl, macOS, Windows) are left alone too.
+that calls ``fewlabels.train()`` keeps its malloc settings. The ``fewlabels`` command line opts in (:func:`opt_in`), and
+so does ``FEWLABELS_MALLOC_TUNING=1`` in the environment; ``FEWLABELS_MALLOC_TUNING=0`` leaves glibc's defaults alone
+even then. Other C libraries (musl, macOS, Windows) are left alone too.
 """
 
 from __future__ import annotations

@@ -65,6 +65,18 @@ class LoadedRun:
             return self.method.predict(self.model, [Path(p) for p in inputs], Path(out_dir), self.device)
 
 
+def _unreadable(path: Path) -> str:
+    """Why the safetensors file ``path`` cannot be read (its header), or '' when it can."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return ""
+
+
 def load_run(
     run_dir: str | Path, which: str = "best", device: str = "auto", overrides: Sequence[str] = ()
 ) -> LoadedRun:
@@ -92,6 +104,11 @@ def load_run(
     model: nn.Module | None = None
     weights = candidates[0]
     for path in [p for p in candidates if p.is_file()]:
+        unreadable = _unreadable(path)
+        if unreadable:  # garbage or empty: refused before the model (and maybe the data) is built for it
+            failures.append(f"{path.name}: {unreadable}")
+            log.warning("cannot use %s (%s); trying the next weights", path, unreadable)
+            continue
         method.prepare_inference(run, path)
         model = method.build_model()
         # A method that stores only part of the model (saved_state) loads it onto the freshly built rest.

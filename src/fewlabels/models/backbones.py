@@ -5,11 +5,10 @@ where ``os`` is its ``output_stride`` (8, 16 or 32). Lower output strides are ob
 the last stages keep stride 1 and dilate their 3x3 convolutions instead, so the receptive field is unchanged
 while the resolution is kept.
 
-The ResNets use torchvision's parameter names (``conv1``, ``bn1``, ``layer1``..``layer4``,
-``downsample.0/1``) so that torchvision and timm ImageNet state dicts load directly (see
-:mod:`fewlabels.models.pretrained`). The "deep base" stem of PSPNet/CCT (three 3x3 convolutions 3->64 s2,
-64->64, 64->128) is stored in timm's deep-stem layout: ``conv1`` is a ``Sequential`` (indices 0, 1, 3, 4, 6
-hold conv, BN, conv, BN, conv) and ``bn1`` is the BN after its last convolution.
+The ResNets use torchvision's parameter names (``conv1``, ``bn1``, ``layer1``..``layer4``, ``downsample.0/1``) so that
+torchvision and timm ImageNet state dicts load directly (see :mod:`fewlabels.models.pretrained`). The "deep base" stem
+of PSPNet/CCT (three 3x3 convolutions 3->64 s2, 64->64, 64->128) is stored in timm's deep-stem layout: ``conv1`` is a
+``Sequential`` (indices 0, 1, 3, 4, 6 hold conv, BN, conv, BN, conv) and ``bn1`` is the BN after its last convolution.
 
 Encoders are created by name through :func:`build_encoder`; :func:`register_encoder` adds new names.
 """
@@ -343,8 +342,7 @@ def build_encoder(
         in_channels: channels of the input image.
 
     Returns:
-        An :class:`Encoder` mapping ``[B, in_channels, H, W]`` to
-        ``[B, out_channels, ceil(H/os), ceil(W/os)]``.
+        An :class:`Encoder` mapping ``[B, in_channels, H, W]`` to ``[B, out_channels, ceil(H/os), ceil(W/os)]``.
 
     Raises:
         ValueError: unknown name (with a suggestion), invalid output stride, or deep stem on ``small_cnn``.

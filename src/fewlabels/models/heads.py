@@ -12,11 +12,11 @@ from torch import Tensor, nn
 class PSPModule(nn.Module):
     """Pyramid pooling (PSPNet) as used on top of CCT's encoder.
 
-    For each bin size ``b``: adaptive average pool to ``b x b``, 1x1 conv ``in -> in // len(bins)``, BN, ReLU,
-    bilinear upsampling back to ``h x w``. The pooled maps are concatenated with the input
-    (``in + len(bins) * (in // len(bins))`` channels) and fused by a 3x3 conv to ``out_channels`` + BN + ReLU.
-    With the reference ``in_channels=2048``, ``bins=(1, 2, 3, 6)``: four 2048->512 branches and a 4096->512
-    fusion. The branch width is derived from ``in_channels`` so that small encoders work too.
+    For each bin size ``b``: adaptive average pool to ``b x b``, 1x1 conv ``in -> in // len(bins)``, BN, ReLU, bilinear
+    upsampling back to ``h x w``. The pooled maps are concatenated with the input
+    (``in + len(bins) * (in // len(bins))`` channels) and fused by a 3x3 conv to ``out_channels`` + BN + ReLU. With the
+    reference ``in_channels=2048``, ``bins=(1, 2, 3, 6)``: four 2048->512 branches and a 4096->512 fusion. The branch
+    width is derived from ``in_channels`` so that small encoders work too.
 
     Shapes: ``[B, in_channels, h, w]`` -> ``[B, out_channels, h, w]``.
     """
@@ -63,10 +63,10 @@ class PSPModule(nn.Module):
 def icnr_(weight: Tensor, scale: int = 2) -> Tensor:
     """ICNR initialisation (Aitken et al. 2017) of a conv weight that feeds ``PixelShuffle(scale)``, in place.
 
-    ``weight`` has shape ``[C * scale**2, C_in, k, k]``. PixelShuffle sends output channel
-    ``c * scale**2 + i`` to sub-pixel ``i`` of channel ``c``, so a He-initialised sub-kernel
-    ``[C, C_in, k, k]`` is repeated ``scale**2`` times along the output axis: at initialisation conv + shuffle
-    equals conv + nearest upsampling and has no checkerboard pattern.
+    ``weight`` has shape ``[C * scale**2, C_in, k, k]``. PixelShuffle sends output channel ``c * scale**2 + i`` to
+    sub-pixel ``i`` of channel ``c``, so a He-initialised sub-kernel ``[C, C_in, k, k]`` is repeated ``scale**2`` times
+    along the output axis: at initialisation conv + shuffle equals conv + nearest upsampling and has no checkerboard
+    pattern.
     """
     out_ch, in_ch, kh, kw = weight.shape
     groups = scale * scale

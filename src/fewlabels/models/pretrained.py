@@ -10,11 +10,10 @@ Accepted files: a state dict saved with ``torch.save`` (``.pth``/``.pt``/``.bin`
   stripped (repeatedly, so ``module.backbone.layer1...`` works);
 - classifier keys (``fc.``, timm's ``head.``/``classifier.``) are dropped;
 - for a deep-stem encoder, the PSPNet/CCT "deep base" stem names (``conv1``, ``bn1``, ``conv2``, ``bn2``,
-  ``conv3``, ``bn3`` at the top level, as in CCT's ``3x3resnet50-imagenet.pth`` and semseg's
-  ``resnet50_v2.pth``) are mapped to this library's timm-style layout (``conv1.0``, ``conv1.1``,
-  ``conv1.3``, ``conv1.4``, ``conv1.6``, ``bn1``). timm's own deep-stem ResNets (``resnet50d``) use the same
-  layout with a narrower stem (32-32-64 instead of 64-64-128), so they fail with a shape-mismatch error
-  rather than loading wrongly.
+  ``conv3``, ``bn3`` at the top level, as in CCT's ``3x3resnet50-imagenet.pth`` and semseg's ``resnet50_v2.pth``) are
+  mapped to this library's timm-style layout (``conv1.0``, ``conv1.1``, ``conv1.3``, ``conv1.4``, ``conv1.6``, ``bn1``).
+  timm's own deep-stem ResNets (``resnet50d``) use the same layout with a narrower stem (32-32-64 instead of 64-64-128),
+  so they fail with a shape-mismatch error rather than loading wrongly.
 
 BatchNorm ``num_batches_tracked`` buffers are never required (older torchvision files do not have them).
 """

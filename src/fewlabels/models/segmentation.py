@@ -137,8 +137,8 @@ def build_segmentation_model(
 ) -> SegmentationNet:
     """Build a :class:`SegmentationNet` from an encoder name.
 
-    CCT's reference model is ``build_segmentation_model("resnet50", 21, output_stride=8, psp=True,
-    psp_channels=512, deep_stem=True, pretrained="3x3resnet50-imagenet.pth")``.
+    CCT's reference model is ``build_segmentation_model("resnet50", 21, output_stride=8, psp=True, psp_channels=512,
+    deep_stem=True, pretrained="3x3resnet50-imagenet.pth")``.
 
     Args:
         encoder: a name from :func:`fewlabels.models.available_encoders`.

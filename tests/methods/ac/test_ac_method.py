@@ -192,7 +192,14 @@ def test_config_rejects_inconsistent_settings():
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "ac"
 
 
-@pytest.mark.parametrize("name", ["scenes", "scenes_iic", "cocostuff3", "cocostuff15", "potsdam3", "potsdam6"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "scenes",
+        "scenes_iic",
+        *(f"{d}{v}" for d in ("cocostuff3", "cocostuff15", "potsdam3", "potsdam6") for v in ("", "_iic")),
+    ],
+)
 def test_config_files_validate_and_follow_the_iic_protocol(name):
     import fewlabels.methods.ac  # noqa: F401  (registers "ac")
     from fewlabels.registry import load_config
@@ -205,7 +212,8 @@ def test_config_files_validate_and_follow_the_iic_protocol(name):
         "potsdam3": (200, 24, 3, 1e-5, 1.5, 75, 10),
         "potsdam6": (200, 36, 6, 1e-6, 1.0, 60, 5),
     }
-    if name in protocol:
+    dataset = name.removesuffix("_iic")
+    if dataset in protocol:
         got = (
             cfg.data.input_size,
             cfg.model.k_over,
@@ -215,8 +223,18 @@ def test_config_files_validate_and_follow_the_iic_protocol(name):
             cfg.train.batch_size,
             cfg.loss.displacement,
         )
-        assert got == protocol[name]
+        assert got == protocol[dataset]
         assert cfg.train.optimizer == "adam" and not cfg.loss.collapsed
+        # IIC: lamb_A = 1.0 for the over-clustering head, heads in turn per epoch; COCO on Sobel + RGB input
+        assert cfg.loss.lamb_over == 1.0 and cfg.loss.head_alternation == "epoch"
+        assert cfg.model.sobel == cfg.model.sobel_keep == dataset.startswith("cocostuff")
+        # the IID protocol: default splits (train2017 + val2017; Potsdam's three lists, evaluated on the labelled two)
+        assert cfg.data.split == cfg.data.eval_split == ""
+        text = (CONFIGS / f"{name}.yaml").read_text()
+        assert "IID" in text and ("train2017 + val2017" in text or "labelled_train + labelled_test" in text)
+    else:  # the embedded scenes: whole images, every scene
+        assert cfg.data.eval_input_size == cfg.data.scenes_size and cfg.data.eval_images == 0
+    assert cfg.model.inference == "plain"
     assert (cfg.model.mask_from == "none") == name.endswith("_iic")
 
 

@@ -5,6 +5,7 @@ on its own validation split, and the batch composition when a source has fewer i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from fewlabels.methods.cct.model import CCTModel
 from fewlabels.registry import load_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "cct"
+TINY_DATA = cast(dict[str, Any], TINY["data"])
 SIZE = 32
 # Domain 1's label space: scenes' stuff classes merged into "ground", the disc, and the other shapes.
 COARSE = np.array([0, 0, 0, 1, 2, 2], dtype=np.uint8)
@@ -46,8 +48,7 @@ def _grads(module: torch.nn.Module) -> float:
 def _batch(method: CCTMethod, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {
-        name: collate([src.dataset.sample(i, rng) for i in range(2)])  # type: ignore[attr-defined]
-        for name, src in method.train_sources().items()
+        name: collate([src.dataset.sample(i, rng) for i in range(2)]) for name, src in method.train_sources().items()
     }
 
 
@@ -195,7 +196,7 @@ def test_the_uda_example_config_trains(tmp_path: Path) -> None:
 
 
 def test_a_source_smaller_than_its_batch_is_repeated() -> None:
-    method = CCTMethod(build_config(CCTConfig, {**TINY, "data": {**TINY["data"], "labeled": 4, "scenes_train": 12}}))
+    method = CCTMethod(build_config(CCTConfig, {**TINY, "data": {**TINY_DATA, "labeled": 4, "scenes_train": 12}}))
     small = method.data.labeled
     assert len(small) == 4
     assert fill_batch(small, 4) is small
@@ -208,7 +209,7 @@ def test_a_source_smaller_than_its_batch_is_repeated() -> None:
     from fewlabels.methods.supervised.method import SupervisedSegmentation
 
     sup = build_config(
-        SupervisedConfig, {"data": {**TINY["data"], "labeled": 4, "scenes_train": 12}, "train": {"batch_size": 8}}
+        SupervisedConfig, {"data": {**TINY_DATA, "labeled": 4, "scenes_train": 12}, "train": {"batch_size": 8}}
     )
     assert len(SupervisedSegmentation(sup).train_sources()["labeled"].dataset) == 8
 
@@ -220,7 +221,7 @@ def test_four_labeled_images_train_with_a_batch_of_eight(tmp_path: Path) -> None
         CCTConfig,
         {
             **TINY,
-            "data": {**TINY["data"], "labeled": 4, "scenes_train": 12},
+            "data": {**TINY_DATA, "labeled": 4, "scenes_train": 12},
             "train": {"batch_size": 8, "steps": 2, "eval_every": 2, "checkpoint_every": 2},
             "unlabeled_batch_size": 10,  # more than the 8 unlabeled images too
             "output_dir": str(tmp_path),

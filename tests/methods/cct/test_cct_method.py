@@ -13,6 +13,7 @@ from PIL import Image
 from fewlabels.config import ConfigError, build_config
 from fewlabels.engine.data import collate
 from fewlabels.methods.cct import CCTConfig, CCTMethod, consistency_weight
+from fewlabels.methods.cct.model import CCTModel
 from fewlabels.registry import get_method
 
 TINY = {
@@ -92,6 +93,7 @@ def test_one_step_combines_supervised_and_weighted_consistency_losses() -> None:
     out.loss.backward()
     groups = method.param_groups(model)
     assert groups[0]["lr_scale"] == 0.1
+    assert isinstance(model, CCTModel)
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.net.encoder.parameters()}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     model.eval()

@@ -13,6 +13,7 @@ from fewlabels.data.base import DataError
 from fewlabels.data.registry import load_segmentation
 from fewlabels.data.segmentation import SegmentationOptions
 from fewlabels.data.voc import resolve_split_list
+from fewlabels.methods.cct import CCTConfig
 from fewlabels.registry import load_config
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "cct"
@@ -42,6 +43,7 @@ def make_voc_tree(root: Path) -> Path:
 def test_voc_1464_labels_vocs_train_list_and_leaves_the_rest_of_trainaug_unlabeled(tmp_path: Path) -> None:
     root = make_voc_tree(tmp_path / "VOC2012")
     cfg = load_config(str(CONFIGS / "voc_1464.yaml"), [f"data.root={root}"])
+    assert isinstance(cfg, CCTConfig)
     assert cfg.data.labeled_list == "train" and cfg.data.train_split == "trainaug"
     data = load_segmentation(cfg.data.dataset, cfg.data.options())
     assert list(data.labeled.ids) == TRAIN  # type: ignore[attr-defined]
@@ -79,4 +81,5 @@ def test_every_voc_config_names_its_split_source_and_itself(count: int) -> None:
     assert f"configs/cct/voc_{count}.yaml" in header and "voc_1464.yaml" not in header
     assert "seeded draw" in header and f"UniMatch/splits/pascal/{count}/labeled.txt" in header
     cfg = load_config(str(CONFIGS / f"voc_{count}.yaml"), ["data.root=/path/to/voc"])
+    assert isinstance(cfg, CCTConfig)
     assert cfg.data.labeled == count and not cfg.data.labeled_list

@@ -90,3 +90,34 @@ def test_cam_classifier_trains_and_writes_valid_pseudo_labels(tmp_path: Path) ->
         values = set(np.unique(np.asarray(Image.open(p))).tolist())
         allowed = {0, 255} | {int(c) for c in present.nonzero().flatten()}
         assert values <= allowed
+
+
+def test_the_cam_classifier_follows_the_configs_encoder_stem_and_weights(tmp_path) -> None:
+    """VOC configs use a deep-stem ResNet: the CAM classifier must be that network, with those weights loaded."""
+    import warnings
+
+    from fewlabels.config import build_config
+    from fewlabels.methods.cct import CCTConfig
+    from fewlabels.methods.cct.weak import CAMSettings, cam_classifier
+    from fewlabels.models import build_encoder
+
+    torch.manual_seed(0)
+    source = build_encoder("resnet18", 16, deep_stem=True)
+    weights = tmp_path / "deep_stem_resnet18.pth"
+    torch.save(source.state_dict(), weights)
+    cfg = build_config(
+        CCTConfig, {"model": {"encoder": "resnet18", "deep_stem": True, "pretrained": str(weights), "output_stride": 8}}
+    )
+    model = cam_classifier(cfg, CAMSettings(), 21)
+    assert model.encoder.deep_stem and not isinstance(model.encoder.state_dict().get("conv1.weight"), torch.Tensor)
+    own = model.encoder.state_dict()
+    assert own.keys() == source.state_dict().keys()
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(own[key], value)
+    assert model.classifier.out_channels == 21
+    # Another encoder starts from scratch, with a warning (the config's weights are not its own).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        other = cam_classifier(cfg, CAMSettings(encoder="small_cnn"), 21)
+    assert any("is not loaded" in str(w.message) for w in caught)
+    assert not getattr(other.encoder, "deep_stem", False)

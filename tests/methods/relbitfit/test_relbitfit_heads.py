@@ -118,8 +118,12 @@ def test_each_variant_gets_its_own_learning_rate_and_epochs_and_a_linear_schedul
     assert (full.train.lr, full.train.epochs) == (2e-5, 10.0)
     assert (bitfit.train.lr, bitfit.train.epochs) == (1e-3, 16.0)
     assert (bitfit.train.scheduler, bitfit.train.poly_power, bitfit.train.warmup_ratio) == ("poly", 1.0, 0.1)
-    given = build_config(RelBitFitConfig, {"model": {"variant": "full"}, "train": {"lr": 3e-5, "epochs": 0}})
-    assert (given.train.lr, given.train.epochs) == (3e-5, 0.0)  # epochs 0: train.steps counts
+    given = build_config(RelBitFitConfig, {"model": {"variant": "full"}, "train": {"lr": 3e-5, "epochs": 3}})
+    assert (given.train.lr, given.train.epochs) == (3e-5, 3.0)
+    steps = build_config(RelBitFitConfig, {"train": {"steps": 60}})
+    assert (steps.train.epochs, steps.train.steps) == (0.0, 60)  # steps given: a step budget
+    with pytest.raises(ConfigError, match="train.steps"):
+        build_config(RelBitFitConfig, {"train": {"epochs": 0}})
     with pytest.raises(ConfigError, match="train.warmup_ratio"):
         build_config(RelBitFitConfig, {"train": {"warmup_ratio": 1.0}})
     with pytest.raises(ConfigError, match="model.query_bias"):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_model
 
+from fewlabels import fewshot_predict, load_fewshot_run
 from fewlabels.cli import main
 from fewlabels.config import write_yaml
 from fewlabels.data.glyphs import GlyphsDataset
@@ -26,7 +27,6 @@ from fewlabels.methods.scl.fewshot_eval import (
 from fewlabels.methods.scl.losses import contrast_distill, spatial_contrast_distill
 from fewlabels.methods.scl.method import build_net
 from fewlabels.methods.scl.model import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, MINI_IMAGENET_MEAN
-from fewlabels.methods.scl.predict import fewshot_predict, load_fewshot_run
 from fewlabels.registry import config_from_dict, get_method
 
 RUN = {
@@ -230,6 +230,40 @@ def test_spatial_distillation_is_per_position():
 def test_solver_thread_count_fits_the_work():
     small = torch.zeros(100, 25, 8)  # 100 episodes, 5-way 5-shot: far below one thread's worth
     assert solver_thread_count(small, 5, available=8) == 1
-    big = torch.zeros(600, 125, 8)  # 600 episodes x 125 support rows: 2 * 600 * 125 * 126 * 5 flops / 2^25 = 2
+    assert solver_thread_count(torch.zeros(600, 125, 8), 5, available=8) == 1  # 600 episodes, 5 aug copies
+    big = torch.zeros(3500, 125, 8)  # 2 * 3500 * 125 * 126 * 5 flops / 2^28 = 2.05
     assert solver_thread_count(big, 5, available=8) == 2
     assert solver_thread_count(big, 5, available=1) == 1
+
+
+def test_predict_with_support_works_for_protonet_runs(tmp_path, folders):
+    cfg = json.loads(json.dumps(RUN))
+    cfg.update(method="protonet", train={"batch_size": 1})
+    config = config_from_dict(cfg)
+    write_yaml(config, tmp_path / "config.yaml")
+    torch.manual_seed(0)
+    save_model(get_method("protonet")(config).build_model(), str(tmp_path / "model.safetensors"))
+    result = fewshot_predict(tmp_path, folders["support"], [folders["queries"]], device="cpu")
+    assert result.probabilities.shape == (CLASSES * (4 - SHOTS), CLASSES)
+    np.testing.assert_allclose(result.probabilities.sum(1), 1.0, atol=1e-6)
+
+
+def test_predict_takes_eval_overrides_among_its_inputs(run_dir, folders, tmp_path):
+    out = tmp_path / "pooled.csv"
+    args = [
+        "predict",
+        str(run_dir),
+        str(folders["queries"]),
+        "eval.features=pooled",
+        "--support",
+        str(folders["support"]),
+    ]
+    assert main([*args, "--out", str(out), "--device", "cpu"]) == 0
+    expected = fewshot_predict(
+        run_dir, folders["support"], [folders["queries"]], device="cpu", overrides=["eval.features=pooled"]
+    )
+    rows = _read_csv(out)
+    assert [r["predicted"] for r in rows] == expected.labels
+    np.testing.assert_allclose(
+        [[float(r[f"p({c})"]) for c in expected.classes] for r in rows], expected.probabilities, atol=2e-6
+    )

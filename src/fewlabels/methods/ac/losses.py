@@ -68,8 +68,8 @@ def _box_sum(x: torch.Tensor, t: int) -> torch.Tensor:
     """``[B, k, H, W]`` -> sum of ``x`` over the ``(2t+1)^2`` window around each pixel, zero padding.
 
     Two running sums (cumsum along each axis, differences of ends): O(BkHW) whatever ``t``. Accumulated in
-    float64 so that differences of large prefix sums keep the precision of small window sums (a CPU
-    ``avg_pool2d`` with an 11x11 window was 60x slower on the same input).
+    float64 so that differences of large prefix sums keep the precision of small window sums (a CPU ``avg_pool2d`` with
+    an 11x11 window was 60x slower on the same input).
     """
     c = F.pad(x.double(), (t + 1, t, t + 1, t)).cumsum(-1)
     c = (c[..., 2 * t + 1 :] - c[..., : -2 * t - 1]).cumsum(-2)

@@ -218,10 +218,10 @@ class CausalSelfAttention(nn.Module):
 
     ``y = x + W_o softmax(Q K^T / sqrt(d) + M_o) V`` over the ``H W`` tokens of each image (row-major), with
     ``M_o[p, q] = -inf`` for ``q`` after ``p`` in ordering ``o`` (each position attends to itself and the positions
-    before it; :func:`~fewlabels.methods.ac.orderings.attention_mask`), one ``o`` per view as in
-    :class:`MaskedConv2d`; unmasked, every position attends to every position. LayerNorm is per token (no mixing
-    across positions). Shapes ``[B, C, H, W] -> [B, C, H, W]``. The output mixes all channels, so it is H-typed:
-    place it after the last masked convolution.
+    before it; :func:`~fewlabels.methods.ac.orderings.attention_mask`), one ``o`` per view as in :class:`MaskedConv2d`;
+    unmasked, every position attends to every position. LayerNorm is per token (no mixing across positions). Shapes
+    ``[B, C, H, W] -> [B, C, H, W]``. The output mixes all channels, so it is H-typed: place it after the last masked
+    convolution.
     """
 
     def __init__(self, channels: int, heads: int = 4) -> None:

@@ -215,8 +215,7 @@ def fused_stages_consistency(
     if conf_threshold is not None:
         mask = (target.amax(dim=0, keepdim=True) > conf_threshold).to(h.dtype)  # [1, S, B, hw]
     h_folded = h.permute(0, 2, 1, 3).reshape(k, c, b * hw)  # small: [K, C, B*hw]
-    # The fused function returns the raw sum; normalisation stays in autograd (a tensor when it is
-    # data-dependent).
+    # The fused function returns the raw sum; normalisation stays in autograd (a tensor when it is data-dependent).
     raw = _FusedStages.apply(h_folded, stage_weight, stage_bias, target, mask, kind, chunk_elements)
     elements = k * target.numel()
     if kind == "mse":
@@ -341,8 +340,7 @@ def _vat_direction_fp32(
             )
             grads.append(grad_h)
         grad_h = torch.cat(grads).view(n, c, b, hw).permute(0, 2, 1, 3)  # [n, B, C, hw]
-        # back through the classifier: grad_d = step * W^T grad_h (the positive step vanishes in the
-        # normalisation)
+        # back through the classifier: grad_d = step * W^T grad_h (the positive step vanishes in the normalisation)
         grad_d = torch.matmul(classifier.transpose(1, 2).unsqueeze(1), grad_h)  # [n, B, D, hw]
         d = l2_normalize(grad_d.view(n, b, dim, hh, ww))
     return d

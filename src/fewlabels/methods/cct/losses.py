@@ -77,8 +77,7 @@ def softmax_js_loss(logits: Tensor, target_probs: Tensor) -> Tensor:
     """Jensen-Shannon divergence between ``softmax(logits)`` and the target, with the reference's conventions.
 
     ``M = (softmax(logits) + t) / 2``; ``L = 0.5 * (KL_mean(M || softmax(logits)) + KL_mean(M || t + 1e-5))``,
-    each ``KL_mean(M || q) = mean over all elements of M * (log M - log q)`` (``kl_div(log q, M,
-    reduction="mean")``).
+    each ``KL_mean(M || q) = mean over all elements of M * (log M - log q)`` (``kl_div(log q, M, reduction="mean")``).
 
     Shapes: ``[B, C, H, W]`` (or ``[K, B, C, H, W]`` against ``[B, C, H, W]``) -> scalar.
     """

@@ -182,16 +182,19 @@ class CCTMethod(SegmentationMethod[CCTConfig, SegmentationData]):
     def build_model(self) -> nn.Module:
         cfg = self.config
         spaces = self.domain_labels
-        # Domain 0's classes (the base's build_network uses num_classes, which is predict_domain's here).
-        net = build_segmentation_model(
-            cfg.model.encoder,
-            spaces[0].num_classes,
-            output_stride=cfg.model.output_stride,
-            psp=cfg.model.psp,
-            psp_channels=cfg.model.psp_channels,
-            deep_stem=cfg.model.deep_stem,
-            pretrained=cfg.model.pretrained,
-        )
+        # `net` scores domain 0's classes; the base's build_network scores num_classes (predict_domain's here).
+        if self.num_classes == spaces[0].num_classes:
+            net = self.build_network(cfg.model)
+        else:
+            net = build_segmentation_model(
+                cfg.model.encoder,
+                spaces[0].num_classes,
+                output_stride=cfg.model.output_stride,
+                psp=cfg.model.psp,
+                psp_channels=cfg.model.psp_channels,
+                deep_stem=cfg.model.deep_stem,
+                pretrained=cfg.model.pretrained,
+            )
         losses = CCTLossSettings(
             unsupervised=cfg.loss.unsupervised,
             conf_threshold=cfg.loss.conf_threshold,
@@ -239,8 +242,7 @@ class CCTMethod(SegmentationMethod[CCTConfig, SegmentationData]):
         return self.encoder_param_groups(model, self.config.model.backbone_lr_scale)
 
     def weights(self, step: int, total_steps: int) -> tuple[float, float]:
-        """``(w_u(t), w_w(t))``: sigmoid ramp-up over ``loss.rampup`` of training;
-        ``w_w = weak.weight * w_u / w``."""
+        """``(w_u(t), w_w(t))``: sigmoid ramp-up over ``loss.rampup`` of training; ``w_w = weak.weight * w_u / w``."""
         loss = self.config.loss
         ramp = consistency_weight(step, int(loss.rampup * total_steps), 1.0)
         return loss.unsup_weight * ramp, self.config.weak.weight * ramp
@@ -298,14 +300,18 @@ class CCTMethod(SegmentationMethod[CCTConfig, SegmentationData]):
                 for d in range(n)
                 if counts_l[d]
             ]
-        if cfg.loss.supervised == "abce":
-            # The mean of the domains' abCE losses, weighted by their images (one domain: its loss).
-            weight = sum(w for _, w in parts)
-            loss_s = sum(loss * w for loss, w in parts) / weight if len(parts) > 1 else parts[0][0]
+        if len(parts) == 1 and cfg.loss.supervised == "abce":
+            loss_s = parts[0][0]
+        elif cfg.loss.supervised == "abce":
+            # The mean of the domains' abCE losses, weighted by their images.
+            weights = torch.stack([w for _, w in parts])
+            loss_s = (torch.stack([loss for loss, _ in parts]) * weights).sum() / weights.sum()
+        elif len(parts) == 1:
+            # Mean over the labeled pixels of the global batch: the same value with 1 or N processes.
+            loss_s = global_mean(*parts[0])
         else:
-            # Mean over the labeled pixels of the global batch (every domain): the same value with 1 or N processes.
-            loss_s = global_mean(sum(t for t, _ in parts), sum(c for _, c in parts))
-        assert isinstance(loss_s, torch.Tensor)
+            # ... over every labeled pixel of every domain.
+            loss_s = global_mean(torch.stack([t for t, _ in parts]).sum(), torch.stack([c for _, c in parts]).sum())
         w_u, w_w = self.weights(step, total_steps)
         loss = loss_s + w_u * out["loss_u"]
         logs: dict[str, torch.Tensor | float] = {

@@ -245,6 +245,13 @@ class CCTModel(nn.Module):
             raise ValueError(f"{what}: per-domain image counts {counts} do not add up to the batch of {batch}")
         return counts
 
+    @staticmethod
+    def _one_domain(domains: Domains) -> Tensor | int | None:
+        """``domains`` when it is not a sequence of per-domain counts."""
+        if domains is None or isinstance(domains, (int, Tensor)):
+            return domains
+        raise TypeError("expected a domain id or per-image domain ids here, got per-domain counts")
+
     def forward(
         self,
         images_l: Tensor,
@@ -279,7 +286,7 @@ class CCTModel(nn.Module):
             z = self.net.encode(reflect_pad_to_multiple(images_l, self.net.output_stride))
             if self._domain_counts(domains_l, z.shape[0], "domains_l") is not None:
                 raise ValueError("predict takes one domain (an int) or per-image domain ids, not per-domain counts")
-            return self.main_decode(z, domains_l)[..., :height, :width]
+            return self.main_decode(z, self._one_domain(domains_l))[..., :height, :width]
         if mode not in ("train", "aux"):
             raise ValueError(f"unknown mode {mode!r}; valid modes: train, aux, predict")
         self._check_training_size(images_l)
@@ -287,7 +294,7 @@ class CCTModel(nn.Module):
         z_l = self.net.encode(images_l)
         counts_l = self._domain_counts(domains_l, z_l.shape[0], "domains_l")
         if counts_l is None:
-            out["logits_l"] = self.main_decode(z_l, domains_l)
+            out["logits_l"] = self.main_decode(z_l, self._one_domain(domains_l))
         else:
             for d, part in enumerate(z_l.split(counts_l)):
                 if counts_l[d]:
@@ -305,7 +312,8 @@ class CCTModel(nn.Module):
                     "domains_u: each domain's unlabeled images use their own aux decoders; pass per-domain image "
                     "counts (images grouped by domain) or one int domain, not per-image ids"
                 )
-            out.update(self._unlabeled_terms(z, 0 if domains_u is None else int(domains_u), mode, pseudo_labels))
+            domain = domains_u if isinstance(domains_u, int) else 0
+            out.update(self._unlabeled_terms(z, domain, mode, pseudo_labels))
             return out
         if pseudo_labels is not None:
             raise ValueError("weak labels (pseudo_labels) are for single-domain runs")

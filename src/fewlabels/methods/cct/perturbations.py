@@ -98,8 +98,8 @@ def vat_direction(
     """I-VAT adversarial directions: unit-norm ``r`` per decoder and sample, ``[n, B, D, h, w]``.
 
     ``d ~ U(-0.5, 0.5)`` normalised per sample; ``p = softmax(g(z))`` (no gradient); then ``iterations`` times
-    ``d <- normalize(grad_d KL(p || softmax(g(z + xi * max(||z_b||, 1) * d))))``. The caller outputs
-    ``g(z + eps * r)``, so that ``||eps * r|| = eps`` per sample.
+    ``d <- normalize(grad_d KL(p || softmax(g(z + xi * max(||z_b||, 1) * d))))``. The caller outputs ``g(z + eps * r)``,
+    so that ``||eps * r|| = eps`` per sample.
 
     ``decoder`` maps ``[n, B, D, h, w]`` to logits whose class dimension is -3 (any spatial layout); it is the
     stack of the ``n`` VAT decoders. ``init`` replaces the random start ``d`` (``[n, B, D, h, w]``, for
@@ -218,11 +218,10 @@ def connected_components(mask: Tensor, iterations: int | None = None) -> Tensor:
     """8-connected components of a binary mask, on the device, without host synchronisation.
 
     Each foreground pixel starts with its own id (1 + flat index); every iteration takes the max id over the
-    3x3 neighbourhood within the foreground, then follows the ids twice (pointer jumping: ``L[i] <-
-    L[L[i]]``), so ids spread at a doubling pace. At convergence every component carries the id of its last
-    pixel. Pure label propagation needs as many iterations as the geodesic diameter; the jumping makes
-    ``max(h, w)`` (default) ample for the object shapes of segmentation maps; a component not merged within
-    the budget is only split in two.
+    3x3 neighbourhood within the foreground, then follows the ids twice (pointer jumping: ``L[i] <- L[L[i]]``), so ids
+    spread at a doubling pace. At convergence every component carries the id of its last pixel. Pure label propagation
+    needs as many iterations as the geodesic diameter; the jumping makes ``max(h, w)`` (default) ample for the object
+    shapes of segmentation maps; a component not merged within the budget is only split in two.
 
     Shapes: ``mask [B, h, w]`` (bool/0-1) -> ``labels [B, h, w]`` int64, 0 on background.
     """

@@ -11,6 +11,7 @@ which gives CCT's unlabeled stream the same random crop/flip on image and pseudo
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "pseudo_labels_from_image_labels",
     "read_image_labels",
     "sample_id",
+    "cam_classifier",
     "train_cam_classifier",
     "write_pseudo_labels",
 ]
@@ -56,9 +58,16 @@ class CAMClassifier(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(self, encoder: str, num_classes: int, output_stride: int = 16, pretrained: str | None = None):
+    def __init__(
+        self,
+        encoder: str,
+        num_classes: int,
+        output_stride: int = 16,
+        pretrained: str | None = None,
+        deep_stem: bool = False,
+    ):
         super().__init__()
-        self.encoder = build_encoder(encoder, output_stride, pretrained=pretrained)
+        self.encoder = build_encoder(encoder, output_stride, deep_stem=deep_stem, pretrained=pretrained)
         self.classifier = nn.Conv2d(self.encoder.out_channels, num_classes, kernel_size=1, bias=False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
@@ -115,9 +124,8 @@ def cams_to_pseudo_label(
     """Threshold normalised CAMs into a pseudo-label map.
 
     Only the classes present in the image (``present [C]`` multi-hot, background excluded) compete: where the
-    best of their CAMs exceeds ``fg_threshold`` the pixel takes that class; where all are below
-    ``bg_threshold`` it is ``background_index``; elsewhere ``ignore_index``. ``cams [C, H, W]`` -> ``[H, W]``
-    int64.
+    best of their CAMs exceeds ``fg_threshold`` the pixel takes that class; where all are below ``bg_threshold`` it is
+    ``background_index``; elsewhere ``ignore_index``. ``cams [C, H, W]`` -> ``[H, W]`` int64.
     """
     keep = present.bool().clone()
     keep[background_index] = False
@@ -249,7 +257,8 @@ def read_image_labels(path: str | Path, ids: Sequence[str], num_classes: int) ->
 class CAMSettings:
     """How the CAM classifier is trained and how its maps are thresholded (the ``cct-pseudo-labels`` flags)."""
 
-    encoder: str = "resnet18"
+    #: the classifier's encoder; "" = the config's ``model.encoder``, with its ``deep_stem`` and ``pretrained``
+    encoder: str = ""
     steps: int = 200
     batch_size: int = 8
     lr: float = 1e-3
@@ -264,6 +273,24 @@ class CAMPseudoLabels:
 
     losses: list[float]
     written: list[Path]
+
+
+def cam_classifier(config: CCTConfig, settings: CAMSettings, num_classes: int) -> CAMClassifier:
+    """The CAM classifier of ``settings`` for a CCT config: by default (``settings.encoder`` empty or the config's
+    encoder) the config's ``model.encoder`` with its ``model.deep_stem`` stem and ``model.pretrained`` weights, so
+    that the deep-stem ResNet-50 weights of the VOC configs load into a deep-stem network. Another encoder starts
+    from scratch: the config's weights belong to the config's encoder (a warning says so)."""
+    model_cfg = config.model
+    name = settings.encoder or model_cfg.encoder
+    if name == model_cfg.encoder:
+        return CAMClassifier(name, num_classes, pretrained=model_cfg.pretrained, deep_stem=model_cfg.deep_stem)
+    if model_cfg.pretrained:
+        warnings.warn(
+            f"the CAM classifier's encoder {name!r} is not the config's {model_cfg.encoder!r}: model.pretrained "
+            f"({model_cfg.pretrained}) is not loaded into it; it starts from scratch",
+            stacklevel=2,
+        )
+    return CAMClassifier(name, num_classes)
 
 
 def pseudo_labels_from_image_labels(
@@ -287,7 +314,7 @@ def pseudo_labels_from_image_labels(
     images = data.unlabeled
     ids = [sample_id(images.sample(i, None)) for i in range(len(images))]
     labels = read_image_labels(image_labels, ids, nc)
-    model = CAMClassifier(cam.encoder, nc, pretrained=config.model.pretrained)
+    model = cam_classifier(config, cam, nc)
     losses = train_cam_classifier(model, images, labels, cam.steps, cam.batch_size, cam.lr, config.seed)
     written = write_pseudo_labels(
         model, images, labels, out_dir, background, cam.scales, cam.fg_threshold, cam.bg_threshold

@@ -4,8 +4,10 @@ Importing the package registers the ``relbitfit`` method (``model.variant`` = fu
 importing ``transformers`` (the heavy names below load on first use). Its commands live in the command layer
 (:mod:`fewlabels.commands.peft`):
 
-    fewlabels peft-count MODEL_DIR_OR_CONFIG_JSON [--num-labels 2]   # trainable parameters of every variant
+    fewlabels peft-count MODEL_DIR_OR_CONFIG_JSON [--num-labels 2] [--head pooler|cls|mean]  # trainable parameters
     fewlabels export-delta RUN_DIR [--which best|last] [--out PATH]   # trainable tensors only, a few MB
+    fewlabels export-delta RUN_DIR --merge OUT_DIR                    # BitFit: a plain Hugging Face model directory
+    fewlabels predict-delta DELTA INPUT... --base MODEL_DIR --out DIR  # predictions from a delta + its base model
     fewlabels bias-changes RUN_DIR [RUN_DIR ...] --out FIG.png         # per-layer |b_after - b_before|
 """
 
@@ -28,6 +30,7 @@ _LAZY = {
     "load_delta": "delta",
     "restore_fine_tuned": "delta",
     "save_delta": "delta",
+    "save_merged": "delta",
 }
 
 
@@ -52,5 +55,6 @@ __all__ = [
     "load_model_config",
     "restore_fine_tuned",
     "save_delta",
+    "save_merged",
     "trainable_parameter_count",
 ]

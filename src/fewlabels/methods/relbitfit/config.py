@@ -3,8 +3,8 @@ full fine-tuning, so the three are compared with identical data, schedule and ev
 
 Each variant has its own learning rate and budget (:data:`VARIANT_DEFAULTS`): ``train.lr: 0`` and
 ``train.epochs: -1``, the defaults, are replaced by the variant's values when the config is built, so the saved
-``config.yaml`` of a run holds the numbers it trained with. The schedule is a linear warm-up over
-``train.warmup_ratio`` of the steps, then a linear decay to 0 (``scheduler: poly`` with ``poly_power: 1``).
+``config.yaml`` of a run holds the numbers it trained with. The schedule is a linear warm-up over ``train.warmup_ratio``
+of the steps, then a linear decay to 0 (``scheduler: poly`` with ``poly_power: 1``).
 """
 
 from __future__ import annotations
@@ -118,7 +118,9 @@ class TextTaskConfig:
         default=True,
         metadata={"help": "evaluate the test set at every evaluation (false: only the dev split while training)"},
     )
-    max_eval: int = field(default=0, metadata={"help": "evaluate on the first K test examples (0 = all)", "min": 0})
+    max_eval: int = field(
+        default=0, metadata={"help": "evaluate on the first K examples of each evaluation set (0 = all)", "min": 0}
+    )
     rt_test_size: int = field(default=2000, metadata={"help": "rotten-tomatoes: held-out test examples", "min": 1})
     max_length: int = field(default=128, metadata={"help": "tokens per example (truncated), also N", "min": 2})
     eval_batch_size: int = field(default=64, metadata={"help": "evaluation batch size", "min": 1})
@@ -142,6 +144,10 @@ class TextTaskConfig:
 class RelBitFitTrainConfig(TrainConfig):
     """The shared training keys, with per-variant learning rate and epochs and a warm-up given as a fraction."""
 
+    steps: int = field(
+        default=0,
+        metadata={"help": "optimizer steps: given (train.epochs left at -1), the budget is this step count", "min": 0},
+    )
     lr: float = field(
         default=0.0,
         metadata={"help": "peak learning rate (0: the variant's, full 2e-5, bitfit/relbitfit 1e-3)", "min": 0},
@@ -149,8 +155,8 @@ class RelBitFitTrainConfig(TrainConfig):
     epochs: float = field(
         default=-1.0,
         metadata={
-            "help": "passes over the N training examples (-1: the variant's, full 10, bitfit/relbitfit 16; "
-            "0: train.steps optimizer steps)",
+            "help": "passes over the N training examples (-1: train.steps if given, else the variant's: full 10, "
+            "bitfit/relbitfit 16; 0: train.steps)",
             "min": -1,
         },
     )
@@ -182,7 +188,6 @@ class RelBitFitConfig(RunConfig):
     data: TextTaskConfig = field(default_factory=TextTaskConfig)
     train: RelBitFitTrainConfig = field(
         default_factory=lambda: RelBitFitTrainConfig(
-            steps=500,  # used only with train.epochs=0
             batch_size=8,
             optimizer="adamw",
             weight_decay=0.0,
@@ -195,9 +200,14 @@ class RelBitFitConfig(RunConfig):
     )
 
     def validate(self) -> None:
-        """Fill in the variant's learning rate and epochs where the config leaves them to it (0 and -1)."""
+        """Fill in the variant's learning rate and budget where the config leaves them to it (0 and -1).
+
+        A config that gives ``train.steps`` but no ``train.epochs`` trains for those steps.
+        """
         lr, epochs = VARIANT_DEFAULTS[self.model.variant]
         if self.train.lr == 0:
             self.train.lr = lr
         if self.train.epochs == -1:
-            self.train.epochs = epochs
+            self.train.epochs = 0.0 if self.train.steps > 0 else epochs
+        if self.train.epochs == 0 and self.train.steps == 0:
+            fail("train.steps", "train.epochs=0 trains for train.steps optimizer steps: give train.steps (>= 1)")

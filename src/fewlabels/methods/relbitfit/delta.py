@@ -1,12 +1,11 @@
 """Save and restore a fine-tuned model as a delta: only its trainable tensors, on top of the base weights.
 
-The file is a safetensors archive holding every trainable tensor (biases, relative tables, the whole task
-head) plus any frozen tensor that the base checkpoint does not hold (``extra``: e.g. a pooler that
-``from_pretrained`` initialised randomly), and JSON metadata with the :class:`FineTuning`, the label count and
-the base model's type. Restoring rebuilds the base model, applies the same patch and loads the delta, and
-refuses a delta that misses any trainable tensor of the rebuilt model: peft silently dropped biases
-(peft #3306) and heads (peft #310, #577) on save. For a BERT-base-size model BitFit/RelBitFit deltas are a few
-MB (fp32), against ~440 MB for the full weights.
+The file is a safetensors archive holding every trainable tensor (biases, relative tables, the whole task head) plus any
+frozen tensor that the base checkpoint does not hold (``extra``: e.g. a pooler that ``from_pretrained`` initialised
+randomly), and JSON metadata with the :class:`FineTuning`, the label count and the base model's type. Restoring rebuilds
+the base model, applies the same patch and loads the delta, and refuses a delta that misses any trainable tensor of the
+rebuilt model: peft silently dropped biases (peft #3306) and heads (peft #310, #577) on save. For a BERT-base-size model
+BitFit/RelBitFit deltas are a few MB (fp32), against ~440 MB for the full weights.
 """
 
 from __future__ import annotations
@@ -200,8 +199,9 @@ def save_merged(
             f"the {fine_tuning.head!r} head is not a stock transformers head; only model.head=pooler merges into a "
             "plain Hugging Face model directory"
         )
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedModel
 
+    assert isinstance(model, PreTrainedModel), "a relbitfit run's model is a transformers sequence classifier"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config: Any = model.config

@@ -111,12 +111,11 @@ def apply_head(model: nn.Module, head: str) -> nn.Module:
     mode: Literal["cls", "mean"] = "cls" if head == "cls" else "mean"
     if kind == "bert":
         pooler = TokenPooler(mode)
-        model.bert.pooler = pooler  # type: ignore[union-attr]
+        model.get_submodule("bert").pooler = pooler
     else:
-        old = model.classifier
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         new = PooledLinearHead(mode, config.hidden_size, config.num_labels, float(dropout))
-        ref = old.out_proj.weight  # type: ignore[union-attr]
+        ref = model.get_submodule("classifier.out_proj").get_parameter("weight")
         with torch.no_grad():
             new.out_proj.weight.normal_(0.0, float(config.initializer_range))
             new.out_proj.bias.zero_()

@@ -116,12 +116,12 @@ class RelBitFitMethod(Method[RelBitFitConfig]):
         ``test`` (``test_mm`` for MNLI mismatched); without a dev split the task's sets under their own names.
 
         Args:
-            include_test: with a dev split, also the test sets (``data.max_eval`` caps each of them).
+            include_test: with a dev split, also the test sets (``data.max_eval`` caps every set).
         """
         dev, _ = self.split_indices()
         k = self.config.data.max_eval
         if dev and "dev" not in self._eval_sets:
-            self._eval_sets["dev"] = self._dataset([self.task.train[i] for i in dev])
+            self._eval_sets["dev"] = self._dataset([self.task.train[i] for i in (dev[:k] if k else dev)])
         if not dev or include_test:
             for i, (name, examples) in enumerate(self.task.evals.items()):
                 key = name if not dev else ("test" if i == 0 else name.replace("dev", "test"))

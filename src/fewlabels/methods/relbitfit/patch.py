@@ -20,8 +20,8 @@ The terms are added to the additive attention mask that the model passes to its 
 the ``eager`` and the ``sdpa`` implementations work unchanged (other implementations cannot take a dense bias
 and are rejected). Only the self-attention *instances* of the patched model get a new ``forward``; the
 classes, and so every model that was not patched, are untouched. Tables start at zero, so a freshly patched
-model computes the pretrained model's function; in LR only ``E`` is zero (``U`` is random) because
-``E = U = 0`` would be a saddle point where neither factor ever receives a gradient.
+model computes the pretrained model's function; in LR only ``E`` is zero (``U`` is random) because ``E = U = 0`` would
+be a saddle point where neither factor ever receives a gradient.
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ __all__ = [
 SUPPORTED_SELF_ATTENTIONS: tuple[type[nn.Module], ...] = (BertSelfAttention, RobertaSelfAttention)
 #: attention implementations that accept a dense additive float bias through the attention mask
 _DENSE_BIAS_IMPLEMENTATIONS = ("eager", "sdpa")
-#: name of the tables module attached to the base model (parameter names start with
-#: ``<prefix>.relative_attention``)
+#: name of the tables module attached to the base model (parameter names start with ``<prefix>.relative_attention``)
 TABLES_NAME = "relative_attention"
 
 
@@ -115,8 +114,7 @@ def relative_positions(
 class RelativeAttentionBias(nn.Module):
     """The trainable relative tables of a whole model.
 
-    Parameters (T = 1 with PT, else the number of layers; E = ``options.num_entries``; D = d_model;
-    H = heads):
+    Parameters (T = 1 with PT, else the number of layers; E = ``options.num_entries``; D = d_model; H = heads):
         ``key_table`` [T, E, D] (full rank) or ``key_factor`` [E, rank] and ``key_basis`` [rank, D] (LR);
         ``score_table`` [T, E, H].
     """

@@ -3,9 +3,9 @@
 Inputs are ``.txt`` (one example per line; a tab separates a sentence pair), ``.csv``/``.tsv`` with a header line
 and ``.jsonl`` (one object per line). CSV/JSONL inputs are read by column name (``data.text_column`` and
 ``data.pair_column`` of the run, ``text`` by default): the header row is never classified, and a label column,
-if the file has one, is ignored. The output, ``<stem>.predictions.jsonl``, holds one object per example with the
-label *name* (``data.label_names``, the GLUE task's labels, ``rotten``/``fresh``), its index and the class
-probabilities in index order; a regression task writes ``score``.
+if the file has one, is ignored. The output, ``<stem>.predictions.jsonl`` per input, holds one object per example
+with the label *name* (``data.label_names``, the GLUE task's labels, ``rotten``/``fresh``), its index and the
+class probabilities in index order; a regression task writes ``score``.
 
 The same code serves a run directory (``fewlabels predict RUN_DIR``) and a delta file on top of its base model
 (``fewlabels predict-delta DELTA --base MODEL_DIR``), which stores the label names, the text columns and the
@@ -146,8 +146,10 @@ def predict_files(
     device: torch.device,
     settings: PredictionSettings,
 ) -> list[Path]:
-    """Label every example of ``inputs`` and write ``out_dir/<stem>.predictions.jsonl`` per input file."""
+    """Label every example of ``inputs`` and write ``out_dir/<stem>.predictions.jsonl`` per input file
+    (``<file name>.predictions.jsonl`` for inputs whose stems are shared, e.g. ``new.csv`` and ``new.jsonl``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    stems = [Path(p).stem for p in inputs]
     written = []
     for path in inputs:
         examples = read_unlabelled(Path(path), settings.text_column, settings.pair_column)
@@ -162,7 +164,8 @@ def predict_files(
         )
         arrays = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
         logits = logits_of(model, arrays, device, settings.batch_size)
-        target = out_dir / f"{Path(path).stem}.predictions.jsonl"
+        stem = Path(path).stem
+        target = out_dir / f"{stem if stems.count(stem) == 1 else Path(path).name}.predictions.jsonl"
         with target.open("w", encoding="utf-8") as fh:
             for example, row in zip(examples, logits):
                 fh.write(json.dumps(_record(example, row, settings), ensure_ascii=False) + "\n")

@@ -1,8 +1,7 @@
 """Batched two-view augmentation on tensors (kornia), drawing its randomness from torch's global RNG.
 
 Running the augmentations on the batch (on the accelerator) rather than per sample in the data loader keeps
-the data path cheap; the engine seeds and checkpoints torch's RNG, so a resumed run draws the same
-augmentations.
+the data path cheap; the engine seeds and checkpoints torch's RNG, so a resumed run draws the same augmentations.
 
 Views (RFS / SCL recipes), for images ``[B, C, S, S]`` in ``[0, 1]``:
 
@@ -25,8 +24,7 @@ VIEW_KINDS: tuple[str, ...] = ("standard", "simclr", "none")
 
 
 def crop_padding(image_size: int) -> int:
-    """Padding of the standard random crop: 8 px at 84 (RFS) and 4 px at 32 (CIFAR), proportional
-    otherwise."""
+    """Padding of the standard random crop: 8 px at 84 (RFS) and 4 px at 32 (CIFAR), proportional otherwise."""
     return {84: 8, 32: 4}.get(image_size, max(1, round(image_size / 10.5)))
 
 

@@ -68,8 +68,7 @@ class DropBlock(nn.Module):
 
 
 class ResNet12Block(nn.Module):
-    """3 x [3x3 conv (no bias) + BN + LeakyReLU(0.1)] + (1x1 conv + BN) shortcut, 2x2 max-pool, then
-    dropout."""
+    """3 x [3x3 conv (no bias) + BN + LeakyReLU(0.1)] + (1x1 conv + BN) shortcut, 2x2 max-pool, then dropout."""
 
     def __init__(
         self,
@@ -170,8 +169,7 @@ class Conv4(FewShotBackbone):
 
 class ResNet18(FewShotBackbone):
     """The project's ImageNet-style ResNet-18 encoder (output stride 32, torchvision parameter names, so a
-    local torchvision/timm state dict loads with
-    :func:`fewlabels.models.pretrained.load_backbone_weights`)."""
+    local torchvision/timm state dict loads with :func:`fewlabels.models.pretrained.load_backbone_weights`)."""
 
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__()

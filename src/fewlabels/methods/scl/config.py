@@ -1,5 +1,4 @@
-"""Configuration of the few-shot methods: ``scl`` (CE / GC / SC pre-training), ``scl-distill`` and
-``protonet``.
+"""Configuration of the few-shot methods: ``scl`` (CE / GC / SC pre-training), ``scl-distill`` and ``protonet``.
 
 Every row of the thesis table is a loss configuration of ``scl``:
 

@@ -5,12 +5,11 @@ the support features of each feature type -- the globally pooled vector ``[D]`` 
 map ``[4D]`` -- and sum the predicted query probabilities. Report the mean accuracy over episodes with its 95%
 Student-t confidence half-width, in percent.
 
-Fast path (default): every test image's features (and a fixed number of augmented copies for support
-augmentation) are extracted once, then the classifiers of all episodes are solved together by
-:func:`batched_logistic_regression` (batched Newton-CG in the span of the support features, float64). Exact
-path (``exact=True``): scikit-learn's ``LogisticRegression(C=1)`` per episode on the same features.
-:func:`reference_protocol_evaluate` additionally re-runs the backbone on every episode, as the reference did
-(used by ``benchmarks/fewshot_eval.py`` for comparison).
+Fast path (default): every test image's features (and a fixed number of augmented copies for support augmentation) are
+extracted once, then the classifiers of all episodes are solved together by :func:`batched_logistic_regression` (batched
+Newton-CG in the span of the support features, float64). Exact path (``exact=True``): scikit-learn's
+``LogisticRegression(C=1)`` per episode on the same features. :func:`reference_protocol_evaluate` additionally re-runs
+the backbone on every episode, as the reference did (used by ``benchmarks/fewshot_eval.py`` for comparison).
 
 The protocol (ways, shots, queries, episodes, seed, classifier, support augmentation) is one
 :class:`~fewlabels.methods.scl.config.FewShotEvalConfig`; a few-shot run's ``eval`` section is one.
@@ -155,10 +154,9 @@ def _conjugate_gradient(
 
     With L2-normalised features the Hessian is well conditioned (eigenvalues between the penalty ``1/C`` and
     about ``1/C + n/4``); its only null direction, a constant shift of the biases, is orthogonal to the
-    gradient, so CG stays in the range and converges in a few tens of iterations without forming or
-    factorising ``H``.
-    ``rel_tol`` bounds the squared residual relative to the squared right-hand side (1e-8 relative residual:
-    an inexact Newton step that still converges quadratically to the float64 limit).
+    gradient, so CG stays in the range and converges in a few tens of iterations without forming or factorising ``H``.
+    ``rel_tol`` bounds the squared residual relative to the squared right-hand side (1e-8 relative residual: an inexact
+    Newton step that still converges quadratically to the float64 limit).
     """
 
     def project(v: Tensor) -> Tensor:
@@ -259,8 +257,11 @@ def batched_logistic_regression(
 
 #: Floating-point work of one batched solver product below which one more CPU thread does not pay: the
 #: products are ``[E, n, n+1] @ [E, n+1, W]``, and a thread team synchronises (and, when another process holds
-#: the cores, spin-waits for a descheduled member) at every one of the solver's few hundred small ops.
-WORK_PER_THREAD = 2**25
+#: the cores, waits for a descheduled member) at every one of the solver's thousands of small ops. Measured on a
+#: shared 2-core machine (load ~16): 2 threads were 8-13x slower than 1 for 100-600 episodes of 5-way 1- and
+#: 5-shot (benchmarks/fewshot_eval.py --load), so even a 600-episode 5-shot evaluation with 5 augmented support
+#: copies (~1e8 flops per product) stays on one thread.
+WORK_PER_THREAD = 2**28
 
 
 def solver_thread_count(x: Tensor, n_classes: int, available: int | None = None) -> int:

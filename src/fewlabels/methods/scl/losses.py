@@ -22,10 +22,8 @@ def supcon_loss(similarity: Tensor, labels: Tensor | None = None, inverse_temper
 
     ``logits = inverse_temperature * similarity`` with ``similarity`` of shape ``[M, M]`` (``M = 2N``,
     view-major). Self-pairs are excluded from numerator and denominator. With ``labels`` ``[N]`` the positives
-    of anchor
-    ``i`` are
-    the other features with the same label; with ``labels=None`` they are only the other view of the same
-    image.
+    of anchor ``i`` are the other features with the same label; with ``labels=None`` they are only the other view of the
+    same image.
 
         loss = -1/M * sum_i 1/|P(i)| * sum_{p in P(i)} log( exp(l_ip) / sum_{a != i} exp(l_ia) )
 
@@ -93,9 +91,8 @@ def spatial_similarity(
     ``q, k, v``: ``[M_a, P, d]`` projections of set A (``q_b, k_b, v_b`` ``[M_b, P, d]`` of set B, default A).
     For a pair (A, B): ``align_{B->A} = softmax(q_A k_B^T / sqrt(d)) v_B`` and ``align_{A->B}`` symmetrically;
     per-position ``s = cos(v_A, align_{B->A}) + cos(v_B, align_{A->B})`` in ``[-2, 2]``, aggregated over the
-    ``P``
-    positions by mean, sum, max or ``log(sum exp(lse_lambda * s)) / lse_lambda``.
-    Returns ``S [M_b, M_a]`` with ``S[i, j] = sim(A = sample j, B = sample i)``.
+    ``P`` positions by mean, sum, max or ``log(sum exp(lse_lambda * s)) / lse_lambda``. Returns ``S [M_b, M_a]`` with
+    ``S[i, j] = sim(A = sample j, B = sample i)``.
     """
     q_b = q if q_b is None else q_b
     k_b = k if k_b is None else k_b

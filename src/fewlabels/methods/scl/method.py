@@ -115,18 +115,19 @@ class FewShotMethod(Method[FewShotConfigT]):
     def __init__(self, config: FewShotConfigT) -> None:
         super().__init__(config)
         self._splits: dict[str, FewShotDataset] = {}
-        #: Base classes of the pre-training classifier when known without reading the train split (set from the
-        #: weights by :func:`fewlabels.methods.scl.predict.load_fewshot_run`): an evaluation-only dataset has none.
+        #: Base classes of the pre-training classifier when known without reading the train split (read from the
+        #: weights by :meth:`prepare_inference`, which ``load_run`` calls): an evaluation-only dataset has none.
         self.num_base_classes: int | None = None
 
     def prepare_inference(self, run_dir: Path, weights: Path) -> None:
         """Before a trained run's model is built: the base-class count from the weights (so that evaluating on a
         folder of test classes only never reads a training split) and the input statistics the run was trained
         with (``model.normalisation: auto`` resolved on the saved config, whatever ``data`` now points at)."""
-        from fewlabels.engine.run import read_run_config
+        from fewlabels.config import read_yaml
+        from fewlabels.registry import config_from_dict
 
         self.num_base_classes = classifier_rows(weights)
-        saved = read_run_config(run_dir)
+        saved = config_from_dict(read_yaml(str(run_dir / "config.yaml")))
         if isinstance(saved, FewShotConfig):
             self.config.model.normalisation = resolve_normalisation(  # type: ignore[assignment]
                 saved.model.normalisation, saved.data.spec.name
@@ -141,9 +142,8 @@ class FewShotMethod(Method[FewShotConfigT]):
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Quick episodic validation: ``eval.val_episodes`` episodes per shot on the val split (percent).
 
-        ``acc`` (the selection metric) is the mean over the configured shots; ``acc_{K}shot`` /
-        ``ci95_{K}shot``
-        are reported for each.
+        ``acc`` (the selection metric) is the mean over the configured shots; ``acc_{K}shot`` / ``ci95_{K}shot`` are
+        reported for each.
         """
         ev = self.config.eval
         res = self.validation_episodes(model, device)

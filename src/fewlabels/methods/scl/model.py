@@ -89,7 +89,7 @@ class SCLNet(nn.Module):
     def teacher(self) -> SCLNet | None:
         return self._teacher[0] if self._teacher else None
 
-    def _apply(self, fn: Any, recurse: bool = True) -> SCLNet:  # type: ignore[override]
+    def _apply(self, fn: Any, recurse: bool = True) -> SCLNet:
         super()._apply(fn, recurse)
         for t in self._teacher:
             t._apply(fn, recurse)

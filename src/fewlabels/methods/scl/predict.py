@@ -6,14 +6,15 @@ support features of the run's model -- same feature types, same support augmenta
 augmented copies of every support image), same solver (batched; scikit-learn with ``exact``; nearest centroid
 with ``classifier: nc``) -- and classifies every query::
 
-    from fewlabels.methods.scl.predict import fewshot_predict
-    result = fewshot_predict("runs/scl-mini", "my_support", ["photos/"])
+    import fewlabels
+    result = fewlabels.fewshot_predict("runs/scl-mini", "my_support", ["photos/"])
     result.labels          # predicted class name of each query, in result.paths order
     result.probabilities   # [queries, classes], rows sum to 1, columns in result.classes order
 
-:func:`load_fewshot_run` loads a few-shot run without its training data: the size of the pre-training
+:func:`fewlabels.load_fewshot_run` loads a few-shot run without its training data: the size of the pre-training
 classifier is read from the weights, and the input statistics are those the run was trained with, whatever
-dataset the overrides point ``data`` at (evaluation-only and cross-domain datasets).
+dataset the overrides point ``data`` at (evaluation-only and cross-domain datasets). :func:`fewshot_predict` here
+takes the loaded config and model.
 """
 
 from __future__ import annotations
@@ -27,10 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fewlabels.config import ConfigError
 from fewlabels.data.base import DataError, FewDataset
 from fewlabels.data.fewshot import IMAGE_SUFFIXES, FileFewShotDataset
-from fewlabels.engine.run import LoadedRun, read_run_config
 from fewlabels.methods.scl.config import FewShotConfig, FewShotEvalConfig
 from fewlabels.methods.scl.fewshot_eval import (
     classifier_proba,
@@ -44,28 +43,8 @@ __all__ = [
     "classify_queries",
     "fewshot_predict",
     "list_images",
-    "load_fewshot_run",
     "read_support",
 ]
-
-
-def load_fewshot_run(
-    run_dir: str | Path, which: str = "last", device: str = "auto", overrides: Sequence[str] = ()
-) -> LoadedRun:
-    """Load a few-shot run (``scl``, ``scl-distill``, ``protonet``) for evaluation or prediction.
-
-    :func:`fewlabels.engine.load_run` after checking (on the saved config, before the overrides, which may be
-    ``eval.*`` keys that only a few-shot config has) that the run is a few-shot run. The training split is never
-    read (:meth:`FewShotMethod.prepare_inference`), so ``overrides`` may point ``data`` at a dataset that holds
-    only test classes. ``which``: ``last`` (model.safetensors, the reference's protocol) or ``best`` (best on
-    validation, falling back to last).
-    """
-    from fewlabels.engine.run import load_run
-
-    saved = read_run_config(run_dir)
-    if not isinstance(saved, FewShotConfig):
-        raise ConfigError("run_dir", f"{run_dir} is a {saved.method!r} run; this needs a few-shot run")
-    return load_run(run_dir, which=which, device=device, overrides=overrides)
 
 
 def list_images(items: Sequence[str | Path]) -> list[Path]:
@@ -171,27 +150,21 @@ def classify_queries(
 
 
 def fewshot_predict(
-    run: LoadedRun | str | Path,
+    config: FewShotConfig,
+    model: nn.Module,
     support_dir: str | Path,
     queries: Sequence[str | Path],
-    *,
-    which: str = "last",
-    device: str = "auto",
-    overrides: Sequence[str] = (),
+    device: torch.device,
 ) -> FewShotPredictions:
-    """Classify the query images (files or folders) into the classes of ``support_dir`` with a few-shot run.
+    """Classify the query images (files or folders) into the classes of ``support_dir`` with a trained few-shot
+    ``model`` and its run's ``config`` (the protocol is its ``eval`` section).
 
-    ``run``: a run directory (loaded with :func:`load_fewshot_run`, ``which`` weights and ``eval.*``
-    ``overrides``) or an already loaded run. The protocol is the run's ``eval`` section.
+    From a run directory, :func:`fewlabels.fewshot_predict` loads the run and calls this.
     """
-    loaded = run if isinstance(run, LoadedRun) else load_fewshot_run(run, which, device, overrides)
-    config = loaded.config
-    if not isinstance(config, FewShotConfig):
-        raise ConfigError("run_dir", f"{loaded.run_dir} is a {config.method!r} run; this needs a few-shot run")
     size = config.data.resolved_image_size()
     support = read_support(support_dir, size)
     paths = list_images(queries)
     query_set = FileFewShotDataset(paths, [0] * len(paths), size, source="queries")
-    proba = classify_queries(loaded.model, support, query_set, support.num_classes, config.eval, loaded.device)
+    proba = classify_queries(model, support, query_set, support.num_classes, config.eval, device)
     shots = {c: int(n) for c, n in zip(support.class_names, np.bincount(support.labels), strict=True)}
     return FewShotPredictions(paths, list(support.class_names), proba.numpy(), shots)

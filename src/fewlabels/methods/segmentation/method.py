@@ -97,13 +97,16 @@ def classifier_outputs(weights: Path) -> int | None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(weights), framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118 - a safetensors handle is not a mapping
-                if key.endswith("decoder.classifier.weight"):
-                    return int(fh.get_slice(key).get_shape()[0])
+        if weights.suffix == ".pt":  # a training checkpoint: the model's tensors are under "model"
+            state = torch.load(weights, map_location="cpu", weights_only=True).get("model", {})
+            shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        else:
+            with safe_open(str(weights), framework="pt") as fh:
+                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a mapping
     except Exception:  # noqa: BLE001 - an unreadable file is reported when the weights are loaded
         return None
-    return None
+    found = [shape[0] for key, shape in shapes.items() if key.endswith("decoder.classifier.weight") and shape]
+    return int(found[0]) if found else None
 
 
 def label_space_without_data(cfg: SegDataConfig, weights: Path | None) -> LabelSpace | None:
@@ -130,6 +133,10 @@ def label_space_without_data(cfg: SegDataConfig, weights: Path | None) -> LabelS
     if len(names) != n:
         names = [f"class_{i}" for i in range(n)]
     ignore = IGNORE_INDEX if meta.ignore_index is None else meta.ignore_index
+    if get_dataset(cfg.dataset, "segmentation").name == "seg-folder":
+        from fewlabels.data.seg_folder import folder_metadata
+
+        meta = folder_metadata(names)  # classes.txt may name the background
     return LabelSpace(n, tuple(names), ignore, tuple(meta.things(n)))
 
 
@@ -266,8 +273,13 @@ class SegmentationMethod(Method[ConfigT], Generic[ConfigT, DataT]):
         """Before a trained run's model is built: take its label space from the dataset's metadata, the config,
         ``classes.txt`` or the weights, so that predicting needs no training data (evaluation still reads it)."""
         cfg = getattr(self.config, "data", None)
-        if isinstance(cfg, SegDataConfig):
-            self.restored_labels = label_space_without_data(cfg, weights)
+        if not isinstance(cfg, SegDataConfig):
+            return
+        # The classes are read from the header of any of the run's weight files (one may be damaged).
+        for path in (weights, run_dir / "best.safetensors", run_dir / "model.safetensors"):
+            self.restored_labels = label_space_without_data(cfg, path if path.is_file() else None)
+            if self.restored_labels is not None:
+                return
 
     def checked_data(self) -> DataT:
         """:attr:`data`, refused when its classes differ from those the trained model scores."""
