@@ -57,7 +57,7 @@ def run_config(args: argparse.Namespace, n: int, variant: str, lr: float, epochs
     return {
         "method": "relbitfit",
         "seed": seed,
-        "model": dict(VARIANTS[variant]),
+        "model": {**VARIANTS[variant], "head": args.head},
         "data": {
             "dataset": "rotten-tomatoes",
             "n_train": n,
@@ -162,7 +162,8 @@ def main() -> None:
     parser.add_argument("--lr-bias", type=float, nargs="+", default=[3e-4, 1e-3, 3e-3])
     parser.add_argument("--epochs-full", type=float, nargs="+", default=[10.0])
     parser.add_argument("--epochs-bias", type=float, nargs="+", default=[20.0])
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--head", default="pooler", choices=["pooler", "cls", "mean"], help="model.head of every run")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--dev-size", type=int, default=500)
     parser.add_argument("--max-eval", type=int, default=0, help="test snippets scored (0 = all 2000)")

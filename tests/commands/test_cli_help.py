@@ -24,6 +24,7 @@ EXPECTED = {
     "fewshot-eval",
     "peft-count",
     "export-delta",
+    "predict-delta",
     "bias-changes",
 }
 

@@ -82,8 +82,10 @@ def load_run(
 ) -> LoadedRun:
     """Rebuild the model of ``run_dir`` from its config and load ``best`` (falls back to ``last``) weights.
 
-    Weights that do not fit the model, or that hold NaN or infinite values, are refused with a CheckpointError that
-    names the file.
+    A weights file that cannot be read (empty, truncated, garbage) is skipped with a warning for the next one
+    (``best`` -> ``model.safetensors`` -> the last valid checkpoint). Weights that do not fit the model, or that hold
+    NaN or infinite values, are refused with a CheckpointError that names the file. Overrides of the keys that shape
+    the model (:data:`ARCHITECTURE_KEYS`) and ``device="cuda"`` without a GPU are ConfigErrors.
     """
     run = Path(run_dir)
     for item in overrides:
@@ -115,7 +117,7 @@ def load_run(
         partial = method.saved_state(model) is not None
         try:
             load_weights(model, path, method.load_saved_state if partial else None)
-        except (CheckpointError, SafetensorError, OSError) as e:
+        except (SafetensorError, OSError) as e:  # unreadable; weights that do not fit or are not finite are refused
             failures.append(f"{path.name}: {e}")
             log.warning("cannot use %s (%s); trying the next weights", path, e)
             model = None
