@@ -12,8 +12,9 @@ Protocol, per training-set size N and variant:
    dev-selected checkpoint of each run is scored once on the held-out test snippets.
 
 Resumable: every finished run writes ``OUT/cells/<name>.json`` and is skipped when the script runs again (with the
-same arguments); a run that was stopped halfway is started again. Variants are independent, so several processes
-may share one OUT, each with its own ``--variants`` (a last run with all of them only reads the records).
+same arguments); a run that was stopped halfway resumes from its last checkpoint (its wall time so far is kept in
+``spent.json``). Variants are independent, so several processes may share one OUT, each with its own
+``--variants`` (a last run with all of them only reads the records).
 Prints a markdown table of test accuracy (mean, std over seeds), the paired differences between variants with
 their 95 % t intervals, the trained parameters and the training wall time, and a JSON object as the last stdout
 line.
@@ -90,17 +91,26 @@ def run_cell(args: argparse.Namespace, n: int, variant: str, lr: float, epochs: 
     record_path = out / "cells" / f"{name}.json"
     if record_path.is_file():
         return json.loads(record_path.read_text())
-    from fewlabels.engine import train
+    from fewlabels.engine import read_run_config, train
+    from fewlabels.engine.checkpoint import list_checkpoints
     from fewlabels.registry import config_from_dict
 
     run_dir = out / "runs" / name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a run stopped halfway: start it again
-    data = run_config(args, n, variant, lr, epochs, seed)
+    spent = json.loads((run_dir / "spent.json").read_text())["train_s"] if (run_dir / "spent.json").is_file() else 0.0
     print(f"== {name}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    result = train(config_from_dict({**data, "name": name, "output_dir": str(out / "runs")}))
-    train_s = time.perf_counter() - t0
+    try:
+        if list_checkpoints(run_dir / "checkpoints"):  # a run stopped halfway: continue it from its last checkpoint
+            result = train(read_run_config(run_dir), run_dir)
+        else:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            data = run_config(args, n, variant, lr, epochs, seed)
+            result = train(config_from_dict({**data, "name": name, "output_dir": str(out / "runs")}))
+    finally:  # wall time of the interrupted parts counts too
+        if run_dir.is_dir():
+            (run_dir / "spent.json").write_text(json.dumps({"train_s": spent + time.perf_counter() - t0}))
+    train_s = spent + time.perf_counter() - t0
     best = json.loads((result.run_dir / "best.json").read_text())
     # Keep only what scoring needs: the dev-selected weights (a delta for the bias methods) and the config.
     shutil.rmtree(result.run_dir / "checkpoints", ignore_errors=True)
@@ -259,4 +269,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fewlabels.engine import TrainingInterrupted
+
+    try:
+        main()
+    except TrainingInterrupted as stop:  # the whole sweep stops; run it again with the same arguments to go on
+        print(f"relbitfit_sweep: {stop}; the sweep stopped, run it again to resume", file=sys.stderr)
+        sys.exit(stop.exit_code)
