@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,15 @@ def summarise(values: list[float]) -> dict[str, Any]:
     else:
         mean, half, std = float(values[0]), float("nan"), float("nan")
     return {"mean": mean, "std": std, "ci95": half, "n": len(values), "values": values}
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> dict[str, Any] | None:
+    """``a - b`` paired by seed, over the seeds both hold (seed -> value): :func:`summarise` of the per-seed
+    differences (mean, sample std, Student-t 95% CI half-width), plus those ``seeds``; None if they share none."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    return {**summarise([a[s] - b[s] for s in seeds]), "seeds": seeds}
 
 
 class SeedTable:

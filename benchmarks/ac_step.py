@@ -20,8 +20,11 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
+from torch import nn
 
 from fewlabels.engine.allocator import keep_freed_memory
 from fewlabels.methods.ac.losses import iic_segmentation_loss
@@ -32,6 +35,36 @@ from fewlabels.methods.ac.views import sample_orderings
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def view_steps(
+    model: nn.Module,
+    images: torch.Tensor,
+    displacement: int,
+    collapsed: bool,
+    autocast: Callable[[], AbstractContextManager],
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """The two timed closures on an AC network (an ``ACNet``) and a batch: ``one_view`` (forward + backward of one
+    ordering, a scalar of the output) and ``two_view`` (the AC step: two sampled orderings in one batched forward,
+    ``iic_segmentation_loss`` between them, backward). Each returns its loss, detached; gradients accumulate (zero
+    them between calls)."""
+
+    def one_view() -> torch.Tensor:
+        with autocast():
+            probs = model(images, orderings=("tl_row",))["main"]
+            loss = probs.float().clamp_min(1e-8).log().mean()
+        loss.backward()
+        return loss.detach()
+
+    def two_view() -> torch.Tensor:
+        with autocast():
+            probs = model(images, orderings=sample_orderings())["main"]
+        p1, p2 = probs.float().chunk(2)
+        loss = iic_segmentation_loss(p1, p2, displacement, 1.0, collapsed)
+        loss.backward()
+        return loss.detach()
+
+    return {"one_view": one_view, "two_view": two_view}
 
 
 def main() -> None:
@@ -62,21 +95,8 @@ def main() -> None:
         else (lambda: torch.autocast(device.type, enabled=False))
     )
 
-    def one_view() -> None:
-        with ctx():
-            probs = model(images, orderings=("tl_row",))["main"]
-            loss = probs.float().clamp_min(1e-8).log().mean()
-        loss.backward()
-
-    def two_view() -> None:
-        with ctx():
-            probs = model(images, orderings=sample_orderings())["main"]
-        p1, p2 = probs.float().chunk(2)
-        loss = iic_segmentation_loss(p1, p2, args.displacement, 1.0, args.collapsed)
-        loss.backward()
-
-    times: dict[str, list[float]] = {"one_view": [], "two_view": []}
-    fns = {"one_view": one_view, "two_view": two_view}
+    fns = view_steps(model, images, args.displacement, args.collapsed, ctx)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for name in fns:  # warm-up (allocator, cudnn autotuning, lazy init)
         fns[name]()
         fns[name]()

@@ -1,30 +1,42 @@
 """Time one CCT training step at K = 30 and K = 1 auxiliary decoders, for the stacked implementation and for a
-straightforward one-decoder-at-a-time loop (K separate UpsampleDecoder modules, K separate loss calls).
+straightforward one-decoder-at-a-time loop (K separate decoder modules, K separate loss calls).
 
 Usage::
 
-    python benchmarks/cct_step.py            # resnet18 OS8 + PSP, 21 classes, batch 2+2 at 128x128, CPU
-    python benchmarks/cct_step.py --encoder resnet50 --deep-stem   # the reference model (slow on CPU)
+    python benchmarks/cct_step.py            # the reference model and ResNet-18, both OS8 + PSP, 21 classes, CPU
+    python benchmarks/cct_step.py --models resnet18          # only ResNet-18 (with the loop)
+    python benchmarks/cct_step.py --encoder resnet34         # one other encoder instead of the presets
+    python benchmarks/cct_step.py --counts feature_noise=0 vat=4   # K = 30 config with other counts per type
     python benchmarks/cct_step.py --device cuda --batch 8 --size 320
 
-A step is: forward (labeled + unlabeled), CE + w_u * L_u, backward, SGD update. The four configurations are
-run interleaved (machines are noisy), ``--repeats`` times each after a warm-up; medians of the wall time and
-of the process CPU time (less sensitive to other jobs on a shared machine) are reported. Memory: on a GPU
-the peak ``torch.cuda.max_memory_allocated`` of a step; on the CPU (where torch's allocations are invisible
-to tracemalloc) the size of the tensors autograd saves for the backward pass (unique storages, parameters
-excluded), which is what grows with K. The last stdout line is a JSON object with ``k30_over_k1`` and
-``loop_k30_over_k1`` among others.
+Two models are timed by default, one after the other: the reference model of CCT.md (ResNet-50 deep stem, OS8 +
+PSP), whose ``k30_over_k1`` is the issue's target (<= 1.10), and ResNet-18 + PSP, where the loop is timed too
+(``resnet18_`` keys). A step is: forward (labeled + unlabeled), CE + w_u * L_u, backward, SGD update.
+
+Stability: after a warm-up, the configurations of a model are run interleaved within every repeat, each repeat in
+a rotated order (so that no configuration always follows the same one), and a ratio such as ``k30_over_k1`` is the
+median over the repeats of the ratio of the two times measured in that repeat. Machine noise that lasts a repeat
+hits both sides of the ratio alike. Medians of the wall time and of the process CPU time (less sensitive to other
+jobs on a shared machine) are reported too. Memory: on a GPU the peak ``torch.cuda.max_memory_allocated`` of a
+step; on the CPU (where torch's allocations are invisible to tracemalloc) the size of the tensors autograd saves
+for the backward pass (unique storages, parameters excluded), which is what grows with K.
+
+Both implementations take the perturbation types from the registry
+(:func:`~fewlabels.methods.cct.perturbations.registered_perturbations`): a newly registered type is timed as soon
+as its count is above 0 (its config default, or ``--counts``). The last stdout line is a JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,79 +44,98 @@ from torch import Tensor, nn
 
 from fewlabels.engine.allocator import keep_freed_memory
 from fewlabels.methods.cct.config import PerturbationsConfig
+from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
 from fewlabels.methods.cct.losses import softmax_mse_loss
 from fewlabels.methods.cct.model import CCTModel
-from fewlabels.methods.cct.perturbations import (
-    context_masking,
-    feature_drop,
-    feature_noise,
-    foreground_mask,
-    guided_cutout,
-    object_masking,
-    vat_direction,
-)
-from fewlabels.models import SegmentationNet, UpsampleDecoder, build_segmentation_model
+from fewlabels.methods.cct.perturbations import Perturbation, PerturbationInput, registered_perturbations
+from fewlabels.models import SegmentationNet, build_segmentation_model
 
-K1 = PerturbationsConfig(vat=0, dropout=1, cutout=0, context_mask=0, object_mask=0, feature_drop=0, feature_noise=0)
-K30 = PerturbationsConfig()  # 2 + 6 + 6 + 2 + 2 + 6 + 6
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One network to time: its encoder, stem and PSP, whether the loop is timed on it, and its key prefix."""
+
+    encoder: str
+    deep_stem: bool
+    psp: bool
+    loop: bool
+    prefix: str
+
+    def describe(self) -> str:
+        stem = " deep stem" if self.deep_stem else ""
+        return f"{self.encoder}{stem} OS8{' + PSP' if self.psp else ''}"
+
+
+#: the models timed by default: the reference model (the target's, unprefixed keys) and ResNet-18 with the loop
+PRESETS: dict[str, ModelSpec] = {
+    "reference": ModelSpec("resnet50", deep_stem=True, psp=True, loop=False, prefix=""),
+    "resnet18": ModelSpec("resnet18", deep_stem=False, psp=True, loop=True, prefix="resnet18_"),
+}
+
+
+def k1_config() -> PerturbationsConfig:
+    """One channel-dropout decoder, every registered type's count set to 0 (K = 1)."""
+    counts = {p.count_field: 0 for p in registered_perturbations()}
+    return dataclasses.replace(PerturbationsConfig(), **{**counts, "dropout": 1})
+
+
+def k30_config(overrides: list[str]) -> PerturbationsConfig:
+    """The default counts (2 + 6 + 6 + 2 + 2 + 6 + 6 = 30), with ``NAME=N`` overrides of registered types."""
+    fields = {p.name: p.count_field for p in registered_perturbations()}
+    counts: dict[str, int] = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in fields or not value.isdigit():
+            raise SystemExit(f"--counts takes NAME=N with NAME one of {', '.join(fields)}; got {item!r}")
+        counts[fields[name]] = int(value)
+    cfg = dataclasses.replace(PerturbationsConfig(), **counts)
+    if cfg.total < 1:
+        raise SystemExit("--counts leaves no aux decoder")
+    return cfg
 
 
 class LoopCCT(nn.Module):
-    """The reference's structure: a list of K decoder modules, each perturbing ``z`` and decoding alone,
-    and K separate loss calls. Same perturbation functions (``n = 1``) and losses as :class:`CCTModel`."""
+    """The reference's structure: a list of K decoder modules, each perturbing ``z`` and decoding alone, and K
+    separate loss calls. Decoder k is a stack of one (:class:`StackedUpsampleDecoders`, the layers of an
+    ``UpsampleDecoder``); its perturbed input is its type's :meth:`~Perturbation.copies` with ``n = 1``, the type
+    taken from the registry as in :class:`CCTModel`, reading that one decoder as ``inputs.aux`` (I-VAT's power
+    iteration runs through it). Same perturbations and losses as :class:`CCTModel`."""
 
     def __init__(self, net: SegmentationNet, cfg: PerturbationsConfig, background: tuple[int, ...] = (0,)) -> None:
         super().__init__()
         self.net, self.cfg, self.background = net, cfg, background
-        self.kinds = [name for name, count in cfg.counts.items() for _ in range(count)]
+        self.kinds: list[Perturbation] = [p for p in registered_perturbations() for _ in range(p.count(cfg))]
         d, c, up = net.feature_channels, net.num_classes, net.output_stride
-        self.aux = nn.ModuleList(UpsampleDecoder(d, c, up) for _ in self.kinds)
-
-    def _perturb(self, kind: str, dec: nn.Module, z: Tensor, fg: Tensor) -> Tensor:
-        cfg = self.cfg
-        if kind == "vat":
-            r = vat_direction(z, lambda x: dec(x[0]).unsqueeze(0), 1, cfg.vat_xi, cfg.vat_iterations)[0]
-            return z + cfg.vat_eps * r
-        if kind == "dropout":
-            return F.dropout2d(z, cfg.dropout_rate, training=True)
-        if kind == "cutout":
-            return guided_cutout(z, fg, 1, cfg.cutout_erase, cfg.cutout_min_area, cfg.cutout_max_objects)[0]
-        if kind == "context_mask":
-            return context_masking(z, fg, 1)[0]
-        if kind == "object_mask":
-            return object_masking(z, fg, 1)[0]
-        if kind == "feature_drop":
-            return feature_drop(z, 1, tuple(cfg.feature_drop_gamma))[0]  # type: ignore[arg-type]
-        return feature_noise(z, 1, cfg.feature_noise_range)[0]
+        self.aux = nn.ModuleList(StackedUpsampleDecoders(1, d, c, up) for _ in self.kinds)
 
     def forward(self, images_l: Tensor, images_u: Tensor) -> dict[str, Tensor]:
         logits_l = self.net.decode(self.net.encode(images_l))
         z = self.net.encode(images_u)
         with torch.no_grad():
             target = F.softmax(self.net.decode(z), dim=1)
-        fg = foreground_mask(target, tuple(z.shape[-2:]), self.background)
-        losses = [
-            softmax_mse_loss(dec(self._perturb(kind, dec, z, fg)), target) for kind, dec in zip(self.kinds, self.aux)
-        ]
+        inputs = PerturbationInput(z, target, self.cfg, self.background, self.aux[0], None)  # foreground once
+        losses = []
+        for perturbation, decoder in zip(self.kinds, self.aux, strict=True):
+            inputs.aux = decoder
+            logits = decoder(perturbation.copies(inputs, 1, slice(0, 1)))[0]
+            losses.append(softmax_mse_loss(logits, target))
         return {"logits_l": logits_l, "loss_u": sum(losses) / len(losses)}
 
 
-def build(args: argparse.Namespace, impl: str, cfg: PerturbationsConfig, device: torch.device) -> nn.Module:
+def build(args: argparse.Namespace, spec: ModelSpec, impl: str, cfg: PerturbationsConfig) -> nn.Module:
     torch.manual_seed(0)
-    net = build_segmentation_model(
-        args.encoder, args.classes, output_stride=8, psp=not args.no_psp, deep_stem=args.deep_stem
-    )
+    net = build_segmentation_model(spec.encoder, args.classes, output_stride=8, psp=spec.psp, deep_stem=spec.deep_stem)
     model = CCTModel(net, cfg) if impl == "stacked" else LoopCCT(net, cfg)
-    return model.to(device).train()
+    return model.to(args.device).train()
 
 
-def make_step(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[bool], float]:
+def make_step(model: nn.Module, args: argparse.Namespace) -> Callable[[bool], float]:
     """A closure running one training step; with ``measure=True`` it returns the MB of tensors that autograd
     saves for the backward pass (unique storages), else 0."""
     g = torch.Generator().manual_seed(1)
-    x_l = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
-    x_u = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(device)
-    y = torch.randint(0, args.classes, (args.batch, args.size, args.size), generator=g).to(device)
+    x_l = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(args.device)
+    x_u = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(args.device)
+    y = torch.randint(0, args.classes, (args.batch, args.size, args.size), generator=g).to(args.device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step(measure: bool = False) -> float:
@@ -145,11 +176,73 @@ def cuda_peak_mb(step: Callable[[bool], float]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+Key = tuple[str, int]
+
+
+def rotated(keys: list[Key], r: int) -> list[Key]:
+    """The order of repeat ``r``: ``keys`` rotated by ``r``, so that every configuration takes every position."""
+    shift = r % len(keys)
+    return keys[shift:] + keys[:shift]
+
+
+def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, PerturbationsConfig]) -> dict[str, float]:
+    """Time the configurations of one model interleaved; print one line each; return its prefixed figures."""
+    impls = ["stacked", "loop"] if spec.loop and not args.skip_loop else ["stacked"]
+    keys = [(impl, k) for impl in impls for k in configs]
+    steps = {key: make_step(build(args, spec, key[0], configs[key[1]]), args) for key in keys}
+    wall: dict[Key, list[float]] = {key: [] for key in keys}
+    cpu: dict[Key, list[float]] = {key: [] for key in keys}
+    for step in steps.values():  # warm-up (allocator, thread pools, autograd graph caches)
+        step(False)
+    sync(args.device)
+    for r in range(args.repeats):
+        for key in rotated(keys, r):  # interleaved, so that machine noise hits every configuration alike
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[key](False)
+            sync(args.device)
+            wall[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
+    print(f"{spec.describe()}, K = {configs[max(configs)].counts}", flush=True)
+    out: dict[str, float] = {}
+    for key in keys:
+        impl, k = key
+        t, c = statistics.median(wall[key]), statistics.median(cpu[key])
+        spread = f"[{min(wall[key]):.3f}..{max(wall[key]):.3f}]"
+        line = f"  {impl:8s} K={k:2d}: wall median {t:.3f} s/step {spread}, process CPU {c:.3f} s"
+        out[f"{impl}_k{k}_s"], out[f"{impl}_k{k}_cpu_s"] = round(t, 4), round(c, 4)
+        if not args.no_memory:
+            if args.device.type == "cuda":
+                mb = cuda_peak_mb(steps[key])
+                line += f", peak step memory {mb:.0f} MB"
+                out[f"{impl}_k{k}_peak_mb"] = round(mb, 1)
+            else:
+                mb = steps[key](True)
+                line += f", saved for backward {mb:.0f} MB"
+                out[f"{impl}_k{k}_saved_mb"] = round(mb, 1)
+        print(line, flush=True)
+
+    def ratio(a: Key, b: Key, times: dict[Key, list[float]]) -> float:
+        """The median over the repeats of the per-repeat ratio a / b."""
+        return round(statistics.median(x / y for x, y in zip(times[a], times[b], strict=True)), 4)
+
+    big, one = max(configs), min(configs)
+    ratios = {"k30_over_k1": (("stacked", big), ("stacked", one))}
+    if "loop" in impls:
+        ratios["loop_k30_over_k1"] = (("loop", big), ("loop", one))
+        ratios["loop_k30_over_stacked_k30"] = (("loop", big), ("stacked", big))
+    for name, (a, b) in ratios.items():
+        out[name], out[f"{name}_cpu"] = ratio(a, b, wall), ratio(a, b, cpu)
+        print(f"  {name}: {out[name]:.3f} (process CPU {out[f'{name}_cpu']:.3f}), median of per-repeat ratios")
+    return {f"{spec.prefix}{key}": value for key, value in out.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--encoder", default="resnet18", help="small_cnn, resnet18, resnet34, resnet50")
-    p.add_argument("--deep-stem", action="store_true")
-    p.add_argument("--no-psp", action="store_true")
+    p.add_argument("--models", nargs="+", default=list(PRESETS), choices=list(PRESETS), help="presets to time")
+    p.add_argument("--encoder", default=None, help="time this encoder instead of the presets (with the loop)")
+    p.add_argument("--deep-stem", action="store_true", help="with --encoder")
+    p.add_argument("--no-psp", action="store_true", help="with --encoder")
+    p.add_argument("--counts", nargs="+", default=[], metavar="NAME=N", help="counts of the K = 30 config")
     p.add_argument("--classes", type=int, default=21)
     p.add_argument("--batch", type=int, default=2, help="labeled and unlabeled images each")
     p.add_argument("--size", type=int, default=128)
@@ -162,52 +255,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     keep_freed_memory()  # as the training engine does on CPU (fewlabels.engine.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    impls = ["stacked"] if args.skip_loop else ["stacked", "loop"]
-    configs = {(impl, k): cfg for impl in impls for k, cfg in ((30, K30), (1, K1))}
-    steps = {key: make_step(build(args, key[0], cfg, device), args, device) for key, cfg in configs.items()}
-    wall: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
-    cpu: dict[tuple[str, int], list[float]] = {key: [] for key in steps}
-    for step in steps.values():  # warm-up (allocator, thread pools, autograd graph caches)
-        step(False)
-    sync(device)
-    for _ in range(args.repeats):
-        for key, step in steps.items():  # interleaved, so that machine noise hits every configuration alike
-            t0, c0 = time.perf_counter(), time.process_time()
-            step(False)
-            sync(device)
-            wall[key].append(time.perf_counter() - t0)
-            cpu[key].append(time.process_time() - c0)
-    med = {key: statistics.median(v) for key, v in wall.items()}
-    med_cpu = {key: statistics.median(v) for key, v in cpu.items()}
-    result: dict[str, float] = {}
+    args.device = torch.device(args.device)
+    if args.encoder:
+        specs = [ModelSpec(args.encoder, args.deep_stem, not args.no_psp, loop=True, prefix="")]
+    else:
+        specs = [PRESETS[name] for name in args.models]
+    k30 = k30_config(args.counts)
+    if k30.total == 1:
+        raise SystemExit("--counts: the large config needs more than one aux decoder (it is timed against K = 1)")
     print(
-        f"device={device} encoder={args.encoder} psp={not args.no_psp} classes={args.classes} "
-        f"batch={args.batch}+{args.batch} size={args.size} threads={torch.get_num_threads()} "
-        f"repeats={args.repeats}",
+        f"device={args.device} classes={args.classes} batch={args.batch}+{args.batch} size={args.size} "
+        f"threads={torch.get_num_threads()} repeats={args.repeats}",
         flush=True,
     )
-    for (impl, k), t in med.items():
-        spread = f"[{min(wall[(impl, k)]):.3f}..{max(wall[(impl, k)]):.3f}]"
-        line = f"{impl:8s} K={k:2d}: wall median {t:.3f} s/step {spread}, process CPU {med_cpu[(impl, k)]:.3f} s"
-        result[f"{impl}_k{k}_s"] = round(t, 4)
-        result[f"{impl}_k{k}_cpu_s"] = round(med_cpu[(impl, k)], 4)
-        if not args.no_memory:
-            if device.type == "cuda":
-                mb = cuda_peak_mb(steps[(impl, k)])
-                line += f", peak step memory {mb:.0f} MB"
-                result[f"{impl}_k{k}_peak_mb"] = round(mb, 1)
-            else:
-                mb = steps[(impl, k)](True)
-                line += f", saved for backward {mb:.0f} MB"
-                result[f"{impl}_k{k}_saved_mb"] = round(mb, 1)
-        print(line, flush=True)
-    result["k30_over_k1"] = round(med[("stacked", 30)] / med[("stacked", 1)], 4)
-    result["k30_over_k1_cpu"] = round(med_cpu[("stacked", 30)] / med_cpu[("stacked", 1)], 4)
-    if not args.skip_loop:
-        result["loop_k30_over_k1"] = round(med[("loop", 30)] / med[("loop", 1)], 4)
-        result["loop_k30_over_k1_cpu"] = round(med_cpu[("loop", 30)] / med_cpu[("loop", 1)], 4)
-        result["loop_k30_over_stacked_k30"] = round(med[("loop", 30)] / med[("stacked", 30)], 4)
+    result: dict[str, float] = {}
+    for spec in specs:
+        result.update(time_model(args, spec, {k30.total: k30, 1: k1_config()}))
     sys.stdout.flush()
     print(json.dumps(result))
     return result

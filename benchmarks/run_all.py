@@ -18,7 +18,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 #: scripts that are not timing benchmarks (they train for minutes per seed; docs/results.md quotes them)
-SKIP = {"run_all.py", "method_vs_baseline.py", "scl_ablation.py", "relbitfit_fewsample.py"}
+SKIP = {
+    "run_all.py",
+    "method_vs_baseline.py",
+    "scl_ablation.py",
+    "scl_cross_dataset.py",
+    "relbitfit_fewsample.py",
+    "cct_ablation.py",
+    "gpu_check.py",  # one JSON line per config, on CUDA (docs/gpu.md), not a ratio against a baseline
+}
 
 #: figure -> (target text, predicate) for the figures that have a target in the issues
 TARGETS = {
@@ -30,14 +38,10 @@ TARGETS = {
 
 
 #: scripts run with arguments other than their defaults: script -> [(label, extra args, the targets apply)].
-#: The CCT target is stated for the reference model (ResNet-50 deep stem + PSP, where the aux decoders are 1.6% of
-#: the FLOPs); the ResNet-18 default also times the one-decoder-at-a-time loop, for information.
-RUNS: dict[str, list[tuple[str, list[str], bool]]] = {
-    "cct_step.py": [
-        ("ResNet-50 deep stem + PSP", ["--encoder", "resnet50", "--deep-stem", "--repeats", "2", "--skip-loop"], True),
-        ("ResNet-18 + PSP, with the loop", [], False),
-    ],
-}
+#: cct_step.py times both of its models by default: the reference model (ResNet-50 deep stem + PSP), whose
+#: unprefixed ``k30_over_k1`` carries the CCT target, and ResNet-18 with the one-decoder-at-a-time loop, whose
+#: ``resnet18_`` figures are for information.
+RUNS: dict[str, list[tuple[str, list[str], bool]]] = {}
 
 
 def machine() -> str:

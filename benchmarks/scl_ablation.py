@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/scl_ablation")
     parser.add_argument("--resume", action="store_true", help="keep OUT/values.jsonl and skip the runs it holds")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument(
         "--paired",
         nargs=2,
@@ -84,6 +86,10 @@ def main() -> None:
         'e.g. "CE+SC (no aug)" "CE (two raw views)"',
     )
     args = parser.parse_args()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from fewlabels.engine import load_run
     from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
@@ -95,6 +101,7 @@ def main() -> None:
             if table.has(name, "5-shot", seed):
                 continue
             weights, views = VARIANTS[name]
+            cpu0 = time.process_time()
             run_dir, _, seconds = train_run(
                 out,
                 f"{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}-seed{seed}",
@@ -104,9 +111,17 @@ def main() -> None:
             res = fewshot_evaluate(
                 run.model, run.method.split("test"), shots=(1, 5), episodes=args.episodes, seed=0, device=run.device
             )
+            cpu = time.process_time() - cpu0  # training + evaluation, this process's CPU time
             for k in (1, 5):
                 table.add(
-                    name, f"{k}-shot", seed, res[f"acc_{k}shot"], ci95_episodes=res[f"ci95_{k}shot"], seconds=seconds
+                    name,
+                    f"{k}-shot",
+                    seed,
+                    res[f"acc_{k}shot"],
+                    ci95_episodes=res[f"ci95_{k}shot"],
+                    seconds=seconds,
+                    cpu_seconds=cpu,
+                    run_dir=str(run_dir),
                 )
     print(table.markdown(digits=1))
     paired = paired_differences(table, *args.paired) if args.paired else {}

@@ -56,3 +56,21 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """``fewlabels ARGS`` in this process: (exit status, stdout, the ``error:`` lines); a traceback fails the test."""
+    from fewlabels.cli import main
+    from fewlabels.engine import allocator
+
+    monkeypatch.setattr(allocator, "_opted_in", False)  # main() opts in; the test process is put back as it was
+
+    def run(*args: str) -> tuple[int, str, list[str]]:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err, captured.err
+        return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("error:")]
+
+    return run

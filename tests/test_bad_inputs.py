@@ -1,5 +1,7 @@
-"""Bad-input catalogue: every row runs the real CLI in a subprocess and must fail with a non-zero status, one clear
-message naming the problem (file, key or value) and no traceback. Rows are added as methods land."""
+"""Bad-input catalogue: every row runs the CLI (``main``, in this process, with the test-only "toy" method
+registered) and must fail with a non-zero status, exactly one ``error:`` line naming the problem (file, key or value),
+no traceback, and no change to any file it was given (sha256 before and after). Two rows also run through the real
+entry point, ``python -m fewlabels``, in a fresh interpreter. Rows are added as methods land."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import torch
 import yaml
 from PIL import Image
 
+import toy_method  # noqa: F401 - registers the "toy" method of the run directory the resume rows use
+from cli_cases import digests, error_lines, given_paths, run_cli, tiny_scl_config
 from conftest import subprocess_env
-
-TESTS = Path(__file__).resolve().parent
-ENTRY = str(TESTS / "toy_method.py")  # the CLI, with the test-only "toy" method registered
+from fewlabels.config import write_yaml
+from fewlabels.registry import config_from_dict
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -50,7 +53,9 @@ def world(tmp_path_factory) -> Path:
     # a toy run directory whose only checkpoint is corrupt
     run = t / "runs/toyrun"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"method": "toy", "name": "toyrun", "output_dir": str(t / "runs")}))
+    # its config as training writes it (a resume writes it again, the same, before it reads the checkpoint)
+    toy = config_from_dict({"method": "toy", "name": "toyrun", "output_dir": str(t / "runs")})
+    write_yaml(toy, run / "config.yaml")
     (run / "checkpoints/step_00000002.pt").write_bytes(b"garbage")
     (run / "checkpoints/step_00000002.sha256").write_text("0" * 64)
     # config files
@@ -64,23 +69,8 @@ def world(tmp_path_factory) -> Path:
     (t / "rb.yaml").write_text(yaml.safe_dump({"method": "relbitfit", "output_dir": str(t / "runs")}))
     (t / "cct.yaml").write_text(yaml.safe_dump({"method": "cct", "output_dir": str(t / "runs")}))
     # a tiny trained few-shot run for the episode-request cases
-    scl = {
-        "method": "scl",
-        "name": "sclrun",
-        "output_dir": str(t / "runs"),
-        "model": {"backbone": "conv4"},
-        "data": {"dataset": "glyphs", "image_size": 32, "glyphs_per_class": 4},
-        "eval": {"shots": [1], "queries": 2, "val_episodes": 3},
-        "train": {"steps": 1, "batch_size": 4, "checkpoint_every": 1},
-    }
-    (t / "scl.yaml").write_text(yaml.safe_dump(scl))
-    res = subprocess.run(
-        [sys.executable, "-m", "fewlabels", "train", str(t / "scl.yaml")],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    (t / "scl.yaml").write_text(yaml.safe_dump(tiny_scl_config(t / "runs")))
+    res = run_cli(["train", str(t / "scl.yaml")])
     assert res.returncode == 0, res.stderr[-2000:]
     return t
 
@@ -219,31 +209,55 @@ CASES = [
 ]
 
 
-def _run(world: Path, args: list[str]) -> subprocess.CompletedProcess:
-    argv = [a.replace("{t}", str(world)) for a in args]
-    return subprocess.run(
-        [sys.executable, ENTRY, *argv], capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=world
-    )
-
-
 @pytest.fixture(scope="module")
-def outcomes(world) -> dict[str, subprocess.CompletedProcess]:
-    """Every case's subprocess, run three at a time (each is mostly interpreter start-up)."""
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {name: pool.submit(_run, world, args) for name, args, _ in CASES}
-        return {name: f.result() for name, f in futures.items()}
+def outcomes(world) -> dict[str, tuple[subprocess.CompletedProcess[str], dict[str, str], dict[str, str]]]:
+    """Every case's outcome (run in this process, in the fixture folder), with the digests of the files it was given
+    before and after."""
+    results = {}
+    for name, args, _ in CASES:
+        argv = [a.replace("{t}", str(world)) for a in args]
+        before = digests(given_paths(world, argv))
+        res = run_cli(argv, cwd=world)
+        results[name] = (res, before, digests(given_paths(world, argv)))
+    return results
+
+
+def _assert_one_clear_error(res: subprocess.CompletedProcess[str], fragments: list[str], world: Path) -> None:
+    assert res.returncode != 0, res.stdout[-1000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = error_lines(res.stderr)
+    assert len(errors) == 1, res.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment.replace("{t}", str(world)).lower() in errors[0].lower(), errors[0]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_fails_with_one_clear_message(world, outcomes, case):
     name, _, fragments = case
-    res = outcomes[name]
-    assert res.returncode != 0, res.stdout[-1000:]
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment.replace("{t}", str(world)).lower() in errors[0].lower(), errors[0]
+    res, before, after = outcomes[name]
+    _assert_one_clear_error(res, fragments, world)
+    assert after == before, "an input file changed"
+
+
+#: rows also run through the real entry point: the interpreter's start-up, ``python -m fewlabels`` and its exit status
+ENTRY_POINT_CASES = ["config file not found", "unknown config key"]
+
+
+def test_the_real_entry_point_fails_with_one_clear_message(world):
+    """``python -m fewlabels`` in a fresh interpreter (both rows at once: each is mostly interpreter start-up)."""
+    rows = {name: (args, fragments) for name, args, fragments in CASES if name in ENTRY_POINT_CASES}
+    assert sorted(rows) == sorted(ENTRY_POINT_CASES)
+
+    def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+        argv = [a.replace("{t}", str(world)) for a in args]
+        command = [sys.executable, "-m", "fewlabels", *argv]
+        return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=300, cwd=world)
+
+    with ThreadPoolExecutor(max_workers=len(rows)) as pool:
+        results = dict(zip(rows, pool.map(run, [args for args, _ in rows.values()])))
+    for name, (_, fragments) in rows.items():
+        assert results[name].returncode == 2, results[name].stderr[-2000:]
+        _assert_one_clear_error(results[name], fragments, world)
 
 
 def test_the_catalogue_is_long_enough():

@@ -23,8 +23,15 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_report(run_dir: str | Path, device: str = "auto", overrides: Sequence[str] = ()) -> Path:
-    """Write ``RUN_DIR/report.md`` (+ PNGs in ``RUN_DIR/report/``) and return its path.
+def build_report(
+    run_dir: str | Path,
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    which: str = "best",
+    out_dir: str | Path | None = None,
+) -> Path:
+    """Write ``OUT/report.md`` (+ PNGs in ``OUT/report/``) and return its path; ``OUT`` is ``out_dir`` (created if
+    needed), by default the run directory. The figures are drawn with the ``which`` weights (``best`` or ``last``).
 
     The figures read the run's validation data (``overrides`` such as ``data.root=...`` say where it is now); when
     it cannot be read, the report is written without them and says why.
@@ -33,9 +40,10 @@ def build_report(run_dir: str | Path, device: str = "auto", overrides: Sequence[
     from fewlabels.engine import load_run
     from fewlabels.viz import plot_curves
 
-    run = load_run(run_dir, device=device, overrides=overrides)
-    out = run.run_dir / "report"
-    out.mkdir(exist_ok=True)
+    run = load_run(run_dir, which=which, device=device, overrides=overrides)
+    root = run.run_dir if out_dir is None else Path(out_dir)
+    out = root / "report"
+    out.mkdir(parents=True, exist_ok=True)
     records = read_metrics(run.run_dir / "metrics.jsonl")
     lines = [
         f"# Report: {run.run_dir.name}",
@@ -53,7 +61,7 @@ def build_report(run_dir: str | Path, device: str = "auto", overrides: Sequence[
             if train_rows
             else "",
             "",
-            f"![training curves]({curves.relative_to(run.run_dir)})",
+            f"![training curves]({curves.relative_to(root)})",
             "",
         ]
     best_path = run.run_dir / "best.json"
@@ -70,7 +78,7 @@ def build_report(run_dir: str | Path, device: str = "auto", overrides: Sequence[
     if figures:
         lines += ["## Figures", ""]
         for title, path in figures.items():
-            lines += [f"**{title}**", "", f"![{title}]({Path(path).relative_to(run.run_dir)})", ""]
-    report = run.run_dir / "report.md"
+            lines += [f"**{title}**", "", f"![{title}]({Path(path).relative_to(root)})", ""]
+    report = root / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

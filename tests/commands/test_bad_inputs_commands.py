@@ -12,16 +12,12 @@ The rows of ``train`` beyond these and the run-directory faults are in ``tests/t
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
-import hashlib
 import io
 import json
-import logging
 import os
 import shutil
 import subprocess
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,14 +26,16 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from safetensors import safe_open
 
+from cli_cases import digests, error_lines, given_paths, run_cli, tiny_scl_config
 from fewlabels.cli import main
 from fewlabels.data.base import DataError
 from fewlabels.data.common import read_rgb
 from fewlabels.data.registry import load_segmentation
 from fewlabels.data.seg_folder import FolderSegmentation
-from fewlabels.engine import allocator
 from fewlabels.registry import load_config
+from fewlabels.viz import colorize
 
 SIZE = 32
 
@@ -67,46 +65,24 @@ def _seg_folder(root: Path, n: int = 4, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def _digests(paths: list[Path]) -> dict[str, str]:
-    files: list[Path] = []
-    for p in paths:
-        if p.is_file():
-            files.append(p)
-        elif p.is_dir():
-            files += [f for f in p.rglob("*") if f.is_file()]
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(files)}
-
-
-def _cli(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """``fewlabels ARGS`` run in this process (an interpreter start per row would make the catalogue slow): its
-    exit status, stdout, and stderr with the warnings logged; an exception that escapes is a traceback in stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    handler = logging.StreamHandler(err)
-    handler.setLevel(logging.WARNING)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    opted = allocator._opted_in
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(args)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 2
-            except BaseException:  # noqa: BLE001 - what a user would see as a traceback
-                err.write(traceback.format_exc())
-                code = 1
-    finally:
-        root.removeHandler(handler)
-        allocator._opted_in = opted  # main() opts the process in; the test process is put back as it was
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two tiny trained runs (supervised on a seg-folder whose data is then moved away; few-shot on glyphs) and
-    the broken files and folders of the catalogue."""
+    """Three tiny trained runs (supervised on a seg-folder and AC on an image-folder, whose data are then moved away;
+    few-shot on glyphs) and the broken files and folders of the catalogue."""
     t = tmp_path_factory.mktemp("cmds")
     images = _seg_folder(t / "train_data")
+    _seg_folder(t / "ac_data")  # the same images (and masks, to match clusters to classes) as an image-folder
+    (t / "ac_data/classes.txt").write_text("left\nright\n")
+    ac = {
+        "method": "ac",
+        "name": "acrun",
+        "output_dir": str(t / "runs"),
+        "model": {"widths": [4, 4], "decoder_blocks": 0},
+        "loss": {"displacement": 2},
+        "data": {"dataset": "image-folder", "root": str(t / "ac_data"), "input_size": 16, "eval_batch_size": 2},
+        "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 1},
+    }
+    (t / "ac.yaml").write_text(yaml.safe_dump(ac))
     sup = {
         "method": "supervised",
         "output_dir": str(t / "runs"),
@@ -116,22 +92,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "eval": {"batch_size": 2},
     }
     (t / "sup.yaml").write_text(yaml.safe_dump(sup))
-    scl = {
-        "method": "scl",
-        "name": "sclrun",
-        "output_dir": str(t / "runs"),
-        "model": {"backbone": "conv4"},
-        "data": {"dataset": "glyphs", "image_size": 32, "glyphs_per_class": 4},
-        "eval": {"shots": [1], "queries": 2, "val_episodes": 3},
-        "train": {"steps": 1, "batch_size": 4, "checkpoint_every": 1},
-    }
-    (t / "scl.yaml").write_text(yaml.safe_dump(scl))
+    (t / "scl.yaml").write_text(yaml.safe_dump(tiny_scl_config(t / "runs")))
     (t / "cct.yaml").write_text(yaml.safe_dump({"method": "cct", "output_dir": str(t / "runs")}))
-    for argv in (["train", str(t / "sup.yaml"), "name=segrun"], ["train", str(t / "scl.yaml")]):
-        res = _cli(argv)
+    for argv in (
+        ["train", str(t / "sup.yaml"), "name=segrun"],
+        ["train", str(t / "scl.yaml")],
+        ["train", str(t / "ac.yaml")],
+    ):
+        res = run_cli(argv)
         assert res.returncode == 0, res.stderr[-3000:]
-    # The run's training data is gone from where it was trained (item 9): it now lives elsewhere.
+    # AC's predictions of its first two images while its data is in place: those of photos/a.png and b.png below
+    ac_images = [str(t / f"ac_data/images/im{i}.png") for i in (0, 1)]
+    res = run_cli(["predict", str(t / "runs/acrun"), *ac_images, "--out", str(t / "ac_with_data")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    # The runs' training data are gone from where they were trained (item 9): they now live elsewhere.
     shutil.move(t / "train_data", t / "moved_data")
+    shutil.move(t / "ac_data", t / "ac_moved")
     run = t / "runs/segrun"
     # a run whose weight files and checkpoints are all unreadable
     shutil.copytree(run, t / "runs/allbad", ignore=shutil.ignore_patterns(".lock"))
@@ -307,20 +283,13 @@ if not GPU:
     ]
 
 
-def _paths(world: Path, argv: list[str]) -> list[Path]:
-    """The existing files and folders among a case's arguments and override values (a run directory, inputs, --out,
-    config files, data.root=...)."""
-    values = [a.split("=", 1)[1] if "=" in a and not a.startswith(str(world)) else a for a in argv]
-    return [Path(v) for v in values if v.startswith(str(world)) and Path(v).exists()]
-
-
 @pytest.fixture(scope="module")
 def outcomes(world: Path) -> dict[str, tuple[subprocess.CompletedProcess, dict[str, str], dict[str, str]]]:
     """Every case's outcome, with the digests of the files it was given before and after."""
     argvs = {name: [a.replace("{t}", str(world)) for a in args] for name, args, _ in CASES}
-    before = {name: _digests(_paths(world, argv)) for name, argv in argvs.items()}
-    results = {name: _cli(argv) for name, argv in argvs.items()}
-    return {name: (results[name], before[name], _digests(_paths(world, argvs[name]))) for name in argvs}
+    before = {name: digests(given_paths(world, argv)) for name, argv in argvs.items()}
+    results = {name: run_cli(argv) for name, argv in argvs.items()}
+    return {name: (results[name], before[name], digests(given_paths(world, argvs[name]))) for name in argvs}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -329,7 +298,7 @@ def test_bad_input_is_one_error_line_and_changes_no_file(world, outcomes, case):
     res, before, after = outcomes[name]
     assert res.returncode != 0, res.stdout[-1000:]
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    errors = error_lines(res.stderr)
     assert len(errors) == 1, res.stderr[-2000:]
     for fragment in fragments:
         assert fragment.replace("{t}", str(world)).lower() in errors[0].lower(), errors[0]
@@ -358,28 +327,63 @@ def test_a_trained_run_predicts_without_its_training_data(world, tmp_path):
     """Item 9: the data is gone from its path; predict needs only the classes (from the run), eval and report take
     data.root=... to find it."""
     assert not (world / "train_data").exists()
-    res = _cli(["predict", str(world / "runs/segrun"), str(world / "photos"), "--out", str(tmp_path / "p")], world)
+    res = run_cli(["predict", str(world / "runs/segrun"), str(world / "photos"), "--out", str(tmp_path / "p")], world)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
     moved = f"data.root={world / 'moved_data'}"
-    res = _cli(["eval", str(world / "runs/segrun"), moved], world)
+    res = run_cli(["eval", str(world / "runs/segrun"), moved], world)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "miou" in json.loads(res.stdout)["metrics"]
-    res = _cli(["report", str(world / "runs/segrun"), moved], world)
+    res = run_cli(["report", str(world / "runs/segrun"), moved], world)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "predictions.png" in (world / "runs/segrun/report.md").read_text()
+
+
+def test_an_ac_run_predicts_without_its_training_data(world, tmp_path):
+    """AC: the clusters come from the run's saved head and their classes from the matching of its last evaluation,
+    so predict reads no data; the predictions are those made while the data was in place."""
+    assert not (world / "ac_data").exists()
+    res = run_cli(["predict", str(world / "runs/acrun"), str(world / "photos"), "--out", str(tmp_path / "p")], world)
+    assert res.returncode == 0, res.stderr[-3000:]
+    written = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert written == ["a_clusters.png", "a_colour.png", "b_clusters.png", "b_colour.png"]
+    with safe_open(str(world / "runs/acrun/best.safetensors"), framework="pt") as fh:
+        mapping = fh.get_tensor("cluster_to_class").numpy()
+    assert sorted(mapping.tolist()) == [0, 1]  # the evaluation matched the 2 clusters to the 2 classes
+    for name, same_image in (("a", "im0"), ("b", "im1")):
+        clusters = np.asarray(Image.open(tmp_path / f"p/{name}_clusters.png"))
+        assert clusters.shape == (SIZE, SIZE) and set(np.unique(clusters).tolist()) <= {0, 1}
+        with_data = np.asarray(Image.open(world / f"ac_with_data/{same_image}_clusters.png"))
+        np.testing.assert_array_equal(clusters, with_data)
+        colour = np.asarray(Image.open(tmp_path / f"p/{name}_colour.png"))
+        np.testing.assert_array_equal(colour, colorize(mapping[clusters].astype(np.uint8), 2))
+    res = run_cli(["eval", str(world / "runs/acrun"), f"data.root={world / 'ac_moved'}"], world)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # two clusters, two classes: the better of the two matchings is right on at least half of the pixels
+    assert 0.5 <= json.loads(res.stdout)["metrics"]["pixel_accuracy"] <= 1.0
 
 
 def test_predict_refuses_to_overwrite_an_input_file_whatever_the_paths(world, tmp_path):
     """Item 1: ``predict RUN dir/*.png --out dir`` wrote the masks over the photos."""
     photos = tmp_path / "photos"
     shutil.copytree(world / "photos", photos)
-    before = _digests([photos])
-    res = _cli(
+    before = digests([photos])
+    res = run_cli(
         ["predict", str(world / "runs/segrun"), *map(str, sorted(photos.glob("*.png"))), "--out", str(photos)], tmp_path
     )
     assert res.returncode == 2 and "overwrite the input file" in res.stderr, res.stderr[-2000:]
-    assert _digests([photos]) == before and sorted(p.name for p in photos.iterdir()) == ["a.png", "b.png"]
+    assert digests([photos]) == before and sorted(p.name for p in photos.iterdir()) == ["a.png", "b.png"]
+    # an output that is an input through a hard link or a symlink, from another folder
+    (tmp_path / "hard").mkdir()
+    os.link(photos / "a.png", tmp_path / "hard/a.png")
+    (tmp_path / "soft").mkdir()
+    (tmp_path / "soft/b_overlay.png").symlink_to(photos / "b.png")
+    before = digests([tmp_path])
+    for out in ("hard", "soft"):
+        res = run_cli(["predict", str(world / "runs/segrun"), str(photos), "--out", out], tmp_path)
+        assert res.returncode == 2 and len(error_lines(res.stderr)) == 1, res.stderr[-2000:]
+        assert "overwrite the input file" in res.stderr and str(photos) in res.stderr, res.stderr[-2000:]
+    assert digests([tmp_path]) == before  # and nothing written: no new file either
 
 
 def test_predict_mirrors_the_input_tree_and_counts_what_is_on_disk(world, tmp_path):
@@ -391,7 +395,7 @@ def test_predict_mirrors_the_input_tree_and_counts_what_is_on_disk(world, tmp_pa
     Image.fromarray(image).save(tree / "a/x.jpg")
     _png(tree / "b/deeper/y.png", image)
     out = tmp_path / "out"
-    res = _cli(["predict", str(world / "runs/segrun"), str(tree), "--out", str(out)], tmp_path)
+    res = run_cli(["predict", str(world / "runs/segrun"), str(tree), "--out", str(out)], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == [
@@ -439,8 +443,8 @@ def test_16_bit_palette_rgba_and_grey_images_are_read_correctly_everywhere(world
     # predict: the 16-bit image gives the prediction of its 8-bit twin
     out16, out8 = tmp_path / "p16", tmp_path / "p8"
     run = str(world / "runs/segrun")
-    assert _cli(["predict", run, str(tmp_path / "modes/grey16.png"), "--out", str(out16)], tmp_path).returncode == 0
-    assert _cli(["predict", run, str(tmp_path / "modes/grey8.png"), "--out", str(out8)], tmp_path).returncode == 0
+    assert run_cli(["predict", run, str(tmp_path / "modes/grey16.png"), "--out", str(out16)], tmp_path).returncode == 0
+    assert run_cli(["predict", run, str(tmp_path / "modes/grey8.png"), "--out", str(out8)], tmp_path).returncode == 0
     np.testing.assert_array_equal(
         np.asarray(Image.open(out16 / "grey16.png")), np.asarray(Image.open(out8 / "grey8.png"))
     )
@@ -489,32 +493,15 @@ def test_an_unreadable_best_weights_file_falls_back_with_a_warning(world, tmp_pa
     size = (run / "best.safetensors").stat().st_size
     for content in (b"", b"garbage" * 20, (world / "runs/segrun/best.safetensors").read_bytes()[: size // 2]):
         (run / "best.safetensors").write_bytes(content)
-        res = _cli(["predict", str(run), str(world / "photos"), "--out", str(tmp_path / "out")], tmp_path)
+        res = run_cli(["predict", str(run), str(world / "photos"), "--out", str(tmp_path / "out")], tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
         assert "best.safetensors" in res.stderr and "error:" not in res.stderr
     (run / "model.safetensors").write_bytes(b"")  # then the last valid checkpoint
-    res = _cli(["predict", str(run), str(world / "photos"), "--out", str(tmp_path / "out2")], tmp_path)
+    res = run_cli(["predict", str(run), str(world / "photos"), "--out", str(tmp_path / "out2")], tmp_path)
     assert res.returncode == 0 and "checkpoint" in res.stderr, res.stderr[-3000:]
 
 
 # --- read-only places (patched in this process: permissions do not bind root) ----------------------------------------
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str, list[str]]]:
-    """Run ``fewlabels`` in this process: exit status, stdout, the ``error:`` lines (no traceback allowed)."""
-    monkeypatch.setattr(allocator, "_opted_in", False)
-
-    def run(*args: str) -> tuple[int, str, list[str]]:
-        capsys.readouterr()
-        code = main(list(args))
-        captured = capsys.readouterr()
-        assert "Traceback" not in captured.err, captured.err
-        return code, captured.out, [line for line in captured.err.splitlines() if line.startswith("error:")]
-
-    return run
-
-
 @pytest.fixture
 def read_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
     """``read_only(root)``: every open of a file below ``root`` for writing (and every mkdir there) fails with
@@ -555,23 +542,23 @@ def read_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None
 
 def test_eval_of_a_read_only_run_prints_the_metrics_and_one_error_line(world, cli, read_only):
     run = world / "runs/segrun"
-    before = _digests([run])
+    before = digests([run])
     read_only(run)
     code, out, errors = cli("eval", str(run), f"data.root={world / 'moved_data'}", "--device", "cpu")
     assert code == 2 and len(errors) == 1, errors
     assert "eval_best.json" in errors[0] and "Read-only file system" in errors[0] and "printed above" in errors[0]
     assert "miou" in json.loads(out)["metrics"]
-    assert _digests([run]) == before
+    assert digests([run]) == before
 
 
 def test_report_of_a_read_only_run_is_one_error_line(world, cli, read_only):
     run = world / "runs/segrun"
     shutil.rmtree(run / "report", ignore_errors=True)
-    before = _digests([run])
+    before = digests([run])
     read_only(run)
     code, _, errors = cli("report", str(run), "--device", "cpu")
     assert code == 2 and len(errors) == 1 and "Read-only file system" in errors[0], errors
-    assert _digests([run]) == before
+    assert digests([run]) == before
 
 
 def test_predict_into_a_read_only_place_is_one_error_line(world, cli, read_only, tmp_path):
@@ -584,7 +571,7 @@ def test_predict_into_a_read_only_place_is_one_error_line(world, cli, read_only,
 
 def test_data_check_decodes_every_image_with_a_progress_bar(world):
     """``data check`` opens every image in full (labeled, unlabeled, validation), showing its progress on stderr."""
-    res = _cli(["data", "check", "seg-folder", str(world / "moved_data")])
+    res = run_cli(["data", "check", "seg-folder", str(world / "moved_data")])
     assert res.returncode == 0, res.stdout + res.stderr
     counts = dict(line.strip().rsplit(None, 1) for line in res.stdout.splitlines()[1:] if line.startswith("  "))
     assert counts["images decoded"] == "4"

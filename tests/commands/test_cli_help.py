@@ -17,6 +17,7 @@ EXPECTED = {
     "eval",
     "predict",
     "report",
+    "export",
     "data",
     "methods",
     "demo",
@@ -47,7 +48,7 @@ def test_every_command_family_adds_its_commands_once():
     assert {path[0] for path in ALL} == EXPECTED
     assert len([p for p in ALL if len(p) == 1]) == len(EXPECTED)
     assert ("data", "check") in ALL
-    assert len(COMMANDS) == 7
+    assert len(COMMANDS) == 8
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -127,6 +127,27 @@ def test_seg_folder_check_counts_and_orphan_masks(tmp_path: Path) -> None:
     assert f"is {W}x{H}" in report.problems[1] and f"is {W}x{H - 1}" in report.problems[1]
 
 
+@pytest.mark.parametrize("kind", ["seg-folder", "image-folder"])
+def test_folder_checkers_report_a_missing_or_empty_images_folder_and_an_empty_classes_file(
+    kind: str, tmp_path: Path
+) -> None:
+    report = check_dataset(kind, tmp_path)
+    assert len(report.problems) == 1 and f"image folder not found: {tmp_path / 'images'}" in report.problems[0]
+    assert "Expected layout:" in report.problems[0] and "images" not in report.counts
+    (tmp_path / "images").mkdir()
+    report = check_dataset(kind, tmp_path)
+    assert f"no images in {tmp_path / 'images'}" in report.problems and report.counts["images"] == 0
+    write_png(tmp_path / "images" / "a.png", np.zeros((H, W, 3)))
+    write_png(tmp_path / "masks" / "a.png", np.ones((H, W)))
+    (tmp_path / "classes.txt").write_text("\n\n")
+    report = check_dataset(kind, tmp_path)
+    assert report.problems == [f"{tmp_path / 'classes.txt'} names no class"]
+    assert report.counts["images"] == 1 and report.counts["classes (classes.txt)"] == 0
+    (tmp_path / "classes.txt").write_text("x\ny\n")
+    report = check_dataset(kind, tmp_path)
+    assert report.ok and report.counts["classes (classes.txt)"] == 2
+
+
 def test_unknown_kind_suggests_the_closest(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         check_dataset("vco", tmp_path)

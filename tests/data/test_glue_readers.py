@@ -220,3 +220,23 @@ def test_data_check_glue_counts_every_task(glue_root):
     (glue_root / "WNLI" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\t7\n")
     get_dataset("glue").check(glue_root, broken)
     assert not broken.ok and "WNLI/dev.tsv, line 2: unknown label '7'" in broken.problems[0]
+
+
+def test_the_reader_and_data_check_read_text_files_alike(tmp_path):
+    """One reading of CSV/TSV (header names, a byte-order mark dropped) and of JSONL (the first bad line named) serves
+    training and `data check`."""
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("\ufefftext\tlabel\na, b\t1\nc\t0\n", encoding="utf-8")
+    assert read_text_file(tsv) == [TextExample("a, b", None, 1), TextExample("c", None, 0)]
+    report = CheckReport("csv", str(tsv))
+    get_dataset("csv").check(tsv, report)
+    assert report.ok and report.counts == {"train.tsv rows (text, label)": 2}
+    jsonl = tmp_path / "dev.jsonl"
+    for second, problem in (("{not json", "invalid JSON"), ("[1, 2]", "expected a JSON object per line")):
+        jsonl.write_text(json.dumps({"text": "a", "label": 1}) + "\n\n" + second + "\n" + json.dumps({"text": "b"}))
+        with pytest.raises(DataError) as raised:
+            read_text_file(jsonl)
+        assert str(raised.value).startswith(f"{jsonl}, line 3: {problem}")
+        report = CheckReport("jsonl", str(jsonl))
+        get_dataset("jsonl").check(jsonl, report)
+        assert report.problems == [str(raised.value)] and report.counts == {"dev.jsonl rows": 1}

@@ -291,3 +291,14 @@ def test_an_evaluation_that_fails_at_an_evaluation_step_leaves_that_step_checkpo
     assert [r["step"] for r in val_records(run)] == [3, 6, 8]
     assert_equal_weights(weights(ref), weights(run))
     assert_equal_weights(weights(ref, "best.safetensors"), weights(run, "best.safetensors"))
+
+
+def test_a_resume_that_cannot_read_its_checkpoints_leaves_the_runs_config_alone(tmp_path, cli):
+    run = train(config_from_dict(toy_config(tmp_path, "corrupt", steps=4))).run_dir
+    before = (run / "config.yaml").read_bytes()
+    for path in list_checkpoints(run / "checkpoints"):
+        path.write_bytes(b"not a checkpoint")
+    code, errors = cli("train", "--resume", str(run), "train.steps=8")
+    assert code != 0 and len(errors) == 1 and "none of the" in errors[0]
+    assert (run / "config.yaml").read_bytes() == before  # the failed resume did not write its steps=8 into the run
+    assert yaml.safe_load(before)["train"]["steps"] == 4

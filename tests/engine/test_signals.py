@@ -171,6 +171,25 @@ def test_a_second_signal_stops_at_once():
     assert stop.value.exit_code == 130
 
 
+def test_a_sigterm_delivered_twice_at_once_is_one_request_and_a_later_one_stops_at_once(monkeypatch):
+    from fewlabels.engine import signals
+
+    clock = [100.0]
+    monkeypatch.setattr(signals.time, "monotonic", lambda: clock[0])
+    with StopRequest() as request:
+        os.kill(os.getpid(), signal.SIGTERM)  # from SLURM
+        time.sleep(0.01)
+        clock[0] += 0.2
+        os.kill(os.getpid(), signal.SIGTERM)  # the same request forwarded by torchrun
+        time.sleep(0.01)
+        assert request.signum == signal.SIGTERM  # still only recorded: the step finishes and is checkpointed
+        clock[0] += signals.DUPLICATE_SIGTERM_S
+        with pytest.raises(TrainingInterrupted, match="second SIGTERM") as stop:
+            os.kill(os.getpid(), signal.SIGTERM)  # a user insisting, seconds later
+            time.sleep(1)
+    assert stop.value.exit_code == 143
+
+
 def test_every_process_stops_at_the_same_step_under_torchrun(tmp_path):
     single = train(config_from_dict(toy_config(tmp_path, "single", steps=6))).run_dir
     cfg_file = tmp_path / "dist.yaml"

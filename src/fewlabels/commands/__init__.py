@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from fewlabels.commands import data, demo, fewshot, methods, peft, pseudo_labels, run
+from fewlabels.commands import data, demo, export, fewshot, methods, peft, pseudo_labels, run
 
 __all__ = ["COMMANDS", "add_commands"]
 
 #: the ``add_commands`` of every command family, in ``fewlabels --help`` order
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     run.add_commands,
+    export.add_commands,
     data.add_commands,
     methods.add_commands,
     demo.add_commands,

@@ -113,13 +113,22 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def prediction_csv(out: str, support: str, inputs: list[str]) -> Path:
     """The CSV that ``predict --support`` writes: ``--out`` itself if it ends in ``.csv``, else
-    ``OUT/fewshot_predictions.csv``; refused (ConfigError) when it is an input or lies inside an input folder."""
+    ``OUT/fewshot_predictions.csv``; refused (ConfigError) when it lies inside the support folder or a query folder,
+    or is one of their files or a query file (the same path once resolved, a symlink or a hard link to one)."""
+    from fewlabels.data.common import InputFiles
+
     given = Path(out)
     target = (given if given.suffix.lower() == ".csv" else given / "fewshot_predictions.csv").resolve()
-    for item in [support, *inputs]:
-        p = Path(item).resolve()
-        if target == p or (p.is_dir() and p in target.parents):
-            raise ConfigError("--out", f"{target} would be written into the input {item}; choose a path outside it")
+    items = [Path(item) for item in [support, *inputs]]
+    folders = [p for p in items if p.is_dir()]
+    files = [p for p in items if not p.is_dir()] + [f for d in folders for f in d.rglob("*") if f.is_file()]
+    sources = InputFiles(files, folders)
+    inside = sources.folder_of(target)
+    if inside is not None:
+        raise ConfigError("--out", f"{target} would be written into the input {inside}; choose a path outside it")
+    source = sources.overwritten_by(target)
+    if source is not None:
+        raise ConfigError("--out", f"{target} would overwrite the input file {source}; choose a path outside them")
     return target
 
 

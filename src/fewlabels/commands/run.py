@@ -62,7 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("config", "give a config file (e.g. configs/supervised/scenes.yaml) or --resume RUN_DIR")
         config = load_config(config_path, overrides)
     result = train(config, args.resume)
-    print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, "metrics": result.metrics}, indent=2))
+    if result.is_main:  # under torchrun, one JSON result for the whole group
+        print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps, "metrics": result.metrics}, indent=2))
     return 0
 
 
@@ -96,7 +97,9 @@ def _write_failed(what: Path, error: OSError, after: str = "") -> RunDirError:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's weights on its validation split; print and write ``eval_<weights>.json`` (the metrics are
-    printed even when the run directory is read-only; the exit status then says the file was not written)."""
+    printed even when the run directory is read-only; the exit status then says the file was not written).
+
+    The JSON records how it was obtained: the weights file, the device and the command line's overrides."""
     from fewlabels.data.base import DataError
     from fewlabels.engine import load_run
 
@@ -105,7 +108,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = run.evaluate()
     except DataError as e:
         raise _data_hint(e) from None
-    out = {"run_dir": str(run.run_dir), "weights": run.weights.name, "metrics": metrics}
+    out = {
+        "run_dir": str(run.run_dir),
+        "weights": run.weights.name,
+        "device": str(run.device),
+        "overrides": list(args.overrides),
+        "metrics": metrics,
+    }
     print(json.dumps(out, indent=2))
     target = run.run_dir / f"eval_{run.weights.stem}.json"
     try:
@@ -151,14 +160,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write a run's ``report.md`` with its curves, metrics and figures."""
+    """Write a run's ``report.md`` with its curves, metrics and figures into ``--out`` (default: the run directory)."""
     from fewlabels.report import build_report
 
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(
+            "--out", f"{args.out} is an existing file; --out names a folder for report.md and its figures"
+        )
     try:
-        path = build_report(args.run_dir, device=args.device, overrides=args.overrides)
+        path = build_report(
+            args.run_dir, device=args.device, overrides=args.overrides, which=args.weights, out_dir=args.out
+        )
     except OSError as e:
-        where = Path(e.filename) if isinstance(e.filename, str) else Path(args.run_dir)
-        raise _write_failed(where, e, "; the report is written into the run directory: make it writable") from None
+        where = Path(e.filename) if isinstance(e.filename, str) else Path(args.out or args.run_dir)
+        after = "; the report goes to --out (default: the run directory): choose a writable folder"
+        raise _write_failed(where, e, after) from None
     print(f"report written to {path}")
     return 0
 
@@ -216,5 +232,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     r = subparsers.add_parser("report", help="write report.md with curves, metrics and figures for a run")
     r.add_argument("run_dir")
     r.add_argument("overrides", nargs="*", help="key.sub=value overrides (e.g. data.root=/elsewhere)")
+    r.add_argument(
+        "--out",
+        metavar="DIR",
+        help="folder for report.md and report/ (default: the run directory, which may be read-only or someone else's)",
+    )
+    r.add_argument("--weights", choices=["best", "last"], default="best", help="weights the figures are drawn with")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.set_defaults(func=cmd_report)

@@ -2,17 +2,23 @@
 
 Reading: :func:`read_rgb` and :func:`read_index_mask` decode a file or raise a :class:`~fewlabels.data.base.DataError`
 that names it; :func:`check_mask_values` and :func:`check_same_size` reject masks that do not fit their classes or
-their image. Listing: :func:`list_images` (a folder's images by stem), :func:`find_inputs` (the images among the
-paths given to ``predict``), :func:`read_class_names`.
+their image; :func:`open_csv` and :func:`read_jsonl` read the rows of text files. Listing: :func:`list_images` (a
+folder's images by stem), :func:`find_inputs` (the images among the paths given to ``predict``),
+:func:`read_class_names`. Writing: :func:`plan_outputs` names the outputs of ``predict``, and :class:`InputFiles`
+refuses any output that is, or lies inside, one of the command's inputs.
 
 Checking: every dataset's layout checker fills a :class:`CheckReport` (``fewlabels data check KIND ROOT``);
-:func:`report_missing` and :func:`check_sampled_masks` are the steps most checkers share.
+:func:`check_image_dir`, :func:`check_classes_file`, :func:`report_missing` and :func:`check_sampled_masks` are the
+steps most checkers share.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,9 @@ __all__ = [
     "CheckReport",
     "CheckerFunc",
     "DatasetMetadata",
+    "InputFiles",
+    "check_classes_file",
+    "check_image_dir",
     "check_images_decode",
     "check_mask_extensions",
     "check_mask_values",
@@ -39,9 +48,11 @@ __all__ = [
     "find_inputs",
     "list_images",
     "missing_files_error",
+    "open_csv",
     "plan_outputs",
     "read_class_names",
     "read_index_mask",
+    "read_jsonl",
     "read_rgb",
     "to_rgb8",
     "report_missing",
@@ -204,6 +215,30 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_path: str, mask_p
         )
 
 
+@contextmanager
+def open_csv(path: Path) -> Iterator[csv.DictReader[str]]:
+    """A reader of the rows of a CSV file (``.tsv``: tab-separated) by its header line's names; a byte-order mark
+    before the header is dropped."""
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        yield csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The objects of a JSONL file with their 1-based line numbers (blank lines skipped); a line that is not valid
+    JSON, or not an object, is a DataError naming the file and the line."""
+    with path.open(encoding="utf-8") as fh:
+        for line, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {line}: invalid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}, line {line}: expected a JSON object per line")
+            yield line, record
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Listing files
 
@@ -276,6 +311,47 @@ def plan_outputs(inputs: Sequence[Path], suffixes: Sequence[str] = IMAGE_EXTENSI
     return out
 
 
+class InputFiles:
+    """The files and folders a command reads, so that none of its outputs changes them.
+
+    :meth:`overwritten_by` finds the input file that writing an output would overwrite: the same path once resolved
+    (symlinks, ``..``, relative paths) or the same file on disk (a hard link, or a symlink to one). :meth:`folder_of`
+    finds the input folder an output would lie in. Outputs are checked before anything is written.
+    """
+
+    def __init__(self, files: Iterable[str | Path], folders: Iterable[str | Path] = ()) -> None:
+        self.paths: dict[Path, Path] = {}
+        self.inodes: dict[tuple[int, int], Path] = {}
+        for f in map(Path, files):
+            self.paths.setdefault(f.resolve(), Path(os.path.abspath(f)))
+            try:
+                st = f.stat()
+            except OSError:  # not there (yet): no file on disk to share
+                continue
+            self.inodes.setdefault((st.st_dev, st.st_ino), Path(os.path.abspath(f)))
+        self.folders = {Path(d).resolve(): Path(os.path.abspath(d)) for d in folders}
+
+    def overwritten_by(self, target: Path) -> Path | None:
+        """The input file (its absolute path as given) that writing ``target`` would overwrite, or None."""
+        found = self.paths.get(target.resolve())
+        if found is not None:
+            return found
+        try:
+            st = target.stat()
+        except OSError:  # a new file (or a dangling link, which writes a new file too)
+            return None
+        return self.inodes.get((st.st_dev, st.st_ino))
+
+    def folder_of(self, target: Path) -> Path | None:
+        """The input folder (its absolute path as given) that ``target`` would be written into, at any depth, or
+        None."""
+        resolved = target.resolve()
+        for folder in (resolved, *resolved.parents):
+            if folder in self.folders:
+                return self.folders[folder]
+        return None
+
+
 def missing_files_error(what: str, paths: Sequence[str], layout: str, total: int) -> DataError:
     """A DataError saying how many of ``total`` ``what`` are missing, with a few of their paths and the layout."""
     shown = "\n".join(f"  {p}" for p in paths[:SHOWN_PATHS])
@@ -344,16 +420,41 @@ def report_missing(report: CheckReport, what: str, paths: Sequence[str | Path], 
     report.add_problem(f"{len(paths)} of {total} {what} missing:\n{shown}{more}")
 
 
-def check_images_decode(report: CheckReport, paths: Sequence[Path], what: str = "images") -> int:
-    """Decode every file of ``paths`` fully (pixels, not just the header), with a progress bar on stderr; add one
-    problem per file that fails (named), and return how many decoded. A 16-bit or palette image decodes like any
-    other (:func:`read_rgb`)."""
-    import sys
+def check_image_dir(report: CheckReport, image_dir: Path, layout: str) -> dict[str, Path] | None:
+    """The images directly inside ``image_dir`` by stem (:func:`list_images`), counted as ``images``; a problem when
+    the folder is missing (then None, the ``layout`` shown) or holds no image (then an empty mapping)."""
+    if not image_dir.is_dir():
+        report.add_problem(f"image folder not found: {image_dir}\nExpected layout:\n{layout}")
+        return None
+    images = list_images(image_dir)
+    report.counts["images"] = len(images)
+    if not images:
+        report.add_problem(f"no images in {image_dir}")
+    return images
 
-    from tqdm import tqdm
+
+def check_classes_file(report: CheckReport, root: Path) -> int | None:
+    """The number of classes that ``root/classes.txt`` names, counted as ``classes (classes.txt)``; None without the
+    file, and None with a problem when it names no class."""
+    classes_file = root / "classes.txt"
+    if not classes_file.is_file():
+        return None
+    num_classes = len(read_class_names(classes_file))
+    report.counts["classes (classes.txt)"] = num_classes
+    if num_classes == 0:
+        report.add_problem(f"{classes_file} names no class")
+        return None
+    return num_classes
+
+
+def check_images_decode(report: CheckReport, paths: Sequence[Path], what: str = "images") -> int:
+    """Decode every file of ``paths`` fully (pixels, not just the header), with its progress on stderr
+    (:mod:`fewlabels.progress`); add one problem per file that fails (named), and return how many decoded. A 16-bit
+    or palette image decodes like any other (:func:`read_rgb`)."""
+    from fewlabels.progress import track
 
     bad: list[str] = []
-    for path in tqdm(paths, desc=f"decoding {what}", unit="img", file=sys.stderr, leave=False, disable=not paths):
+    for path in track(paths, len(paths), f"decoding {what}", "files"):
         try:
             read_rgb(path)
         except DataError as exc:

@@ -7,7 +7,8 @@ A dataset of this family registers a builder ``(options: FewShotOptions, split) 
 contiguous ``0..K-1`` within the split), ``num_classes`` and ``class_names`` for the episode samplers.
 
 The datasets: ``mini-imagenet``, ``tiered-imagenet``, ``cifar-fs``, ``fc100``, ``fewshot-folder`` (one module
-each) and the embedded ``glyphs`` (``glyphs.py``).
+each), the embedded ``glyphs`` (``glyphs.py``) and the evaluation-only ``digits`` (``digits.py``, bundled
+with scikit-learn).
 """
 
 from __future__ import annotations

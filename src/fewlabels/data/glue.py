@@ -26,14 +26,13 @@ GLUE TSVs are read without quote processing (``csv.QUOTE_NONE``): sentences cont
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fewlabels.data.base import DataError
-from fewlabels.data.common import CheckReport
+from fewlabels.data.common import CheckReport, open_csv, read_jsonl
 from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
 
 __all__ = [
@@ -260,21 +259,10 @@ def read_text_file(
         examples.append(TextExample(str(record[text_column]), pair, label))
 
     if p.suffix.lower() in (".jsonl", ".json"):
-        with p.open(encoding="utf-8") as fh:
-            for line, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{p}, line {line}: invalid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{p}, line {line}: expected a JSON object per line")
-                add(record, f"{p}, line {line}")
+        for line, record in read_jsonl(p):
+            add(record, f"{p}, line {line}")
     elif p.suffix.lower() in (".csv", ".tsv"):
-        delimiter = "\t" if p.suffix.lower() == ".tsv" else ","
-        with p.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
+        with open_csv(p) as reader:
             header = reader.fieldnames or []
             absent = [c for c in wanted if c not in header]
             if absent:

@@ -21,6 +21,8 @@ from fewlabels.data.base import DataError, FewDataset, require_path
 from fewlabels.data.common import (
     IGNORE_INDEX,
     CheckReport,
+    check_classes_file,
+    check_image_dir,
     check_images_decode,
     check_sampled_masks,
     list_images,
@@ -96,21 +98,11 @@ def build_image_folder(options: UnsupervisedOptions) -> UnsupervisedData:
 
 def check_image_folder(root: Path, report: CheckReport) -> None:
     """Check ``images/``, and when there are masks that every image has one and a few of them hold valid values."""
-    image_dir = root / "images"
-    if not image_dir.is_dir():
-        report.add_problem(f"image folder not found: {image_dir}\nExpected layout:\n{IMAGE_FOLDER_LAYOUT}")
-        return
-    images = list_images(image_dir)
-    report.counts["images"] = len(images)
+    images = check_image_dir(report, root / "images", IMAGE_FOLDER_LAYOUT)
     if not images:
-        report.add_problem(f"no images in {image_dir}")
         return
     check_images_decode(report, list(images.values()))  # every image in full: a bad file is named now
-    num_classes = None
-    classes_file = root / "classes.txt"
-    if classes_file.is_file():
-        num_classes = len(read_class_names(classes_file)) or None
-        report.counts["classes (classes.txt)"] = num_classes or 0
+    num_classes = check_classes_file(report, root)
     mask_dir = root / "masks"
     if not mask_dir.is_dir():
         return  # masks are optional: without them the clusters cannot be evaluated, only trained

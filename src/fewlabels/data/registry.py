@@ -71,6 +71,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "potsdam",
     "image_folder",
     "glyphs",
+    "digits",
     "mini_imagenet",
     "tiered_imagenet",
     "cifar_fs",

@@ -17,6 +17,8 @@ from fewlabels.data.common import (
     IGNORE_INDEX,
     SHOWN_PATHS,
     CheckReport,
+    check_classes_file,
+    check_image_dir,
     check_images_decode,
     check_mask_extensions,
     check_sampled_masks,
@@ -210,13 +212,9 @@ def check_seg_folder(root: Path, report: CheckReport) -> None:
     ``val/images/``), masks with another extension than ``.png``, masks without an image, sampled mask values."""
     image_dir = root / "images"
     mask_dir = root / "masks"
-    if not image_dir.is_dir():
-        report.add_problem(f"image folder not found: {image_dir}\nExpected layout:\n{FOLDER_LAYOUT}")
+    images = check_image_dir(report, image_dir, FOLDER_LAYOUT)
+    if images is None:
         return
-    images = list_images(image_dir)
-    report.counts["images"] = len(images)
-    if not images:
-        report.add_problem(f"no images in {image_dir}")
     every = list(images.values())
     if (root / "unlabeled").is_dir():
         extra = list_images(root / "unlabeled")
@@ -230,14 +228,7 @@ def check_seg_folder(root: Path, report: CheckReport) -> None:
     for folder in (root / "masks", root / "val" / "masks"):
         if folder.is_dir():
             check_mask_extensions(report, folder)
-    num_classes = None
-    classes_file = root / "classes.txt"
-    if classes_file.is_file():
-        num_classes = len(read_class_names(classes_file))
-        report.counts["classes (classes.txt)"] = num_classes
-        if num_classes == 0:
-            report.add_problem(f"{classes_file} names no class")
-            num_classes = None
+    num_classes = check_classes_file(report, root)
     if not mask_dir.is_dir():
         report.add_problem(f"mask folder not found: {mask_dir} (no labeled images)\nExpected layout:\n{FOLDER_LAYOUT}")
         return

@@ -14,7 +14,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from fewlabels.data.common import CheckReport
+from fewlabels.data.base import DataError
+from fewlabels.data.common import CheckReport, open_csv, read_jsonl
 from fewlabels.data.glue import read_hf_disk, read_text_file
 from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
 
@@ -40,8 +41,7 @@ def check_csv(root: Path, report: CheckReport) -> None:
         report.add_problem(f"no .csv or .tsv file at {root}\nExpected layout:\n{_TEXT_FILE_LAYOUT}")
     for path in files:
         try:
-            with path.open(encoding="utf-8-sig", newline="") as fh:
-                reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            with open_csv(path) as reader:
                 rows = sum(1 for _ in reader)
                 report.counts[f"{path.name} rows ({', '.join(reader.fieldnames or [])})"] = rows
         except (OSError, UnicodeDecodeError, csv.Error) as err:
@@ -56,19 +56,10 @@ def check_jsonl(root: Path, report: CheckReport) -> None:
     for path in files:
         rows = 0
         try:
-            with path.open(encoding="utf-8") as fh:
-                for line, raw in enumerate(fh, start=1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        record = json.loads(raw)
-                    except json.JSONDecodeError as err:
-                        report.add_problem(f"{path}, line {line}: invalid JSON ({err.msg})")
-                        break
-                    if not isinstance(record, dict):
-                        report.add_problem(f"{path}, line {line}: expected a JSON object per line")
-                        break
-                    rows += 1
+            for _ in read_jsonl(path):
+                rows += 1
+        except DataError as err:  # the first invalid line, named
+            report.add_problem(str(err))
         except (OSError, UnicodeDecodeError) as err:
             report.add_problem(f"cannot read {path}: {err}")
         report.counts[f"{path.name} rows"] = rows

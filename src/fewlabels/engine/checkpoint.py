@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from fewlabels.files import share_like_open
+
 log = logging.getLogger("fewlabels")
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
@@ -67,25 +69,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _file_mode() -> int:
-    """The mode a plain ``open(path, "w")`` gives a new file under this process's umask (mkstemp gives 0600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _file_mode()
-
-
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename to ``path``; on any error the old ``path`` is untouched."""
+    """Call ``write(tmp_path)`` then fsync and rename to ``path``; on any error the old ``path`` is untouched.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0644 under umask 022), not mkstemp's 0600:
+    its mode is set after ``write``, which may itself have replaced the temporary file (safetensors does)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, _FILE_MODE)
         write(tmp)
+        share_like_open(tmp)
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())

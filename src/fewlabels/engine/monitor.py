@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from fewlabels.progress import Progress
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
@@ -38,14 +35,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 class Monitor:
     """Writes records to metrics.jsonl and TensorBoard and shows progress. Inactive on non-main ranks."""
 
@@ -55,19 +44,16 @@ class Monitor:
         self.active = active
         self.total, self.start = total_steps, start_step
         self.path = run_dir / "metrics.jsonl"
-        self.t0 = time.perf_counter()
-        self.last_line = self.t0
         self.writer = None
-        self.bar = None
+        #: the bar on a terminal, else a status line every ``FEWLABELS_PROGRESS_INTERVAL`` s (the policy of every
+        #: long command, :mod:`fewlabels.progress`)
+        self.display = Progress(total_steps, "train", "steps", initial=start_step, enabled=active, leave=True)
         if not active:
             return
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-        self.tty = sys.stderr.isatty()
-        if self.tty:
-            self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True, unit="step", leave=True)
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.active:
@@ -80,26 +66,13 @@ class Monitor:
                 self.writer.add_scalar(f"{split}/{k}", float(v), step)
 
     def progress(self, step: int, loss: float, samples_per_s: float) -> None:
-        """Update the bar (TTY) or print a sparse status line (logs, CI)."""
+        """Update the bar (TTY) or print a sparse status line (logs, CI), with the loss and the throughput."""
         if not self.active:
             return
-        done = step - self.start
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed / done * (self.total - step) if done else float("inf")
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_s:.1f}", refresh=False)
-            self.bar.refresh()
-        elif time.perf_counter() - self.last_line > 30 or step == self.total:
-            self.last_line = time.perf_counter()
-            print(
-                f"step {step}/{self.total}  loss {loss:.4f}  {samples_per_s:.1f} samples/s  eta {_fmt_time(eta)}",
-                file=sys.stderr,
-                flush=True,
-            )
+        self.display.set_postfix(f"loss {loss:.4f}, {samples_per_s:.1f} samples/s")
+        self.display.update_to(step)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.display.close()
         if self.writer is not None:
             self.writer.close()

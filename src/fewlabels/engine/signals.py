@@ -6,7 +6,9 @@ own handlers apply: Ctrl-C interrupts at once, as there is nothing to save yet).
 record after each optimizer step; once every process agrees to stop, it writes a checkpoint of that step and raises
 :class:`TrainingInterrupted`, which the command line turns into one ``error:`` line and the conventional exit status
 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second signal while the first is being honoured stops at
-once (the last checkpoint on disk is intact, as after a kill).
+once (the last checkpoint on disk is intact, as after a kill), except a second SIGTERM within
+``DUPLICATE_SIGTERM_S`` seconds of the first: SLURM signals every process of a job step and torchrun forwards its own
+SIGTERM to its workers, so one request arrives twice.
 
 Handlers can only be installed from the main thread; a run started in another thread keeps the process's handlers
 and is not stoppable this way. The previous handlers come back when training ends, however it ends.
@@ -16,10 +18,14 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType, TracebackType
 from typing import Any
 
 __all__ = ["STOP_SIGNALS", "StopRequest", "TrainingInterrupted", "signal_name"]
+
+#: a second SIGTERM within this many seconds of the first is the same request delivered twice (SLURM + torchrun)
+DUPLICATE_SIGTERM_S = 5.0
 
 #: the signals that ask a run to stop after its current step
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
@@ -57,11 +63,17 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first_at = 0.0
         self._previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.signum is None:
-            self.signum = signum
+            self.signum, self._first_at = signum, now
+            return
+        if signum == signal.SIGTERM and self.signum == signal.SIGTERM and now - self._first_at < DUPLICATE_SIGTERM_S:
+            # SLURM signals every process of a job step and torchrun forwards its own SIGTERM to its workers: the
+            # same request arrives twice within moments. Only a later one means "stop at once".
             return
         raise TrainingInterrupted(
             signum,

@@ -83,6 +83,8 @@ class TrainResult:
     steps: int
     metrics: dict[str, float]
     best: dict[str, float] | None
+    #: False on every process but the main one of a ``torchrun`` group (which alone reports the result)
+    is_main: bool = True
 
 
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
@@ -231,6 +233,15 @@ class Trainer:
             )
         try:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_failed(run_dir, e) from None
+        if resume_dir is None:  # a resumed run's config is rewritten only once its checkpoint has loaded
+            self._write_config(run_dir)
+        return run_dir
+
+    def _write_config(self, run_dir: Path) -> None:
+        """The run's config (with the overrides it was started or resumed with) as ``run_dir/config.yaml``."""
+        try:
             text = dump_yaml(self.config)
             atomic_write(run_dir / "config.yaml", lambda tmp: _write_text(tmp, text))
         except CheckpointError as e:
@@ -239,7 +250,6 @@ class Trainer:
             raise
         except OSError as e:
             raise write_failed(run_dir, e) from None
-        return run_dir
 
     def _release_run_dir(self) -> None:
         if self._lock is not None:
@@ -351,6 +361,8 @@ class Trainer:
         else:
             seed_everything(self.config.seed + 1000 * self.rank)
         if self.is_main:
+            if self.resume_dir is not None:  # the checkpoint loaded: now the resumed settings replace the old ones
+                self._write_config(self.run_dir)
             truncate_metrics(self.run_dir / "metrics.jsonl", start)
 
         iters = {
@@ -445,7 +457,7 @@ class Trainer:
                     last_metrics, best = self._evaluation_step(method, model, monitor, done, best)
         finally:
             monitor.close()
-        return TrainResult(self.run_dir, steps, last_metrics, best)
+        return TrainResult(self.run_dir, steps, last_metrics, best, is_main=self.is_main)
 
     # ------------------------------------------------------------------------------------------------------------
     def _all_ranks_max(self, value: torch.Tensor) -> torch.Tensor:

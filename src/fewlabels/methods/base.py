@@ -11,7 +11,7 @@ Distributed rule: ``training_step`` receives the *wrapped* model (DDP under torc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -37,6 +37,36 @@ class StepOutput:
 
     loss: torch.Tensor
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+@dataclass
+class ExportSpec:
+    """What ``fewlabels export`` writes for a trained model: a module with a plain tensor-in, tensor-out forward.
+
+    Attributes:
+        module: in eval mode; ``module(*inputs.values())`` returns one tensor or a tuple of them, in
+            ``outputs`` order, from tensors only (no dict, no mode argument), so that ``torch.jit.trace`` and
+            ``torch.export`` record it.
+        inputs: an example of each input of ``module.forward``, in the order of its parameters (whose names are
+            these keys).
+        outputs: the names of the outputs.
+        dynamic_axes: for inputs and outputs, ``{axis: dimension name}`` of the axes that may change size (batch,
+            height, width, sequence); the other axes are fixed.
+        reference: the run's own predictor on the same inputs (a tuple in ``outputs`` order): what the exported
+            artefact is compared with.
+        check_inputs: further inputs with other sizes on every dynamic axis (the check runs them as well).
+        description: what is exported, in a few words (``images [N, 3, H, W] in [0, 1] -> logits [N, 21, H, W]``).
+        metadata: JSON-serialisable facts a user of the artefact needs (classes, input size, normalisation, ...).
+    """
+
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    reference: Callable[..., tuple[torch.Tensor, ...]]
+    check_inputs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 #: the config class of a method: ``Method[C]`` has ``self.config: C``
@@ -117,3 +147,15 @@ class Method(Generic[C]):
     def report_figures(self, model: nn.Module, out_dir: Path, device: torch.device) -> dict[str, Path]:
         """Qualitative figures for ``fewlabels report`` (title -> PNG path)."""
         return {}
+
+    # --- export ---------------------------------------------------------------------------------------------
+    def export_module(self, model: nn.Module) -> ExportSpec:
+        """The trained ``model`` (unwrapped, eval mode) as a module with a tensor-in, tensor-out forward, its example
+        inputs and its reference predictor, for ``fewlabels export`` (ONNX, TorchScript, safetensors). The module may
+        share parameters with ``model`` but must not change it."""
+        raise NotImplementedError(f"{self.name}: export is not available for this method")
+
+    @classmethod
+    def exports(cls) -> bool:
+        """Whether the method implements :meth:`export_module` (``fewlabels export`` refuses the others early)."""
+        return cls.export_module is not Method.export_module

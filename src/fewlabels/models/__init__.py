@@ -21,9 +21,11 @@ from fewlabels.models.pretrained import PretrainedWeightsError, load_backbone_we
 from fewlabels.models.segmentation import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ExportableSegmenter,
     SegmentationNet,
     build_segmentation_model,
     count_parameters,
+    exportable_pad_to_multiple,
     reflect_pad_to_multiple,
 )
 
@@ -34,6 +36,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "Encoder",
+    "ExportableSegmenter",
     "PSPModule",
     "PixelShuffleUpsample",
     "PretrainedWeightsError",
@@ -45,6 +48,7 @@ __all__ = [
     "build_encoder",
     "build_segmentation_model",
     "count_parameters",
+    "exportable_pad_to_multiple",
     "feature_shape",
     "icnr_",
     "load_backbone_weights",

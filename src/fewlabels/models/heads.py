@@ -9,6 +9,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def exportable_adaptive_avg_pool2d(x: Tensor, size: int) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` as two matrix products whose averaging weights are computed from the input
+    size with tensor ops: the same values (up to rounding) for every input size under ``torch.export``, whose ONNX
+    translation of adaptive pooling holds only for the example's size."""
+
+    def weights(n: int) -> Tensor:  # [size, n]: row i averages positions floor(i n / size) .. ceil((i + 1) n / size)
+        i = torch.arange(size, device=x.device)[:, None]
+        start, end = (i * n) // size, ((i + 1) * n + size - 1) // size
+        positions = torch.arange(n, device=x.device)[None, :]
+        inside = (positions >= start) & (positions < end)
+        return inside.to(x.dtype) / (end - start).to(x.dtype)
+
+    return weights(x.shape[-2]) @ x @ weights(x.shape[-1]).T
+
+
+class AdaptiveAvgPool(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` to a square ``size``, exported (``torch.export``) as
+    :func:`exportable_adaptive_avg_pool2d` so that the exported graph holds for every input size."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        exporting = getattr(torch.compiler, "is_exporting", None)
+        if exporting is not None and exporting() and isinstance(self.output_size, int):
+            return exportable_adaptive_avg_pool2d(input, self.output_size)
+        return super().forward(input)
+
+
 class PSPModule(nn.Module):
     """Pyramid pooling (PSPNet) as used on top of CCT's encoder.
 
@@ -31,7 +57,7 @@ class PSPModule(nn.Module):
         self.bins = tuple(bins)
         self.stages = nn.ModuleList(
             nn.Sequential(
-                nn.AdaptiveAvgPool2d(b),
+                AdaptiveAvgPool(b),
                 nn.Conv2d(in_channels, branch, kernel_size=1, bias=False),
                 nn.BatchNorm2d(branch),
                 nn.ReLU(inplace=True),

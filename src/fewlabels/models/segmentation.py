@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,50 @@ def reflect_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
         return x
     mode = "reflect" if pad_h < h and pad_w < w else "replicate"
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def _pad_to_multiple_script(x: Tensor, multiple: int) -> Tensor:
+    """:func:`reflect_pad_to_multiple` in TorchScript's subset (compiled by :func:`_scripted_pad_to_multiple`)."""
+    h, w = x.size(-2), x.size(-1)
+    pad_h, pad_w = (multiple - h % multiple) % multiple, (multiple - w % multiple) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+    return F.pad(x, [0, pad_w, 0, pad_h], mode=mode)
+
+
+@functools.cache
+def _scripted_pad_to_multiple() -> Any:
+    """The TorchScript function of :func:`_pad_to_multiple_script`, compiled on first use (a trace that calls it
+    keeps its branches; compiling at import would cost every command the time and a deprecation warning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_pad_to_multiple_script)
+
+
+def _padded_positions(size: int, multiple: int, reflect: Tensor, device: torch.device) -> Tensor:
+    """The source row (column) of every row of a dimension of ``size`` padded to a multiple of ``multiple``: itself,
+    then reflected (``reflect``) or the last one repeated; no branch on ``size`` (it may be symbolic)."""
+    i = torch.arange((size + multiple - 1) // multiple * multiple, device=device)
+    reflected = torch.where(i < size, i, 2 * (size - 1) - i).clamp(min=0)
+    return torch.where(reflect, reflected, i.clamp(max=size - 1))
+
+
+def exportable_pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """:func:`reflect_pad_to_multiple` (the same values) in a form that ``torch.jit.trace`` and ``torch.export``
+    record for every input size: the trace calls its TorchScript twin (which keeps the branches), ``torch.export``
+    gathers rows and columns by computed indices (no branch on the symbolic size, which it would specialise)."""
+    if torch.jit.is_tracing():
+        return _scripted_pad_to_multiple()(x, multiple)
+    h, w = x.shape[-2], x.shape[-1]
+    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    one = torch.ones((), device=x.device)
+    reflect = (one * pad_h < h) & (one * pad_w < w)  # a tensor, never a Python bool of (maybe symbolic) sizes
+    rows = _padded_positions(h, multiple, reflect, x.device)
+    cols = _padded_positions(w, multiple, reflect, x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 class SegmentationNet(nn.Module):
@@ -118,6 +164,27 @@ class SegmentationNet(nn.Module):
         if self.psp is not None:
             yield from self.psp.parameters()
         yield from self.decoder.parameters()
+
+
+class ExportableSegmenter(nn.Module):
+    """:meth:`SegmentationNet.forward` with another decoder if given (CCT's main decoder of a domain), in a form
+    that ``torch.jit.trace`` and ``torch.export`` record for every batch size, height and width (the padding to the
+    output stride is :func:`exportable_pad_to_multiple`).
+
+    ``images [N, C, H, W]`` in ``[0, 1]`` (normalised inside) -> logits ``[N, K, H, W]``. Holds ``net`` (and
+    ``decoder``), not copies: its state dict names are ``net.*`` (and ``decoder.*``).
+    """
+
+    def __init__(self, net: SegmentationNet, decoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.decoder = decoder if decoder is not None and decoder is not net.decoder else None
+
+    def forward(self, images: Tensor) -> Tensor:
+        h, w = images.shape[-2], images.shape[-1]
+        z = self.net.encode(exportable_pad_to_multiple(images, self.net.output_stride))
+        logits = self.net.decode(z) if self.decoder is None else self.decoder(z)
+        return logits[..., :h, :w]
 
 
 def _as_column(values: Sequence[float]) -> Tensor:

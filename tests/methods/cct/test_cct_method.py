@@ -139,3 +139,26 @@ def test_shipped_configs_validate(name: str) -> None:
             80,
             0.01,
         )
+
+
+def test_unlabeled_images_are_nested_draws_of_the_unlabeled_split_and_leave_the_labels_alone() -> None:
+    tiny = {**TINY, "data": {**TINY["data"], "scenes_train": 20, "labeled": 4}}  # 4 labeled + 16 unlabeled scenes
+
+    def split(count: int) -> tuple[list[int], list[int]]:
+        """(labeled, unlabeled) scene indices of a run with ``unlabeled_images: count``."""
+        data = CCTMethod(build_config(CCTConfig, {**tiny, "unlabeled_images": count})).data
+        unlabeled = data.unlabeled
+        if count:  # a draw from the unlabeled split: indices into it
+            unlabeled = unlabeled.dataset
+            return data.labeled.indices, [unlabeled.indices[i] for i in data.unlabeled.indices]
+        return data.labeled.indices, unlabeled.indices
+
+    labeled, every = split(0)
+    assert len(labeled) == 4 and len(every) == 16 and not set(labeled) & set(every)
+    curve = {count: split(count) for count in (3, 8, 16)}
+    for count, (lab, unl) in curve.items():
+        assert lab == labeled and len(set(unl)) == count
+    assert set(curve[3][1]) < set(curve[8][1]) < set(curve[16][1]) == set(every)
+    with pytest.raises(ConfigError, match="unlabeled_images"):
+        split(17)
+    assert CCTConfig().unlabeled_images == 0

@@ -5,47 +5,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+from transformers import AutoModelForSequenceClassification, BertConfig
 
 from fewlabels.commands.peft import add_commands as add_cli
 from fewlabels.config import ConfigError, build_config
 from fewlabels.methods.relbitfit import RelBitFitConfig, RelBitFitMethod, restore_fine_tuned
 from fewlabels.methods.relbitfit.biases import bias_changes_per_layer
 from fewlabels.registry import get_method, load_config
-
-
-def minilm_dir():
-    from fewlabels.data.text import minilm_path
-
-    try:
-        return minilm_path()
-    except Exception as err:  # the data extra is not installed
-        pytest.skip(f"packaged MiniLM not available: {err}")
+from tiny_bert import minilm_dir, save_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """A 2-layer BERT (hidden 32) saved with the MiniLM WordPiece tokenizer."""
-    out = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(out)  # no head, like a pretrained checkpoint
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (minilm_dir() / name).is_file():
-            shutil.copy(minilm_dir() / name, out / name)
-    return out
+    """A 2-layer BERT (hidden 32) saved with the MiniLM WordPiece tokenizer (no head, like a pretrained checkpoint)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture()

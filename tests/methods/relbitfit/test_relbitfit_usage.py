@@ -5,43 +5,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+from transformers import AutoModelForSequenceClassification
 
+from cli_cases import digests, error_lines, run_cli
 from fewlabels.commands.peft import add_commands as add_cli
 from fewlabels.config import ConfigError, build_config
 from fewlabels.engine import load_run, train
 from fewlabels.methods.relbitfit import RelBitFitConfig
+from tiny_bert import save_tiny_bert
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A 2-layer BERT (hidden 32) saved with the MiniLM WordPiece tokenizer (its pooler is in the checkpoint)."""
-    from fewlabels.data.text import minilm_path
-
-    try:
-        tokenizer_dir = minilm_path()
-    except Exception as err:  # the data extra is not installed
-        pytest.skip(f"packaged MiniLM not available: {err}")
-    out = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tokenizer_dir / name).is_file():
-            shutil.copy(tokenizer_dir / name, out / name)
-    return out
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +139,48 @@ def test_predict_names_labels_and_reads_headers_from_a_run_and_from_a_delta(tiny
     assert [r["label"] for r in from_delta] == [r["label"] for r in records]
     for a, b in zip(from_delta, records):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+
+
+def test_predict_never_overwrites_an_input_file_whatever_the_paths(tiny_dir, task_dir, tmp_path):
+    """An output that is an input -- by its name, a relative path, a hard link or a symlink -- is refused with one
+    ``error:`` line before anything is written, by ``predict`` and by ``predict-delta``; inputs that share a file
+    name get one predictions file each."""
+    result = train(config(tiny_dir, task_dir, tmp_path / "runs", "rel", steps=2, variant="relbitfit"))
+    assert cli("export-delta", str(result.run_dir), "--out", str(tmp_path / "d.safetensors")) == 0
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("a great film\ndull\n")
+    (texts / "a.predictions.jsonl").write_text('{"text": "superb acting"}\n')
+    (texts / "new.csv").write_text("text\nlovely and warm\n")
+    for name in ("hard", "soft"):
+        (tmp_path / name).mkdir()
+    os.link(texts / "new.csv", tmp_path / "hard/new.predictions.jsonl")
+    (tmp_path / "soft/new.predictions.jsonl").symlink_to(texts / "new.csv")
+    run, delta = str(result.run_dir), str(tmp_path / "d.safetensors")
+    refused = [
+        ["predict", run, "a.txt", "a.predictions.jsonl", "--out", "../texts"],  # a.txt -> a.predictions.jsonl
+        ["predict", run, "new.csv", "--out", "../hard"],
+        ["predict", run, "new.csv", "--out", "../soft"],
+        ["predict-delta", delta, "new.csv", "--base", str(tiny_dir), "--out", "../hard"],
+        ["predict-delta", delta, "a.txt", "a.predictions.jsonl", "--base", str(tiny_dir), "--out", "."],
+    ]
+    before = digests([tmp_path / "texts", tmp_path / "hard", tmp_path / "soft"])
+    for argv in refused:
+        res = run_cli([*argv, "--device", "cpu"], cwd=texts)
+        errors = error_lines(res.stderr)
+        assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert "overwrite the input file" in errors[0] and str(texts) in errors[0], errors[0]
+    assert digests([tmp_path / "texts", tmp_path / "hard", tmp_path / "soft"]) == before
+    assert sorted(p.name for p in texts.iterdir()) == ["a.predictions.jsonl", "a.txt", "new.csv"]
+    # two inputs named new.csv in two folders: two predictions files, none replacing the other
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/new.csv").write_text("text\ntedious\nboring plot\n")
+    res = run_cli(["predict", run, "new.csv", "../other/new.csv", "--out", "../out", "--device", "cpu"], cwd=texts)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = {p.name: p.read_text().splitlines() for p in (tmp_path / "out").iterdir()}
+    assert sorted(lines) == ["new.csv-2.predictions.jsonl", "new.csv.predictions.jsonl"]
+    assert [json.loads(x)["text"] for x in lines["new.csv.predictions.jsonl"]] == ["lovely and warm"]
+    assert [json.loads(x)["text"] for x in lines["new.csv-2.predictions.jsonl"]] == ["tedious", "boring plot"]
 
 
 def test_bitfit_run_merges_into_a_plain_transformers_directory_relbitfit_does_not(tiny_dir, task_dir, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_model
 
+from cli_cases import digests, error_lines, run_cli
 from fewlabels import fewshot_predict, load_fewshot_run
 from fewlabels.cli import main
 from fewlabels.config import write_yaml
@@ -136,6 +139,36 @@ def test_predict_never_writes_into_its_inputs(run_dir, folders, capsys):
         assert "--out" in capsys.readouterr().err
     assert query_file.read_bytes() == before
     assert not (folders["support"] / "c0" / "p.csv").exists()
+
+
+def test_predict_refuses_an_output_that_is_an_input_whatever_the_paths(run_dir, folders, tmp_path):
+    """The CSV may not be a query or support file, nor lie in the support folder, through a hard link, a symlink or
+    a relative path either: one ``error:`` line before anything is written."""
+    support, queries = tmp_path / "support", tmp_path / "queries"
+    shutil.copytree(folders["support"], support)
+    shutil.copytree(folders["queries"], queries)
+    query = sorted(queries.iterdir())[0]
+    (tmp_path / "elsewhere").mkdir()
+    os.link(query, tmp_path / "elsewhere/hard.csv")  # the same file as a query image
+    os.link(support / "c1/0.png", tmp_path / "elsewhere/hard_support.csv")  # the same file as a support image
+    (tmp_path / "elsewhere/soft.csv").symlink_to(support / "c0/0.png")
+    (tmp_path / "elsewhere/linked_support").symlink_to(support, target_is_directory=True)
+    outs = {
+        "elsewhere/hard.csv": "overwrite the input file",
+        "elsewhere/hard_support.csv": "overwrite the input file",
+        "elsewhere/soft.csv": "written into the input",
+        "elsewhere/linked_support": "written into the input",
+        "elsewhere/../support/c1/new.csv": "written into the input",
+        "queries": "written into the input",
+    }
+    before = digests([tmp_path])
+    for out, problem in outs.items():
+        args = ["predict", str(run_dir), str(queries), str(query), "--support", str(support), "--out", out]
+        res = run_cli([*args, "--device", "cpu"], cwd=tmp_path)
+        errors = error_lines(res.stderr)
+        assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert "--out" in errors[0] and problem in errors[0], (out, errors[0])
+    assert digests([tmp_path]) == before  # every input as it was, and no file written
 
 
 def test_support_augmentation_uses_augmented_copies_only(run_dir, glyphs):

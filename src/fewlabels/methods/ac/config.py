@@ -9,7 +9,7 @@ from fewlabels.config import RunConfig, TrainConfig, fail
 from fewlabels.data.base import DataError
 from fewlabels.data.registry import DatasetSpec, get_dataset
 
-__all__ = ["ACConfig", "ACDataConfig", "ACLossConfig", "ACModelConfig", "ACViewsConfig"]
+__all__ = ["ACConfig", "ACDataConfig", "ACEvalConfig", "ACLossConfig", "ACModelConfig", "ACViewsConfig"]
 
 
 @dataclass
@@ -157,6 +157,19 @@ class ACDataConfig:
 
 
 @dataclass
+class ACEvalConfig:
+    bn_reestimate: int = field(
+        default=0,
+        metadata={
+            "help": "before every evaluation: re-estimate the BatchNorm statistics of the mask-free network on N "
+            "training batches (train.batch_size images each; no labels); 0 = off, the statistics gathered in "
+            "training under masks",
+            "min": 0,
+        },
+    )
+
+
+@dataclass
 class ACConfig(RunConfig):
     """AC: two raster-scan orderings of the same image are two views; maximise their pixel-wise mutual
     information. ``model.mask_from=none`` with ``views.jitter``/``views.flip`` is the IIC baseline."""
@@ -166,6 +179,7 @@ class ACConfig(RunConfig):
     loss: ACLossConfig = field(default_factory=ACLossConfig)
     views: ACViewsConfig = field(default_factory=ACViewsConfig)
     data: ACDataConfig = field(default_factory=ACDataConfig)
+    eval: ACEvalConfig = field(default_factory=ACEvalConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=300, batch_size=16, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant"
@@ -185,6 +199,12 @@ class ACConfig(RunConfig):
             fail("views.kind", f"{self.views.kind} views replace the orderings: they need model.mask_from != none")
         if self.views.kind == "dropout" and self.model.inference == "ensemble":
             fail("model.inference", "dropout views train no masks: evaluate the plain network (inference=plain)")
+        if self.eval.bn_reestimate and self.model.inference == "ensemble" and self.model.mask_from != "none":
+            fail(
+                "eval.bn_reestimate",
+                "re-estimates the statistics of the mask-free network; the ensemble inference runs the masked "
+                "views: use model.inference=plain",
+            )
         if self.model.mask_from == "none" and self.views.jitter == 0 and not self.views.flip:
             fail(
                 "views.jitter",

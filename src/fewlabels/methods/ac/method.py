@@ -26,7 +26,8 @@ protocol and the files it predicts.
 Evaluation (IIC protocol): labels are used only here. The ``k x k`` vote matrix between clusters and classes
 over the evaluation images is matched one-to-one (Hungarian), then pixel accuracy and mIoU are computed on
 labelled pixels. The matching is stored in the model (buffer ``cluster_to_class``) so that ``predict`` colours
-clusters by class.
+clusters by class. A trained run predicts without its data: the number of clusters is read from its saved head, the
+image channels from the dataset's metadata (:meth:`ACMethod.prepare_inference`).
 
 Our choices where the paper is silent: the V/H channel-type masking (``masked_conv``), the network (``model``) and the
 per-step head alternation (IIC alternates per epoch: ``loss.head_alternation``). Inference follows the thesis: the
@@ -36,27 +37,32 @@ default); the mean over the 8 masked views is an option (``model.inference=ensem
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.optimize
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewlabels.data.base import DataError
 from fewlabels.data.registry import build_unsupervised_data
 from fewlabels.data.unsupervised import PREDICTION_SUFFIXES, UnsupervisedData, read_input_image
+from fewlabels.methods.ac.batchnorm import image_batches, reestimate_batchnorm
 from fewlabels.methods.ac.config import ACConfig
 from fewlabels.methods.ac.losses import information_loss, information_terms, normalise_joint, segmentation_counts
-from fewlabels.methods.ac.masked_conv import zero_masked_weights
+from fewlabels.methods.ac.masked_conv import set_view_orderings, zero_masked_weights
 from fewlabels.methods.ac.model import RANDOM_ORDERING, ACNet
+from fewlabels.methods.ac.orderings import ORDERINGS
 from fewlabels.methods.ac.views import TwoViewDataset, global_sum, sample_orderings, step_generator
 from fewlabels.methods.base import Source, StepOutput
-from fewlabels.methods.segmentation.method import LogitsFn, SegmentationMethod
+from fewlabels.methods.segmentation.method import LogitsFn, SegmentationMethod, saved_shapes
+from fewlabels.progress import Progress
 from fewlabels.registry import register_method
 
-__all__ = ["ACMethod", "ACModel", "hungarian_from_votes"]
+__all__ = ["ACExport", "ACMethod", "ACModel", "hungarian_from_votes"]
 
 
 class ACModel(ACNet):
@@ -67,6 +73,48 @@ class ACModel(ACNet):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("cluster_to_class", torch.full((self.k,), -1, dtype=torch.long))
+
+
+class ACExport(nn.Module):
+    """The predictor of an AC run as a module: ``images [N, C, H, W]`` in ``[0, 1]`` -> cluster probabilities
+    ``[N, k, H, W]`` (main head), channel ``m(c)`` holding cluster ``c`` once an evaluation has matched clusters to
+    classes (as :meth:`ACMethod.predictor`).
+
+    ``plain`` inference (the run's default, the thesis' inference) runs the network without masks; ``ensemble`` the
+    mean over the 8 masked raster orderings. A copy of the network is held with its masks set once for that
+    inference, so the forward neither toggles module state nor returns a dict (both defeat tracing); the
+    over-clustering head is left out.
+    """
+
+    order: torch.Tensor | None
+
+    def __init__(self, model: ACModel, inference: str = "plain") -> None:
+        super().__init__()
+        net = copy.deepcopy(model)
+        self.ensemble = inference == "ensemble" and net.uses_orderings
+        net.masked = self.ensemble
+        if self.ensemble:
+            set_view_orderings(net.ordered, tuple(range(len(ORDERINGS))))
+        self.unmasked, self.ordered, self.head = net.unmasked, net.ordered, net.head
+        mapping = model.cluster_to_class.detach().cpu()
+        order = None
+        if bool((mapping >= 0).all()):  # out[:, m(c)] = probs[:, c]: a gather by the inverse permutation
+            order = torch.empty_like(mapping)
+            order[mapping] = torch.arange(len(mapping))
+            order = order.to(model.cluster_to_class.device)
+        self.register_buffer("order", order)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.unmasked(images)
+        views = len(ORDERINGS) if self.ensemble else 1
+        if views > 1:
+            features = torch.cat([features] * views)
+        logits = self.head(self.ordered(features))
+        size = (images.shape[-2], images.shape[-1])
+        probs = F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
+        if views > 1:
+            probs = probs.unflatten(0, (views, -1)).mean(dim=0)
+        return probs if self.order is None else probs.index_select(1, self.order)
 
 
 def hungarian_from_votes(votes: torch.Tensor) -> torch.Tensor:
@@ -103,6 +151,9 @@ class ACMethod(SegmentationMethod[ACConfig, UnsupervisedData]):
     figure_caption = "evaluation images: image / ground truth / clusters"
     input_suffixes = PREDICTION_SUFFIXES
     output_names = ("{stem}_clusters.png", "{stem}_colour.png")
+    #: the clusters of the main head of a trained run, read from its weights by :meth:`prepare_inference` (then
+    #: building the model and predicting read no data)
+    restored_k: int | None = None
 
     # --- data and model -------------------------------------------------------------------------------------
     def build_data(self) -> UnsupervisedData:
@@ -120,10 +171,21 @@ class ACMethod(SegmentationMethod[ACConfig, UnsupervisedData]):
             data.eval = build(d.eval_input_size).eval
         return data
 
+    def prepare_inference(self, run_dir: Path, weights: Path) -> None:
+        """Before a trained run's model is built: its clusters from the rows of the saved main head (of ``weights``,
+        else of another of the run's weight files), so that predicting needs no data. The cluster -> class matching
+        of its last evaluation is in the weights too (``cluster_to_class``)."""
+        for path in (weights, run_dir / "best.safetensors", run_dir / "model.safetensors"):
+            shape = saved_shapes(path).get("head.weight") if path.is_file() else None
+            if shape:
+                self.restored_k = int(shape[0])
+                return
+
     @property
     def k(self) -> int:
-        """Clusters of the main head: ``model.k``, else the dataset's number of classes."""
-        k = self.config.model.k or self.data.num_classes
+        """Clusters of the main head: ``model.k``, else those of the trained run (:meth:`prepare_inference`), else
+        the dataset's number of classes."""
+        k = self.config.model.k or self.restored_k or self.data.num_classes
         if not k:
             raise DataError(
                 f"{self.config.data.dataset}: the number of classes is unknown (no classes.txt or masks); set "
@@ -136,10 +198,17 @@ class ACMethod(SegmentationMethod[ACConfig, UnsupervisedData]):
         """The clusters of the main head: their matched classes colour predictions and figures."""
         return self.k
 
+    @property
+    def in_channels(self) -> int:
+        """Image channels: the dataset's metadata for a trained run (no data read), else the data's."""
+        if self.restored_k is not None:
+            return self.config.data.spec.metadata.in_channels
+        return self.data.in_channels
+
     def build_model(self) -> nn.Module:
         m = self.config.model
         model = ACModel(
-            in_channels=self.data.in_channels,
+            in_channels=self.in_channels,
             widths=tuple(m.widths),
             decoder_blocks=m.decoder_blocks,
             mask_from=m.mask_from,
@@ -234,38 +303,51 @@ class ACMethod(SegmentationMethod[ACConfig, UnsupervisedData]):
 
         return class_scores
 
+    def reestimate_batchnorm(self, model: ACModel, device: torch.device) -> int:
+        """With ``eval.bn_reestimate`` = N: the BatchNorm statistics of the mask-free network re-estimated on N
+        training batches (:mod:`~fewlabels.methods.ac.batchnorm`; the same images at every evaluation, drawn with the
+        run's seed). Returns the batches used (0 when off)."""
+        count = self.config.eval.bn_reestimate
+        if not count:
+            return 0
+        batches = image_batches(self.data.train, count, self.config.train.batch_size, self.config.seed, device)
+        return reestimate_batchnorm(model, batches, lambda images: model.cluster_probabilities(images, "plain"))
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         from fewlabels.metrics import iou, miou, pixel_accuracy
 
         assert isinstance(model, ACModel)
+        reestimated = self.reestimate_batchnorm(model, device)
         dataset, k = self.data.eval, self.k
         n = len(dataset) if not self.config.data.eval_images else min(self.config.data.eval_images, len(dataset))
         votes = torch.zeros(k, k, dtype=torch.long, device=device)  # [class, cluster]
         usage = torch.zeros(k, dtype=torch.float64, device=device)
         bs = self.config.data.eval_batch_size
-        start = 0
-        while start < n:
-            items = [dataset[start]]
-            # batch only images of one shape (whole COCO images differ in size)
-            while len(items) < bs and start + len(items) < n:
-                nxt = dataset[start + len(items)]
-                if nxt["image"].shape != items[0]["image"].shape:
-                    break
-                items.append(nxt)
-            start += len(items)
-            if "mask" not in items[0]:
-                raise DataError("evaluation needs ground-truth masks (labels are used only to match clusters)")
-            images = torch.stack([it["image"] for it in items]).to(device)
-            target = torch.stack([it["mask"] for it in items]).to(device)
-            pred = self._probabilities(model, images).argmax(1)
-            keep = target != self.data.ignore_index
-            if bool((target[keep] >= k).any()):
-                raise DataError(
-                    f"evaluation masks hold class {int(target[keep].max())} but the model has k = {k} clusters; "
-                    "Hungarian matching needs k = number of classes (set model.k)"
-                )
-            votes += torch.bincount(target[keep] * k + pred[keep], minlength=k * k).view(k, k)
-            usage += torch.bincount(pred.flatten(), minlength=k).double()
+        with Progress(n, "eval", "images") as progress:
+            start = 0
+            while start < n:
+                items = [dataset[start]]
+                # batch only images of one shape (whole COCO images differ in size)
+                while len(items) < bs and start + len(items) < n:
+                    nxt = dataset[start + len(items)]
+                    if nxt["image"].shape != items[0]["image"].shape:
+                        break
+                    items.append(nxt)
+                start += len(items)
+                if "mask" not in items[0]:
+                    raise DataError("evaluation needs ground-truth masks (labels are used only to match clusters)")
+                images = torch.stack([it["image"] for it in items]).to(device)
+                target = torch.stack([it["mask"] for it in items]).to(device)
+                pred = self._probabilities(model, images).argmax(1)
+                keep = target != self.data.ignore_index
+                if bool((target[keep] >= k).any()):
+                    raise DataError(
+                        f"evaluation masks hold class {int(target[keep].max())} but the model has k = {k} clusters; "
+                        "Hungarian matching needs k = number of classes (set model.k)"
+                    )
+                votes += torch.bincount(target[keep] * k + pred[keep], minlength=k * k).view(k, k)
+                usage += torch.bincount(pred.flatten(), minlength=k).double()
+                progress.update(len(items))
         mapping = hungarian_from_votes(votes)
         model.cluster_to_class.copy_(mapping)
         matched = torch.zeros_like(votes)
@@ -277,10 +359,38 @@ class ACMethod(SegmentationMethod[ACConfig, UnsupervisedData]):
         out["eval_images"] = float(n)
         out["eval_images_available"] = float(len(dataset))
         out["eval_pixels"] = float(votes.sum())
+        if self.config.eval.bn_reestimate:
+            out["bn_reestimate_batches"] = float(reestimated)
         for c, v in enumerate(iou(matched).tolist()):
             if not np.isnan(v):
                 out[f"iou/{self.data.class_names[c]}"] = float(v)
         return out
+
+    # --- export ---------------------------------------------------------------------------------------------
+    export_output = "probabilities"
+
+    def export_network(self, model: nn.Module) -> nn.Module:
+        """The run's inference (``model.inference``: ``plain``, mask-free, by default) with the cluster -> class
+        matching of its last evaluation: :class:`ACExport`."""
+        return ACExport(_unwrap(model), self.config.model.inference)
+
+    def export_image_shape(self, model: nn.Module) -> tuple[int, int]:
+        return int(self.in_channels), self.config.data.input_size
+
+    def export_metadata(self, model: nn.Module) -> dict[str, Any]:
+        ac = _unwrap(model)
+        matched = bool((ac.cluster_to_class >= 0).all())
+        names = list(self.config.data.spec.metadata.class_names)  # the dataset's metadata: no data read
+        meta: dict[str, Any] = {
+            "clusters": self.k,
+            "matched": matched,
+            "classes": names if matched and len(names) == self.k else [f"cluster_{c}" for c in range(self.k)],
+            "inference": self.config.model.inference if ac.uses_orderings else "plain",
+            "normalisation": {"inside": True, "note": "none: the network reads images in [0, 1]"},
+        }
+        if self.config.data.scale != 1.0:
+            meta["preprocessing"] = f"the run's predict rescales each image by data.scale={self.config.data.scale}"
+        return meta
 
     # --- inference ------------------------------------------------------------------------------------------
     def predict_image(self, model: nn.Module, path: Path, out_dir: Path, device: torch.device) -> list[Path]:
@@ -291,7 +401,7 @@ class ACMethod(SegmentationMethod[ACConfig, UnsupervisedData]):
         from fewlabels.viz import colorize
 
         ac = _unwrap(model)
-        image = read_input_image(path, self.data.in_channels, self.config.data.scale)
+        image = read_input_image(path, self.in_channels, self.config.data.scale)
         clusters = self._probabilities(ac, image.unsqueeze(0).to(device)).argmax(1)[0]
         cluster_path = out_dir / f"{self.output_stem(path)}_clusters.png"
         Image.fromarray(clusters.cpu().numpy().astype(np.uint8)).save(cluster_path)

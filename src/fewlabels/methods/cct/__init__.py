@@ -1,7 +1,7 @@
 """CCT: cross-consistency training for semi-supervised semantic segmentation (Ouali et al., CVPR 2020).
 
 Importing this package registers the ``cct`` method. The losses are pure functions (``losses.py``), the
-perturbations act on stacked feature copies (``perturbations.py``), the K auxiliary decoders are one module
+perturbations act on stacked feature copies (the ``perturbations`` package), the K auxiliary decoders are one module
 with stacked weights (``decoders.py``), and ``model.py`` puts them together behind one forward."""
 
 from fewlabels.methods.cct.config import CCTConfig, CCTLossConfig, CCTWeakConfig, PerturbationsConfig

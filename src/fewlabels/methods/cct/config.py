@@ -5,8 +5,9 @@ auxiliary decoders (2 VAT, 6 dropout, 6 G-Cutout, 2 context masking, 2 object ma
 feature noise), MSE consistency with weight 30 ramped up over the first 10% of training, plain cross-entropy
 on the labels.
 
-The ``perturbations`` section, :class:`PerturbationsConfig`, is defined in :mod:`fewlabels.methods.cct.perturbations`
-next to the perturbation types whose counts and parameters it holds, and is re-exported here.
+The ``perturbations`` section, :class:`PerturbationsConfig`, is defined in
+:mod:`fewlabels.methods.cct.perturbations.base` next to the registry of the perturbation types whose counts and
+parameters it holds, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -89,6 +90,14 @@ class CCTConfig(RunConfig):
     weak: CCTWeakConfig = field(default_factory=CCTWeakConfig)
     unlabeled_batch_size: int = field(
         default=0, metadata={"help": "unlabeled images per step (0 = train.batch_size)", "min": 0}
+    )
+    unlabeled_images: int = field(
+        default=0,
+        metadata={
+            "help": "train on this many of domain 0's unlabeled images, drawn with data.split_seed (a smaller count "
+            "takes a subset of a larger one's; the labeled images do not change; 0 = all)",
+            "min": 0,
+        },
     )
     domains: list[CCTDomainConfig] = field(
         default_factory=list,

@@ -16,6 +16,7 @@ from torch import nn
 
 from fewlabels.data.base import DataError, FewDataset, Subset, fill_batch
 from fewlabels.data.segmentation import SegmentationData
+from fewlabels.data.splits import labeled_unlabeled_split
 from fewlabels.methods.base import Source, StepOutput
 from fewlabels.methods.cct.config import CCTConfig, CCTDomainConfig
 from fewlabels.methods.cct.losses import abce_loss, abce_threshold, consistency_weight
@@ -30,7 +31,7 @@ from fewlabels.methods.segmentation.method import (
     label_space_without_data,
     segmentation_figure,
 )
-from fewlabels.models import build_segmentation_model
+from fewlabels.models import ExportableSegmenter, build_segmentation_model
 from fewlabels.parallel import global_mean
 from fewlabels.registry import register_method
 
@@ -47,6 +48,17 @@ def _unwrap(model: nn.Module) -> CCTModel:
 def _all_training_images(unlabeled: FewDataset) -> FewDataset:
     """Every training image of a drawn split: the whole image set that ``unlabeled`` is a subset of."""
     return unlabeled.dataset if isinstance(unlabeled, Subset) else unlabeled
+
+
+def _unlabeled_subset(unlabeled: FewDataset, count: int, seed: int) -> FewDataset:
+    """``count`` of the unlabeled images (``unlabeled_images``), drawn with ``seed``: for the same images and seed, a
+    smaller count takes a subset of a larger one's, so a curve over the count adds images without swapping any."""
+    from fewlabels.config import ConfigError
+
+    if count > len(unlabeled):
+        raise ConfigError("unlabeled_images", f"asks for {count} unlabeled images; the split has {len(unlabeled)}")
+    chosen, _ = labeled_unlabeled_split(len(unlabeled), count, seed)
+    return Subset(unlabeled, chosen)
 
 
 def _label_free_data(cfg: CCTDomainConfig) -> SegmentationData:
@@ -103,6 +115,9 @@ class CCTMethod(SegmentationMethod[CCTConfig, SegmentationData]):
     def build_data(self) -> SegmentationData:
         """Domain 0's datasets; with weak labels, the unlabeled images carry their pseudo-label masks."""
         data = build_segmentation_data(self.config.data)
+        if self.config.unlabeled_images:
+            cfg = self.config
+            data.unlabeled = _unlabeled_subset(data.unlabeled, cfg.unlabeled_images, cfg.data.split_seed)
         if self.config.weak.labels_dir:
             from fewlabels.methods.cct.weak import PseudoLabeledImages
 
@@ -335,13 +350,36 @@ class CCTMethod(SegmentationMethod[CCTConfig, SegmentationData]):
         chosen = self.config.predict_domain if domain is None else domain
         return lambda images: cct(images, mode="predict", domains_l=chosen)
 
+    def export_network(self, model: nn.Module) -> nn.Module:
+        """The main decoder of ``predict_domain`` on the shared encoder (the auxiliary decoders and perturbations
+        are training-only): the predictor of :meth:`predictor` as a module."""
+        cct = _unwrap(model)
+        return ExportableSegmenter(cct.net, cct.decoder_of(self.config.predict_domain))
+
+    def export_image_shape(self, model: nn.Module) -> tuple[int, int]:
+        return _unwrap(model).net.in_channels, self.config.data.crop_size
+
+    def export_metadata(self, model: nn.Module) -> dict[str, Any]:
+        meta = super().export_metadata(_unwrap(model).net)
+        labels = self.domain_labels[self.config.predict_domain]
+        meta.update(classes=list(labels.class_names), num_classes=labels.num_classes)
+        if self.config.domains:
+            meta["domain"] = self.config.predict_domain
+        return meta
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """mIoU, pixel accuracy and per-class IoU on the val split. With several domains each domain's val split
         is evaluated with its own main decoder (a label-free domain: the one it shares; keys suffixed
         ``_d<domain>``) and ``miou`` / ``pixel_accuracy`` are the means over the domains."""
         per_domain = [
             evaluate_segmentation(
-                self.predictor(model, d), data.val, data.num_classes, self.config.eval, device, data.class_names
+                self.predictor(model, d),
+                data.val,
+                data.num_classes,
+                self.config.eval,
+                device,
+                data.class_names,
+                label="eval" if len(self.domain_data) == 1 else f"eval domain {d}",
             )
             for d, data in enumerate(self.domain_data)
         ]

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from fewlabels.data.base import DataError, FewDataset
 from fewlabels.methods.cct.config import CCTConfig
 from fewlabels.models import IMAGENET_MEAN, IMAGENET_STD, build_encoder
+from fewlabels.progress import track
 
 __all__ = [
     "CAMClassifier",
@@ -157,7 +158,7 @@ def train_cam_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     losses = []
-    for _ in range(steps):
+    for _ in track(range(steps), steps, "CAM classifier", "steps"):
         idx = rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False)
         items = [dataset.sample(int(i), rng) for i in idx]
         x = torch.stack([it["image"] for it in items]).to(device)
@@ -187,7 +188,7 @@ def write_pseudo_labels(
     out.mkdir(parents=True, exist_ok=True)
     model.to(device).eval()
     written = []
-    for i in range(len(dataset)):
+    for i in track(range(len(dataset)), len(dataset), "pseudo-labels", "images"):
         item = dataset[i]
         cams = multiscale_cams(model, item["image"].to(device), scales).cpu()
         label = cams_to_pseudo_label(cams, image_labels[i], background_index, fg_threshold, bg_threshold)

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from fewlabels.files import share_like_open
 from fewlabels.methods.relbitfit.variants import FineTuning, apply_fine_tuning
 
 __all__ = [
@@ -110,6 +111,7 @@ def save_delta(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"fewlabels": json.dumps(info)})
+    share_like_open(tmp)  # safetensors writes 0600; a delta is shared like the run's other files
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, out)

@@ -24,7 +24,7 @@ from torch import nn
 
 from fewlabels.config import ConfigError
 from fewlabels.data.glue import TextExample
-from fewlabels.methods.base import Method, Source, StepOutput
+from fewlabels.methods.base import ExportSpec, Method, Source, StepOutput
 from fewlabels.methods.relbitfit.backbone import fine_tuning_of, load_base_model, model_dir, quiet_transformers
 from fewlabels.methods.relbitfit.biases import bias_changes_per_layer
 from fewlabels.methods.relbitfit.config import RelBitFitConfig
@@ -198,9 +198,12 @@ class RelBitFitMethod(Method[RelBitFitConfig]):
 
     # --- evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_logits(self, model: nn.Module, dataset: TokenizedTextDataset, device: torch.device) -> torch.Tensor:
-        """Logits [n, num_labels] of every example of ``dataset`` (model in eval mode), in dataset order."""
-        return logits_of(model, dataset.arrays, device, self.config.data.eval_batch_size)
+    def predict_logits(
+        self, model: nn.Module, dataset: TokenizedTextDataset, device: torch.device, label: str = "eval"
+    ) -> torch.Tensor:
+        """Logits [n, num_labels] of every example of ``dataset`` (model in eval mode), in dataset order; the
+        progress is shown on stderr as ``label``."""
+        return logits_of(model, dataset.arrays, device, self.config.data.eval_batch_size, label)
 
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         from fewlabels.metrics import accuracy, glue_metrics, pearson, spearman
@@ -208,7 +211,7 @@ class RelBitFitMethod(Method[RelBitFitConfig]):
         task = self.task
         metrics: dict[str, float] = {}
         for name, dataset in self.eval_sets(include_test=self.config.data.eval_test).items():
-            logits = self.predict_logits(model, dataset, device)
+            logits = self.predict_logits(model, dataset, device, label=f"eval {name}")
             if task.glue_task is not None:
                 glue = "mnli-mm" if name.endswith("_mm") else task.glue_task
                 values = glue_metrics(glue, logits, dataset.labels)
@@ -258,6 +261,63 @@ class RelBitFitMethod(Method[RelBitFitConfig]):
         return predict_files(model, self.tokenizer, inputs, out_dir, device, self.prediction_settings())
 
     # --- artefacts ------------------------------------------------------------------------------------------
+    def export_module(self, model: nn.Module) -> ExportSpec:
+        """The classifier: ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` for models with token types,
+        BERT) ``int64 [N, L]`` -> ``logits [N, num_labels]``, N and L dynamic (L <= ``data.max_length``). The
+        tokenizer is not part of the artefact: it is the base model's (``model.path``), truncating to ``max_length``.
+        """
+        from fewlabels.methods.relbitfit.predict import SequenceClassifierExport
+
+        hf_model: Any = model  # a Hugging Face sequence classifier
+        hf_config = hf_model.config
+        token_types = int(getattr(hf_config, "type_vocab_size", 1) or 1) > 1
+        vocab = int(hf_config.vocab_size)
+        pad = int(getattr(hf_config, "pad_token_id", None) or 0)
+        max_length = self.config.data.max_length
+        device = next(iter(model.parameters())).device
+        generator = torch.Generator().manual_seed(0)
+
+        def texts(n: int, length: int) -> dict[str, torch.Tensor]:
+            ids = torch.randint(min(3, vocab - 1), vocab, (n, length), generator=generator)
+            mask = torch.ones(n, length, dtype=torch.long)
+            if n > 1:  # a padded row: the mask must be in the graph, not dropped as all ones
+                mask[-1, max(1, length * 2 // 3) :] = 0
+                ids[-1][mask[-1] == 0] = pad
+            out = {"input_ids": ids, "attention_mask": mask}
+            if token_types:
+                out["token_type_ids"] = torch.zeros(n, length, dtype=torch.long)
+                out["token_type_ids"][:, length // 2 :] = 1  # a sentence pair
+            return {k: v.to(device) for k, v in out.items()}
+
+        length = max(2, min(max_length, 12))
+        others = sorted({min(max_length, length + 5), max(2, length // 2)} - {length})
+        names = ("input_ids", "attention_mask", "token_type_ids") if token_types else ("input_ids", "attention_mask")
+        settings = self.prediction_settings()
+        labels = 1 if settings.regression else int(hf_config.num_labels)
+
+        def reference(*inputs: torch.Tensor) -> tuple[torch.Tensor]:
+            return (model(**dict(zip(names, inputs))).logits,)
+
+        tensors = ", ".join(names)
+        return ExportSpec(
+            module=SequenceClassifierExport(model, token_types).eval(),
+            inputs=texts(2, length),
+            outputs=("logits",),
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+            reference=reference,
+            check_inputs=[texts(3 if i == 0 else 1, n) for i, n in enumerate(others)],
+            description=(
+                f"{self.name} ({self.config.model.variant}) classifier: {tensors} int64 [N, L] -> logits [N, {labels}]"
+            ),
+            metadata={
+                "inputs": {n: f"int64 [N, L], L <= {max_length}" for n in names},
+                "outputs": {"logits": f"float32 [N, {labels}]" + ("; a score" if settings.regression else "")},
+                "variant": self.config.model.variant,
+                "tokenizer": os.fspath(model_dir(self.config)),
+                **settings.to_metadata(),
+            },
+        )
+
     def save_delta(self, model: nn.Module, run_dir: Path) -> Path:
         """Write ``run_dir/delta.safetensors``: the trainable tensors (+ randomly initialised frozen ones), with
         what prediction needs (label names, text columns, maximum length) in its metadata."""

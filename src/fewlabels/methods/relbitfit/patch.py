@@ -90,23 +90,33 @@ class RelativeBiasOptions:
 
 
 def relative_positions(
-    q_len: int, k_len: int, options: RelativeBiasOptions, device: torch.device | None = None
+    q_len: int,
+    k_len: int,
+    options: RelativeBiasOptions,
+    device: torch.device | None = None,
+    used_rows_only: bool = True,
 ) -> tuple[torch.Tensor, int, int]:
     """Table row used by every (query i, key j) pair.
 
     Returns:
         ``(index, lo, hi)``: ``index`` [q_len, k_len] int64 holds ``r(i, j) - lo``, and rows ``lo .. hi - 1``
         of the table are the only ones used, so callers slice the table to them (for N = 128 and a 40-token
-        batch this skips two thirds of the ``q . R`` products).
+        batch this skips two thirds of the ``q . R`` products). With ``used_rows_only=False``: ``lo, hi = 0,
+        options.num_entries`` (the whole table) and bounds that do not depend on the lengths, which may then be
+        traced or symbolic values (export).
     """
     n = options.num_positions
     i = torch.arange(q_len, device=device)[:, None]
     j = torch.arange(k_len, device=device)[None, :]
     if options.relative_index == "absolute":
         index = (i - j).abs().clamp_max(n - 1)
-        lo, hi = 0, min(n, max(q_len, k_len))
     else:
         index = (j - i).clamp(-(n - 1), n - 1) + (n - 1)
+    if not used_rows_only:
+        return index, 0, options.num_entries
+    if options.relative_index == "absolute":
+        lo, hi = 0, min(n, max(q_len, k_len))
+    else:
         lo, hi = (n - 1) - min(n - 1, q_len - 1), (n - 1) + min(n - 1, k_len - 1) + 1
     return index - lo, lo, hi
 
@@ -194,6 +204,12 @@ class RelativeAttentionBias(nn.Module):
         return per_distance.gather(-1, index.expand(b, h, q_len, k_len))
 
     def _index(self, q_len: int, k_len: int, device: torch.device) -> tuple[torch.Tensor, int, int]:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # torch.jit.trace / torch.export (``fewlabels export``; torch.compile too): the lengths are traced or
+            # symbolic values. No cache (its keys would be those values, and a cached index would enter the graph
+            # as a constant) and every row of the table (slice bounds computed from the lengths would be fixed at
+            # the example's length): one graph for every sequence length, with the same scores.
+            return relative_positions(q_len, k_len, self.options, device, used_rows_only=False)
         # The index depends only on the lengths: build it once per (lengths, device), not once per layer and step.
         key = (q_len, k_len, str(device))
         cached = self._index_cache.get(key)

@@ -24,9 +24,18 @@ import torch
 from torch import nn
 
 from fewlabels.data.base import DataError
+from fewlabels.data.common import InputFiles
 from fewlabels.data.glue import TextExample, read_text_file
+from fewlabels.progress import Progress
 
-__all__ = ["PredictionSettings", "logits_of", "predict_files", "read_unlabelled"]
+__all__ = [
+    "PredictionSettings",
+    "SequenceClassifierExport",
+    "logits_of",
+    "output_paths",
+    "predict_files",
+    "read_unlabelled",
+]
 
 
 @dataclass(frozen=True)
@@ -101,26 +110,49 @@ def read_unlabelled(path: Path, text_column: str = "text", pair_column: str | No
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, arrays: dict[str, torch.Tensor], device: torch.device, batch_size: int) -> torch.Tensor:
+def logits_of(
+    model: nn.Module, arrays: dict[str, torch.Tensor], device: torch.device, batch_size: int, label: str = "eval"
+) -> torch.Tensor:
     """Logits [n, C] of tokenised examples ``arrays`` (``input_ids``, ``attention_mask``, ... each [n, L]).
 
     Examples are run in order of length and each batch is cut to its longest member, so short examples do not
-    pay for the padding of long ones; the rows come back in the input order.
+    pay for the padding of long ones; the rows come back in the input order. The examples done are shown on stderr
+    as ``label`` (:mod:`fewlabels.progress`).
     """
     lengths = arrays["attention_mask"].sum(dim=1)
     order = torch.argsort(lengths, stable=True)
     out: torch.Tensor | None = None
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        width = int(lengths[rows].max())
-        batch = {k: v[rows, :width].to(device) for k, v in arrays.items()}
-        logits = model(**batch).logits.float().cpu()
-        if out is None:
-            out = torch.empty(len(order), logits.shape[-1])
-        out[rows] = logits
+    with Progress(len(order), label, "texts") as progress:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            width = int(lengths[rows].max())
+            batch = {k: v[rows, :width].to(device) for k, v in arrays.items()}
+            logits = model(**batch).logits.float().cpu()
+            if out is None:
+                out = torch.empty(len(order), logits.shape[-1])
+            out[rows] = logits
+            progress.update(len(rows))
     if out is None:
         raise ValueError("no examples to run")
     return out
+
+
+class SequenceClassifierExport(nn.Module):
+    """A Hugging Face sequence classifier with a tensor-in, tensor-out forward (``fewlabels export``): token ids,
+    attention mask (and token types) -> ``logits [N, num_labels]``, the ``.logits`` of its output object."""
+
+    def __init__(self, model: nn.Module, token_types: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.token_types = token_types
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.model(**inputs).logits
 
 
 def _record(example: TextExample, row: torch.Tensor, settings: PredictionSettings) -> dict[str, Any]:
@@ -138,6 +170,23 @@ def _record(example: TextExample, row: torch.Tensor, settings: PredictionSetting
     return record
 
 
+def output_paths(inputs: Sequence[Path], out_dir: Path) -> list[Path]:
+    """The predictions file of each input: ``<stem>.predictions.jsonl``, ``<file name>.predictions.jsonl`` when
+    inputs share the stem, and ``<file name>-2.predictions.jsonl`` (3, ...) when they share the file name too, so
+    that no input's predictions replace another's."""
+    stems = [Path(p).stem.lower() for p in inputs]
+    taken: set[str] = set()
+    out = []
+    for path in map(Path, inputs):
+        base = path.stem if stems.count(path.stem.lower()) == 1 else path.name
+        name, n = base, 2
+        while name.lower() in taken:
+            name, n = f"{base}-{n}", n + 1
+        taken.add(name.lower())
+        out.append(out_dir / f"{name}.predictions.jsonl")
+    return out
+
+
 def predict_files(
     model: nn.Module,
     tokenizer: Any,
@@ -147,11 +196,28 @@ def predict_files(
     settings: PredictionSettings,
 ) -> list[Path]:
     """Label every example of ``inputs`` and write ``out_dir/<stem>.predictions.jsonl`` per input file
-    (``<file name>.predictions.jsonl`` for inputs whose stems are shared, e.g. ``new.csv`` and ``new.jsonl``)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = [Path(p).stem for p in inputs]
-    written = []
+    (``<file name>.predictions.jsonl`` for inputs whose stems are shared, e.g. ``new.csv`` and ``new.jsonl``; then a
+    number, ``-2``, for inputs whose names are shared too).
+
+    Raises:
+        DataError: before anything is written, when an input is not a file, or when an output would overwrite an
+            input file (the same path, a symlink or a hard link to one).
+    """
     for path in inputs:
+        if not Path(path).is_file():
+            raise DataError(f"input file not found: {path}")
+    targets = output_paths(inputs, out_dir)
+    sources = InputFiles(inputs)
+    for path, target in zip(inputs, targets, strict=True):
+        source = sources.overwritten_by(target)
+        if source is not None:
+            raise DataError(
+                f"predict would overwrite the input file {source} (writing {target}, the predictions of {path}); "
+                "choose an --out folder that holds none of the inputs"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, target in zip(inputs, targets, strict=True):
         examples = read_unlabelled(Path(path), settings.text_column, settings.pair_column)
         pairs = [e.text_pair or "" for e in examples] if examples[0].text_pair is not None else None
         encoded = tokenizer(
@@ -163,9 +229,7 @@ def predict_files(
             return_tensors="pt",
         )
         arrays = {k: encoded[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
-        logits = logits_of(model, arrays, device, settings.batch_size)
-        stem = Path(path).stem
-        target = out_dir / f"{stem if stems.count(stem) == 1 else Path(path).name}.predictions.jsonl"
+        logits = logits_of(model, arrays, device, settings.batch_size, label=f"predict {Path(path).name}")
         with target.open("w", encoding="utf-8") as fh:
             for example, row in zip(examples, logits):
                 fh.write(json.dumps(_record(example, row, settings), ensure_ascii=False) + "\n")

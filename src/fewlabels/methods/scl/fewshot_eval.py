@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -37,6 +37,7 @@ from fewlabels.data.base import FewDataset
 from fewlabels.data.episodes import EpisodeSampler
 from fewlabels.methods.scl.augment import build_view
 from fewlabels.methods.scl.config import FewShotConfig, FewShotEvalConfig
+from fewlabels.progress import Progress
 
 FEATURE_TYPES: tuple[str, ...] = ("pooled", "spatial")
 #: ``eval.features`` -> the feature types whose classifiers' probabilities are summed
@@ -101,15 +102,17 @@ def extract_features(
     augment_copies: int = 0,
     augment_view: str = "standard",
     seed: int = 0,
+    label: str = "features",
 ) -> EvalFeatures:
-    """Run the backbone once over ``dataset`` (plus ``augment_copies`` augmented passes, seeded by ``seed``)."""
+    """Run the backbone once over ``dataset`` (plus ``augment_copies`` augmented passes, seeded by ``seed``); the
+    images done are shown on stderr as ``label`` (:mod:`fewlabels.progress`)."""
     device = torch.device(device)
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     chunks: dict[str, list[list[Tensor]]] = {t: [[] for _ in range(1 + augment_copies)] for t in FEATURE_TYPES}
     view: nn.Module | None = None
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), Progress(len(dataset), label, "images") as progress:
         torch.manual_seed(seed)
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
@@ -119,6 +122,7 @@ def extract_features(
                 x = images if copy == 0 else view(images).clamp(0.0, 1.0)  # type: ignore[misc]
                 for t, f in _embed_images(model, x).items():
                     chunks[t][copy].append(f.cpu())
+            progress.update(images.shape[0])
     features = {t: torch.stack([torch.cat(c) for c in copies]) for t, copies in chunks.items()}
     return EvalFeatures(features, _labels_of(dataset))
 
@@ -221,6 +225,7 @@ def batched_logistic_regression(
     max_iter: int = 100,
     tol: float = 1e-8,
     max_hessian_bytes: int = 256 * 2**20,
+    progress: Callable[[int], None] | None = None,
 ) -> LinearSolution:
     """Multinomial L2 logistic regression for ``E`` episodes at once, with scikit-learn's semantics.
 
@@ -228,7 +233,8 @@ def batched_logistic_regression(
     ``x [E, n, F]``, ``y [E, n]`` in ``0..n_classes-1``. By the representer theorem ``W`` lies in the span of
     the episode's ``n`` support vectors, so the problem is solved exactly in an orthonormal basis of that span
     (eigenvectors of the Gram matrix ``x x^T``, dimension ``n`` instead of ``F``) by Newton's method in
-    float64, converging to ``max |gradient| < tol``. Returns ``weight [E, F, W]``, ``bias [E, W]``.
+    float64, converging to ``max |gradient| < tol``. Returns ``weight [E, F, W]``, ``bias [E, W]``. ``progress``
+    is called with the number of episodes solved after each chunk of them.
     """
     e, n, f = x.shape
     xd = x.to(torch.float64)
@@ -252,6 +258,8 @@ def batched_logistic_regression(
         inv = torch.where(keep, 1.0 / sqrt.clamp(min=1e-300), torch.zeros_like(sqrt))
         weights.append(xc.transpose(1, 2) @ (evecs * inv[:, None, :]) @ theta[:, :n])
         biases.append(theta[:, n])
+        if progress is not None:
+            progress(xc.shape[0])
     return LinearSolution(torch.cat(weights), torch.cat(biases), iters)
 
 
@@ -334,22 +342,29 @@ def classifier_proba(
     exact: bool = False,
     C: float = 1.0,
     device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Query probabilities ``[E, q, W]`` (float64, CPU) of the episode classifier fitted on one feature type.
 
     ``xs [E, n, F]`` support features with labels ``ys [E, n]`` in ``0..n_classes-1``, ``xq [E, q, F]``. The
     one classifier of both evaluation and few-shot prediction: the batched solver, scikit-learn per episode
-    (``exact``) or the nearest centroid (``classifier="nc"``).
+    (``exact``) or the nearest centroid (``classifier="nc"``). ``progress`` is called with the number of episodes
+    done, as they are done.
     """
+    done = progress if progress is not None else (lambda n: None)
     if classifier == "nc":
-        return nearest_centroid_proba(xs.to(device), ys.to(device), xq.to(device), n_classes).cpu().double()
+        proba = nearest_centroid_proba(xs.to(device), ys.to(device), xq.to(device), n_classes).cpu().double()
+        done(xs.shape[0])
+        return proba
     if exact:
-        return torch.from_numpy(
-            np.stack([_sklearn_proba(xs[i].numpy(), ys[i].numpy(), xq[i].numpy(), C) for i in range(xs.shape[0])])
-        )
+        rows = []
+        for i in range(xs.shape[0]):
+            rows.append(_sklearn_proba(xs[i].numpy(), ys[i].numpy(), xq[i].numpy(), C))
+            done(1)
+        return torch.from_numpy(np.stack(rows))
     xs = xs.to(device)
     with solver_threads(xs, n_classes):
-        sol = batched_logistic_regression(xs, ys.to(device), n_classes, C=C)
+        sol = batched_logistic_regression(xs, ys.to(device), n_classes, C=C, progress=done)
         return sol.logits(xq.to(device)).softmax(dim=2).cpu()
 
 
@@ -363,14 +378,16 @@ def episode_accuracies(
     feature_types: Sequence[str] = FEATURE_TYPES,
     C: float = 1.0,
     device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Accuracy ``[E]`` of each episode (``support [E, W, S]``, ``query [E, W, Q]`` dataset indices)."""
+    """Accuracy ``[E]`` of each episode (``support [E, W, S]``, ``query [E, W, Q]`` dataset indices);
+    ``progress`` is called with the number of classifiers fitted (one per episode and feature type)."""
     w = support.shape[1]
     proba: Tensor | None = None
     yq: Tensor | None = None
     for t in feature_types:
         xs, ys, xq, yq = _episode_sets(features.features[t], support, query, support_augment)
-        p = classifier_proba(xs, ys, xq, w, classifier, exact, C, device)
+        p = classifier_proba(xs, ys, xq, w, classifier, exact, C, device, progress)
         proba = p if proba is None else proba + p
     assert proba is not None and yq is not None
     return (proba.argmax(dim=2) == yq).double().mean(dim=1).numpy()
@@ -401,6 +418,7 @@ def fewshot_evaluate(
     device: torch.device | str | None = None,
     C: float = 1.0,
     return_episodes: bool = False,
+    label: str = "eval",
 ) -> dict[str, Any]:
     """Mean accuracy (percent) and 95% CI half-width of the episodes of ``config`` for each number of shots.
 
@@ -408,7 +426,9 @@ def fewshot_evaluate(
     ``config`` (default :class:`FewShotEvalConfig`); each keyword from ``shots`` to ``features`` that is not
     ``None`` replaces that field of it. Episodes are seeded by ``seed`` (the same episodes for every model).
     Returns ``{"acc_{K}shot", "ci95_{K}shot"}`` per shot, plus the protocol (``episodes``, ``ways``, ``queries``,
-    ``classifier``, ``exact``, ``support_augment``, ``features``, ``seed``) and ``seconds``.
+    ``classifier``, ``exact``, ``support_augment``, ``features``, ``seed``) and ``seconds``. The progress is shown
+    on stderr (:mod:`fewlabels.progress`): ``<label> features`` (images), then ``<label> episodes`` (classifiers,
+    one per episode, number of shots and feature type).
     """
     start = time.perf_counter()
     cfg = _with_fields(
@@ -428,24 +448,29 @@ def fewshot_evaluate(
         device = next(model.parameters()).device
     labels = _labels_of(dataset)
     samplers = {k: EpisodeSampler(labels, cfg.ways, k, cfg.queries, cfg.episodes, cfg.seed) for k in cfg.shots}
-    feats = extract_features(model, dataset, device, cfg.batch_size, cfg.support_augment, seed=cfg.seed)
+    feats = extract_features(
+        model, dataset, device, cfg.batch_size, cfg.support_augment, seed=cfg.seed, label=f"{label} features"
+    )
     out: dict[str, Any] = {}
-    for k, sampler in samplers.items():
-        _, support, query = sampler.as_arrays()
-        accs = episode_accuracies(
-            feats,
-            support,
-            query,
-            cfg.classifier,
-            cfg.exact,
-            cfg.support_augment,
-            feature_types(cfg.features),
-            C=C,
-            device=device,
-        )
-        out[f"acc_{k}shot"], out[f"ci95_{k}shot"] = _summary(accs)
-        if return_episodes:  # per-episode accuracies, e.g. for a histogram
-            out[f"episodes_{k}shot"] = [float(a) for a in np.asarray(accs).ravel()]
+    types = feature_types(cfg.features)
+    with Progress(len(samplers) * len(types) * cfg.episodes, f"{label} episodes", "classifiers") as fits:
+        for k, sampler in samplers.items():
+            _, support, query = sampler.as_arrays()
+            accs = episode_accuracies(
+                feats,
+                support,
+                query,
+                cfg.classifier,
+                cfg.exact,
+                cfg.support_augment,
+                types,
+                C=C,
+                device=device,
+                progress=fits.update,
+            )
+            out[f"acc_{k}shot"], out[f"ci95_{k}shot"] = _summary(accs)
+            if return_episodes:  # per-episode accuracies, e.g. for a histogram
+                out[f"episodes_{k}shot"] = [float(a) for a in np.asarray(accs).ravel()]
     out.update(
         episodes=cfg.episodes,
         ways=cfg.ways,
@@ -506,6 +531,7 @@ def evaluate_split(
         config if config is not None else method.config.eval,
         device=device,
         return_episodes=return_episodes,
+        label=f"eval {split}",
     )
     result["split"] = split
     return result

@@ -25,13 +25,14 @@ from torch import Tensor, nn
 
 from fewlabels.data.fewshot import FewShotDataset
 from fewlabels.data.registry import load_fewshot
-from fewlabels.methods.base import Method, Source, StepOutput
+from fewlabels.methods.base import ExportSpec, Method, Source, StepOutput
 from fewlabels.methods.scl.augment import MultiViewAugment
 from fewlabels.methods.scl.backbones import build_backbone
 from fewlabels.methods.scl.config import FewShotConfig, SCLConfig
-from fewlabels.methods.scl.fewshot_eval import fewshot_evaluate
+from fewlabels.methods.scl.fewshot_eval import embed, fewshot_evaluate
 from fewlabels.methods.scl.losses import spatial_similarity, supcon_loss
 from fewlabels.methods.scl.model import NORMALISATION, SCLNet, resolve_normalisation
+from fewlabels.progress import track
 from fewlabels.registry import register_method
 
 
@@ -98,6 +99,27 @@ def _gather_labels(y: Tensor) -> Tensor:
     out = [torch.empty_like(y) for _ in range(dist.get_world_size())]
     dist.all_gather(out, y.contiguous())
     return torch.cat(out)
+
+
+class FewShotFeatures(nn.Module):
+    """The feature extractor of a few-shot run as a module: ``images [N, C, S, S]`` in ``[0, 1]`` (normalised
+    inside) -> the L2-normalised features that the episode classifier fits on (:func:`~.fewshot_eval.embed`):
+    ``pooled [N, D]`` (global average) and ``spatial [N, 4 D]`` (2x2 max-pooled map, flattened)."""
+
+    def __init__(self, net: SCLNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        spatial, pooled = self.net.features(images)
+        spatial = spatial.float()
+        # F.adaptive_max_pool2d(spatial, 2) (what embed computes), written as the max over its four cells: the ONNX
+        # exporter has no adaptive max pooling. Cell i of a side n spans floor(i n / 2) .. ceil((i + 1) n / 2).
+        h, w = spatial.shape[-2], spatial.shape[-1]
+        rows, cols = ((0, (h + 1) // 2), (h // 2, h)), ((0, (w + 1) // 2), (w // 2, w))
+        cells = [spatial[..., r0:r1, c0:c1].amax(dim=(-2, -1)) for r0, r1 in rows for c0, c1 in cols]
+        grid = torch.stack(cells, dim=-1)  # [N, D, 4], row-major cells: the flattening order of [N, D, 2, 2]
+        return F.normalize(pooled.float(), dim=1), F.normalize(grid.flatten(1), dim=1)
 
 
 #: the config class of a few-shot method (``FewShotMethod[FewShotConfigT]``)
@@ -186,6 +208,53 @@ class FewShotMethod(Method[FewShotConfigT]):
             figures[f"{k}-shot episode accuracies ({ev.val_episodes} validation episodes)"] = path
         return figures
 
+    def export_module(self, model: nn.Module) -> ExportSpec:
+        """The feature extractor (:class:`FewShotFeatures`): ``images [N, C, S, S]`` at the run's image size ``S``,
+        float32 in ``[0, 1]`` -> ``pooled [N, D]`` and ``spatial [N, 4 D]``, L2-normalised; N dynamic. The episode
+        classifier (fitted per episode on support features) is not part of the artefact."""
+        net = getattr(model, "module", model)
+        if not isinstance(net, SCLNet):
+            raise TypeError(f"{self.name}: expected an SCLNet, got {type(net).__name__}")
+        size = self.config.data.resolved_image_size()
+        channels = int(net.mean.shape[1])
+        device = net.mean.device
+        generator = torch.Generator().manual_seed(0)
+
+        def images(n: int) -> dict[str, Tensor]:
+            return {"images": torch.rand(n, channels, size, size, generator=generator).to(device)}
+
+        def reference(x: Tensor) -> tuple[Tensor, Tensor]:
+            features = embed(*net(x, mode="features"))
+            return features["pooled"], features["spatial"]
+
+        dim = int(net.backbone.out_channels)
+        normalisation = resolve_normalisation(self.config.model.normalisation, self.config.data.spec.name)
+        mean, std = NORMALISATION[normalisation]
+        ev = self.config.eval
+        return ExportSpec(
+            module=FewShotFeatures(net).eval(),
+            inputs=images(2),
+            outputs=("pooled", "spatial"),
+            dynamic_axes={"images": {0: "batch"}, "pooled": {0: "batch"}, "spatial": {0: "batch"}},
+            reference=reference,
+            check_inputs=[images(3), images(1)],
+            description=(
+                f"{self.name} feature extractor: images [N, {channels}, {size}, {size}] in [0, 1] -> "
+                f"pooled [N, {dim}], spatial [N, {4 * dim}]"
+            ),
+            metadata={
+                "inputs": {"images": f"float32 [N, {channels}, {size}, {size}], RGB in [0, 1] (normalised inside)"},
+                "outputs": {
+                    "pooled": f"float32 [N, {dim}]: the L2-normalised global average of the last feature map",
+                    "spatial": f"float32 [N, {4 * dim}]: the L2-normalised 2x2 max-pooled feature map, flattened",
+                },
+                "image_size": size,
+                "resize": "bilinear, to image_size x image_size (as the run's predict)",
+                "normalisation": {"inside": True, "name": normalisation, "mean": list(mean), "std": list(std)},
+                "episode_classifier": {"classifier": ev.classifier, "features": ev.features},
+            },
+        )
+
     def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         """Base-class predictions of image files -> ``predictions.csv`` (path, class, name, probability), or
         their L2-normalised pooled features -> ``features.npy`` for networks without a classifier."""
@@ -197,7 +266,7 @@ class FewShotMethod(Method[FewShotConfigT]):
         out_dir.mkdir(parents=True, exist_ok=True)
         size = self.config.data.resolved_image_size()
         rows, feats = [], []
-        for path in inputs:
+        for path in track(inputs, len(inputs), "predict", "images"):
             rgb = Image.fromarray(read_rgb(path))  # any mode (16-bit scaled); a DataError naming an undecodable file
             image = to_chw_float(np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR)))
             x = image[None].to(device)

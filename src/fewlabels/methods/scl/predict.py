@@ -136,8 +136,10 @@ def classify_queries(
     """Probabilities ``[queries, n_classes]`` (float64; the feature types' probabilities averaged) of the
     evaluation's episode classifier fitted on ``support`` (labels ``0..n_classes-1``), with the support
     augmentation, feature types, classifier and solver of ``config``."""
-    sup = extract_features(model, support, device, config.batch_size, config.support_augment, seed=config.seed)
-    qry = extract_features(model, queries, device, config.batch_size, 0)
+    sup = extract_features(
+        model, support, device, config.batch_size, config.support_augment, seed=config.seed, label="predict support"
+    )
+    qry = extract_features(model, queries, device, config.batch_size, 0, label="predict queries")
     used = support_copies(config.support_augment)
     ys = torch.as_tensor(sup.labels).repeat(len(used))[None]
     types = feature_types(config.features)

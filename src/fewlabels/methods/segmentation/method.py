@@ -36,12 +36,20 @@ from torch import nn
 
 from fewlabels.config import RunConfig
 from fewlabels.data.base import DataError, FewDataset
-from fewlabels.data.common import IGNORE_INDEX, IMAGE_EXTENSIONS, plan_outputs, read_class_names, read_rgb
+from fewlabels.data.common import (
+    IGNORE_INDEX,
+    IMAGE_EXTENSIONS,
+    InputFiles,
+    plan_outputs,
+    read_class_names,
+    read_rgb,
+)
 from fewlabels.data.registry import get_dataset, load_segmentation
 from fewlabels.data.segmentation import SegmentationData
-from fewlabels.methods.base import Method
+from fewlabels.methods.base import ExportSpec, Method
 from fewlabels.methods.segmentation.config import SegDataConfig, SegEvalConfig, SegModelConfig
-from fewlabels.models import SegmentationNet, build_segmentation_model
+from fewlabels.models import ExportableSegmenter, SegmentationNet, build_segmentation_model
+from fewlabels.progress import Progress, track
 
 __all__ = [
     "LabelSpace",
@@ -91,20 +99,25 @@ class LabelSpace:
     thing_classes: tuple[int, ...]
 
 
-def classifier_outputs(weights: Path) -> int | None:
-    """The number of classes of a saved segmentation network (rows of its ``decoder.classifier``), read from the
-    file's header only; None when the file cannot tell."""
+def saved_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a run's weights file (a safetensors header, or the ``model`` of a training
+    checkpoint ``.pt``) by name; empty when the file cannot be read."""
     from safetensors import safe_open
 
     try:
         if weights.suffix == ".pt":  # a training checkpoint: the model's tensors are under "model"
             state = torch.load(weights, map_location="cpu", weights_only=True).get("model", {})
-            shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-        else:
-            with safe_open(str(weights), framework="pt") as fh:
-                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a mapping
+            return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+        with safe_open(str(weights), framework="pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a mapping
     except Exception:  # noqa: BLE001 - an unreadable file is reported when the weights are loaded
-        return None
+        return {}
+
+
+def classifier_outputs(weights: Path) -> int | None:
+    """The number of classes of a saved segmentation network (rows of its ``decoder.classifier``), read from the
+    file's header only; None when the file cannot tell."""
+    shapes = saved_shapes(weights)
     found = [shape[0] for key, shape in shapes.items() if key.endswith("decoder.classifier.weight") and shape]
     return int(found[0]) if found else None
 
@@ -171,27 +184,31 @@ def evaluate_segmentation(
     cfg: SegEvalConfig,
     device: torch.device | str,
     class_names: Sequence[str] = (),
+    label: str = "eval",
 ) -> dict[str, float]:
     """mIoU, pixel accuracy and per-class IoU (``iou/<class>``) on ``dataset`` (classes absent from both prediction
-    and target in the whole evaluation are excluded from the mean)."""
+    and target in the whole evaluation are excluded from the mean); the images done are shown on stderr as
+    ``label`` (:mod:`fewlabels.progress`)."""
     from fewlabels.metrics import SegmentationMeter
 
     meter = SegmentationMeter(num_classes)
     n = len(dataset) if not cfg.max_images else min(cfg.max_images, len(dataset))
-    i = 0
-    while i < n:
-        first = dataset[i]
-        items = [first]
-        # Batch only images of the same size (VOC images differ in size).
-        while len(items) < cfg.batch_size and i + len(items) < n:
-            nxt = dataset[i + len(items)]
-            if nxt["image"].shape != first["image"].shape:
-                break
-            items.append(nxt)
-        images = torch.stack([it["image"] for it in items]).to(device)
-        masks = torch.stack([it["mask"] for it in items]).to(device)
-        meter.update(infer_probs(logits_fn, images, cfg).argmax(1), masks)
-        i += len(items)
+    with Progress(n, label, "images") as progress:
+        i = 0
+        while i < n:
+            first = dataset[i]
+            items = [first]
+            # Batch only images of the same size (VOC images differ in size).
+            while len(items) < cfg.batch_size and i + len(items) < n:
+                nxt = dataset[i + len(items)]
+                if nxt["image"].shape != first["image"].shape:
+                    break
+                items.append(nxt)
+            images = torch.stack([it["image"] for it in items]).to(device)
+            masks = torch.stack([it["mask"] for it in items]).to(device)
+            meter.update(infer_probs(logits_fn, images, cfg).argmax(1), masks)
+            i += len(items)
+            progress.update(len(items))
     result = meter.compute()
     out = {"miou": float(result["miou"]), "pixel_accuracy": float(result["pixel_accuracy"])}
     for c, v in enumerate(result["iou"]):
@@ -218,7 +235,8 @@ def segmentation_figure(
     from fewlabels.viz import colorize, save_image_grid
 
     rows = []
-    for i in range(min(count, len(dataset))):
+    shown = min(count, len(dataset))
+    for i in track(range(shown), shown, "report figure", "images"):
         item = dataset[i]
         x = item["image"].unsqueeze(0).to(device)
         row = [to_uint8_image(item["image"]), colorize(item["mask"].numpy(), num_classes)]
@@ -243,6 +261,8 @@ class SegmentationMethod(Method[ConfigT], Generic[ConfigT, DataT]):
     output_names: ClassVar[tuple[str, ...]] = ("{stem}.png", "{stem}_overlay.png")
     #: the label space restored from the run by :meth:`prepare_inference` (then no dataset is read to build the model)
     restored_labels: LabelSpace | None = None
+    #: the name of the exported predictor's output (:meth:`export_module`)
+    export_output: ClassVar[str] = "logits"
 
     # --- data and model -------------------------------------------------------------------------------------
     def build_data(self) -> DataT:
@@ -340,20 +360,21 @@ class SegmentationMethod(Method[ConfigT], Generic[ConfigT, DataT]):
     def predict(self, model: nn.Module, inputs: Sequence[Path], out_dir: Path, device: torch.device) -> list[Path]:
         """Predict every image among ``inputs`` into ``out_dir``: a folder's tree is mirrored (``a/x.png`` ->
         ``out/a/x.png``), names that would collide get the image's extension, and no input file is ever written
-        (a DataError before anything is written)."""
+        (the same path, a symlink or a hard link to one: a DataError before anything is written)."""
         planned = plan_outputs(inputs, self.input_suffixes)
-        sources = {f.resolve() for f, _ in planned} | {Path(p).resolve() for p in inputs}
+        sources = InputFiles([f for f, _ in planned] + [Path(p) for p in inputs if Path(p).is_file()])
         for f, rel in planned:
             for name in self.output_names:
-                target = (out_dir / rel.parent / name.format(stem=rel.name)).resolve()
-                if target in sources:
+                target = out_dir / rel.parent / name.format(stem=rel.name)
+                source = sources.overwritten_by(target)
+                if source is not None:
                     raise DataError(
-                        f"predict would overwrite the input file {target} (the prediction of {f}); choose an --out "
-                        "folder that holds none of the inputs"
+                        f"predict would overwrite the input file {source} (writing {target}, the prediction of {f}); "
+                        "choose an --out folder that holds none of the inputs"
                     )
         model.eval()
         written: list[Path] = []
-        for f, rel in planned:
+        for f, rel in track(planned, len(planned), "predict", "images"):
             folder = out_dir / rel.parent
             folder.mkdir(parents=True, exist_ok=True)
             self._output_stems = {f: rel.name}
@@ -387,3 +408,71 @@ class SegmentationMethod(Method[ConfigT], Generic[ConfigT, DataT]):
             device,
         )
         return {self.figure_caption: path}
+
+    # --- export ---------------------------------------------------------------------------------------------
+    def export_network(self, model: nn.Module) -> nn.Module:
+        """The predictor as a module, ``images [N, C, H, W]`` in ``[0, 1]`` -> class scores ``[N, K, H, W]``, for
+        any N, H, W (default: the network, with its padding to the output stride in an exportable form)."""
+        if not isinstance(model, SegmentationNet):
+            raise TypeError(f"{self.name}: expected a SegmentationNet, got {type(model).__name__}")
+        return ExportableSegmenter(model)
+
+    def export_image_shape(self, model: nn.Module) -> tuple[int, int]:
+        """``(channels, side)`` of the example images of an export: the image channels and the training crop."""
+        cfg = getattr(self.config, "data", None)
+        side = int(getattr(cfg, "crop_size", 0) or 64)
+        return int(getattr(model, "in_channels", 3)), side
+
+    def export_metadata(self, model: nn.Module) -> dict[str, Any]:
+        """Facts about the exported predictor: its classes, the normalisation inside it, the training crop."""
+        labels = self.label_space
+        net = model if isinstance(model, SegmentationNet) else getattr(model, "net", None)
+        meta: dict[str, Any] = {"classes": list(labels.class_names), "num_classes": labels.num_classes}
+        if isinstance(net, SegmentationNet):
+            meta["normalisation"] = {
+                "inside": True,
+                "mean": [round(float(v), 6) for v in net.mean.flatten()],
+                "std": [round(float(v), 6) for v in net.std.flatten()],
+            }
+            meta["output_stride"] = net.output_stride
+        settings = self.eval_settings
+        if settings.flip or list(settings.scales) != [1.0]:
+            meta["not_included"] = (
+                f"the run's evaluation averages scales {list(settings.scales)}"
+                + (" and flips" if settings.flip else "")
+                + ": the artefact is one single-scale pass"
+            )
+        return meta
+
+    def export_module(self, model: nn.Module) -> ExportSpec:
+        """``images [N, C, H, W]`` (float32 in ``[0, 1]``, RGB order, normalised inside the module) -> class scores
+        ``[N, K, H, W]`` at the input resolution, N, H and W dynamic: the run's :meth:`predictor`."""
+        module = self.export_network(model).eval()
+        channels, side = self.export_image_shape(model)
+        generator = torch.Generator().manual_seed(0)
+        device = next(iter(model.parameters())).device
+
+        def images(n: int, h: int, w: int) -> dict[str, torch.Tensor]:
+            return {"images": torch.rand(n, channels, h, w, generator=generator).to(device)}
+
+        predictor = self.predictor(model)
+        k = self.num_classes
+        out = self.export_output
+        return ExportSpec(
+            module=module,
+            inputs=images(2, side, side),
+            outputs=(out,),
+            dynamic_axes={
+                "images": {0: "batch", 2: "height", 3: "width"},
+                out: {0: "batch", 2: "height", 3: "width"},
+            },
+            reference=lambda x: (predictor(x),),
+            check_inputs=[images(3, side + 7, max(3, side - 5)), images(1, max(3, side // 2 + 1), side + 3)],
+            description=f"{self.name} predictor: images [N, {channels}, H, W] in [0, 1] -> {out} [N, {k}, H, W]",
+            metadata={
+                "inputs": {"images": f"float32 [N, {channels}, H, W], RGB in [0, 1] (normalised inside)"},
+                "outputs": {out: f"float32 [N, {k}, H, W]; the argmax over axis 1 is the predicted class"},
+                "crop_size": side,
+                **self.export_metadata(model),
+            },
+        )

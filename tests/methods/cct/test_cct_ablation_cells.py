@@ -1,0 +1,113 @@
+"""The cells of benchmarks/cct_ablation.py: one per registered perturbation type alone and all-but-one, from the
+registry and the config's counts, each a valid config that changes only what its name says."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch import Tensor
+
+from fewlabels.methods.cct.perturbations import (
+    PerturbationInput,
+    SpatialMaskPerturbation,
+    register_perturbation,
+    registered_perturbations,
+    unregister_perturbation,
+)
+from fewlabels.registry import config_from_dict
+
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+@pytest.fixture
+def ablation(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _seeds.py
+    spec = importlib.util.spec_from_file_location("cct_ablation", BENCHMARKS / "cct_ablation.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cct_ablation", module)  # its dataclass looks the module up while it is made
+    spec.loader.exec_module(module)
+    return module
+
+
+class Halve(SpatialMaskPerturbation):
+    """A toy type whose count field is not its name."""
+
+    name = "halve"
+    count_field = "halve_decoders"
+
+    def mask(self, inputs: PerturbationInput, n: int) -> Tensor:
+        return torch.full((n, inputs.z.shape[0], 1, 1, 1), 0.5)
+
+
+@pytest.fixture
+def halve() -> Iterator[None]:
+    register_perturbation(Halve)
+    try:
+        yield
+    finally:
+        unregister_perturbation("halve")
+
+
+def test_scenes_cells_are_each_type_alone_and_all_but_one_with_the_configs_counts(ablation: ModuleType) -> None:
+    cct = ablation.read_config("scenes")
+    cells = ablation.build_cells(cct, ["ablation", "curve"], [100, 900])
+    counts = config_from_dict(cct).perturbations.counts
+    names = [p.name for p in registered_perturbations()]
+    assert [c.name for c in cells] == [
+        "supervised",
+        "CCT (all)",
+        *(f"only {n}" for n in names),
+        *(f"all but {n}" for n in names),
+        "unlabeled 100",
+        "unlabeled 900",
+    ]
+    by_name = {c.name: c for c in cells}
+    assert by_name["CCT (all)"].decoders == 30 and by_name["only vat"].decoders == 2
+    assert by_name["all but feature_noise"].decoders == 24
+    for cell in cells:
+        config = config_from_dict(ablation.run_config(cct, cell, seed=3, steps=7))
+        assert (config.seed, config.train.steps, config.train.eval_every) == (3, 7, 0)
+        assert config.data == config_from_dict(cct).data  # the same data for every cell
+        if cell.name == "supervised":
+            assert config.method == "supervised"
+            continue
+        got = config.perturbations.counts
+        assert config.perturbations.total == cell.decoders
+        if cell.name.startswith("only "):
+            kept = cell.name.removeprefix("only ")
+            assert got == {n: counts[n] if n == kept else 0 for n in names}
+        elif cell.name.startswith("all but "):
+            dropped = cell.name.removeprefix("all but ")
+            assert got == {n: 0 if n == dropped else counts[n] for n in names}
+        else:
+            assert got == counts
+        assert config.unlabeled_images == (cell.unlabeled or 0)
+
+
+def test_types_without_decoders_get_no_cell_and_count_fields_come_from_the_registry(
+    ablation: ModuleType, halve: None
+) -> None:
+    counts = {"vat": 2, "dropout": 0, "cutout": 6, "context_mask": 0, "object_mask": 0, "feature_drop": 0}
+    counts |= {"feature_noise": 0, "halve": 3}
+    cells = {c.name: c for c in ablation.perturbation_cells(counts)}
+    assert list(cells) == [
+        "only vat",
+        "only cutout",
+        "only halve",
+        "all but vat",
+        "all but cutout",
+        "all but halve",
+    ]
+    zero = dict.fromkeys(["dropout", "context_mask", "object_mask", "feature_drop", "feature_noise"], 0)
+    assert cells["only halve"].overrides == {"perturbations": {"vat": 0, "cutout": 0, **zero, "halve_decoders": 3}}
+    assert cells["all but vat"].overrides == {"perturbations": {"vat": 0, "cutout": 6, **zero, "halve_decoders": 3}}
+    assert [cells[n].decoders for n in cells] == [2, 6, 3, 9, 5, 8]
+    # a single type with decoders has no all-but-one cell (it would leave no aux decoder)
+    assert [c.name for c in ablation.perturbation_cells({"vat": 0, "cutout": 4})] == ["only cutout"]
