@@ -36,7 +36,8 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
-        super().__init__(f"config key '{key}': {message}")
+        kind = "option" if key.startswith("-") else "config key"  # a command-line flag is not a config key
+        super().__init__(f"{kind} '{key}': {message}")
 
 
 class ConfigFileError(ConfigError):
