@@ -55,16 +55,29 @@ def config(seed: int, steps: int, weights: dict[str, float], views: list[str], w
 
 def paired_differences(table: SeedTable, a: str, b: str) -> dict[str, dict[str, Any]]:
     """Per column, ``a - b`` on the seeds both rows hold: mean, std, Student-t 95% CI over seeds."""
-    from _seeds import summarise
+    from _seeds import paired_difference
 
     out: dict[str, dict[str, Any]] = {}
     for column in dict.fromkeys(c for _, c in table.cells):
         va = dict(zip(table.seeds.get((a, column), []), table.cells.get((a, column), []), strict=True))
         vb = dict(zip(table.seeds.get((b, column), []), table.cells.get((b, column), []), strict=True))
-        common = sorted(set(va) & set(vb))
-        if common:
-            out[column] = summarise([va[s] - vb[s] for s in common])
+        difference = paired_difference(va, vb)
+        if difference is not None:
+            out[column] = difference
     return out
+
+
+def print_results(table: SeedTable, paired_rows: list[str] | None, summary: dict[str, Any]) -> None:
+    """The markdown table, the paired ``A - B`` per column (when ``paired_rows`` names A and B), and one JSON line of
+    ``summary`` + the table's summary + the paired differences."""
+    print(table.markdown(digits=1))
+    paired = paired_differences(table, *paired_rows) if paired_rows else {}
+    for column, d in paired.items():
+        print(
+            f"{paired_rows[0]} - {paired_rows[1]}, {column}: {d['mean']:+.2f} +- {d['ci95']:.2f} "
+            f"(paired over {d['n']} seeds; per seed {', '.join(f'{v:+.1f}' for v in d['values'])})"
+        )
+    print(json.dumps({**summary, "summary": table.summary(), "paired": paired}))
 
 
 def main() -> None:
@@ -123,15 +136,7 @@ def main() -> None:
                     cpu_seconds=cpu,
                     run_dir=str(run_dir),
                 )
-    print(table.markdown(digits=1))
-    paired = paired_differences(table, *args.paired) if args.paired else {}
-    for column, d in paired.items():
-        print(
-            f"{args.paired[0]} - {args.paired[1]}, {column}: {d['mean']:+.2f} +- {d['ci95']:.2f} "
-            f"(paired over {d['n']} seeds; per seed {', '.join(f'{v:+.1f}' for v in d['values'])})"
-        )
-    summary = {"steps": args.steps, "weight": args.weight, "seeds": args.seeds, "summary": table.summary()}
-    print(json.dumps({**summary, "paired": paired}))
+    print_results(table, args.paired, {"steps": args.steps, "weight": args.weight, "seeds": args.seeds})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from _seeds import SeedTable
-from scl_ablation import paired_differences
+from scl_ablation import print_results
 
 
 def untrained_model(seed: int) -> Any:
@@ -105,15 +105,7 @@ def main() -> None:
             table.add(
                 "untrained", f"{k}-shot", seed, res[f"acc_{k}shot"], ci95_episodes=res[f"ci95_{k}shot"], cpu_seconds=cpu
             )
-    print(table.markdown(digits=1))
-    paired = paired_differences(table, *args.paired) if args.paired else {}
-    for column, d in paired.items():
-        print(
-            f"{args.paired[0]} - {args.paired[1]}, {column}: {d['mean']:+.2f} +- {d['ci95']:.2f} "
-            f"(paired over {d['n']} seeds; per seed {', '.join(f'{v:+.1f}' for v in d['values'])})"
-        )
-    summary = {"dataset": args.dataset, "episodes": args.episodes, "summary": table.summary()}
-    print(json.dumps({**summary, "paired": paired}))
+    print_results(table, args.paired, {"dataset": args.dataset, "episodes": args.episodes})
 
 
 if __name__ == "__main__":

@@ -459,6 +459,7 @@ def export_run(
     file is left at ``out`` (an existing one is kept).
     """
     from fewlabels.engine import load_run, read_run_config
+    from fewlabels.engine.checkpoint import atomic_write
     from fewlabels.registry import get_method
 
     fmt = format_of(fmt, out)
@@ -482,13 +483,12 @@ def export_run(
     with torch.no_grad():
         spec = run.method.export_module(run.model)
     metadata = export_metadata(spec, run.run_dir, config.method, run.weights, fmt)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        write_artefact(spec, fmt, partial, metadata)
-        checks: list[CheckResult] = []
+    checks: list[CheckResult] = []
+
+    def write_and_check(tmp: Path) -> None:  # a failed export or check leaves nothing, and any old file intact
+        write_artefact(spec, fmt, tmp, metadata)
         if check:
-            checks = check_artefact(fmt, partial, spec, tolerance)
+            checks.extend(check_artefact(fmt, tmp, spec, tolerance))
             failed = [c for c in checks if not c.passed]
             if failed:
                 worst = max(failed, key=lambda c: c.max_abs_diff)
@@ -496,7 +496,6 @@ def export_run(
                     f"the {fmt} artefact differs from the run's predictor by {worst.max_abs_diff:.3g} on inputs "
                     f"{worst.shape_text()} (tolerance {worst.tolerance:.3g}); nothing was written to {out}"
                 )
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+
+    atomic_write(target, write_and_check)  # with the mode the user's umask gives (safetensors writes 0600)
     return ExportResult(target, fmt, spec.description, target.stat().st_size, metadata, checks)
