@@ -52,6 +52,7 @@ class Cell:
     overrides: dict[str, Any] = field(default_factory=dict, hash=False)
     decoders: int = 0
     unlabeled: int | None = None  # curve cells: the number of unlabeled images
+    steps_factor: float = 1.0  # the cell trains for this multiple of the sweep's steps (a compute-matched control)
 
     @property
     def slug(self) -> str:
@@ -118,13 +119,21 @@ def merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def run_config(cct: Mapping[str, Any], cell: Cell, seed: int, steps: int | None) -> dict[str, Any]:
-    """The config of ``cell`` at ``seed``: evaluated once, at the end (the final model's mIoU is the value)."""
+def run_config(
+    cct: Mapping[str, Any], cell: Cell, seed: int, steps: int | None, split_seed: bool = False
+) -> dict[str, Any]:
+    """The config of ``cell`` at ``seed``: evaluated once, at the end (the final model's mIoU is the value).
+    ``split_seed``: the labeled images are drawn with ``data.split_seed = seed`` too (else the config's draw)."""
+    from fewlabels.registry import config_from_dict
+
     base = baseline_config(cct) if cell.part == "baseline" else cct
     train: dict[str, Any] = {"eval_every": 0}
-    if steps:
+    if steps or cell.steps_factor != 1.0:
+        steps = steps or config_from_dict(dict(cct)).train.steps
+        steps = max(1, round(steps * cell.steps_factor))
         train.update(steps=steps, checkpoint_every=steps)
-    return merged(base, {**cell.overrides, "seed": seed, "train": train})
+    extra: dict[str, Any] = {"data": {"split_seed": seed}} if split_seed else {}
+    return merged(merged(base, cell.overrides), {**extra, "seed": seed, "train": train})
 
 
 def unlabeled_count(cct: Mapping[str, Any]) -> int:
@@ -135,15 +144,18 @@ def unlabeled_count(cct: Mapping[str, Any]) -> int:
     return len(get_method("cct")(config).data.unlabeled)
 
 
-def run_cells(args: argparse.Namespace, cct: Mapping[str, Any], cells: list[Cell]) -> dict[str, dict[int, float]]:
-    """Train every missing (cell, seed), seeds outermost; return cell -> seed -> final mIoU from the cell files."""
+def run_cells(
+    args: argparse.Namespace, cct: Mapping[str, Any], cells: list[Cell], split_seed_per_seed: bool = False
+) -> dict[str, dict[int, float]]:
+    """Train every missing (cell, seed), seeds outermost; return cell -> seed -> final mIoU from the cell files.
+    ``split_seed_per_seed``: each seed draws its own labeled images (see :func:`run_config`)."""
     folder = Path(args.out) / "cells"
     folder.mkdir(parents=True, exist_ok=True)
     values: dict[str, dict[int, float]] = {cell.name: {} for cell in cells}
     for seed in args.seeds:
         for cell in cells:
             path = folder / f"{cell.slug}-seed{seed}.json"
-            config = json.loads(json.dumps(run_config(cct, cell, seed, args.steps)))
+            config = json.loads(json.dumps(run_config(cct, cell, seed, args.steps, split_seed_per_seed)))
             if path.is_file() and not args.fresh:
                 done = json.loads(path.read_text())
                 if done["config"] != config:

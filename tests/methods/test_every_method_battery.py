@@ -38,6 +38,12 @@ TINY: dict[str, dict] = {
     "toy": {},
     "supervised": {"data": _SCENES},
     "cct": {"data": _SCENES, "unlabeled_batch_size": 4},
+    "cct-cam": {
+        "data": _SCENES,
+        "model": {"encoder": "small_cnn", "output_stride": 8},
+        "cam": {"image_labels": "@image_labels", "crop_size": 24},
+        "train": {"epochs": 0.0, "lr": 0.01},  # its own default budget is 5 epochs
+    },
     "ac": {
         "data": {"scenes_n": 16, "scenes_size": 32, "input_size": 32, "eval_images": 4},
         "model": {"widths": [8], "decoder_blocks": 1, "k_over": 4},
@@ -107,6 +113,11 @@ def _config(method: str, tmp: Path, name: str, steps: int, deterministic: bool =
         cfg.setdefault(section, {}).update(values)
     if cfg.get("distill", {}).get("teacher") == "@teacher":
         cfg["distill"]["teacher"] = str(_teacher(tmp.parent))
+    if cfg.get("cam", {}).get("image_labels") == "@image_labels":  # image-level labels of every generated scene
+        labels = tmp / "image_labels.json"
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        labels.write_text(json.dumps({f"{i:06d}": [1, 1 + i % 5] for i in range(32)}))
+        cfg["cam"]["image_labels"] = str(labels)
     cfg.setdefault("method", method)
     cfg.update({"name": name, "output_dir": str(tmp), "seed": 1})
     cfg.setdefault("train", {}).update(

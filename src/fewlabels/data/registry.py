@@ -64,6 +64,7 @@ FAMILIES: tuple[str, ...] = ("segmentation", "unsupervised", "few-shot", "text")
 BUILTIN_MODULES: tuple[str, ...] = (
     "scenes",
     "scenes_shift",
+    "digit_mosaics",
     "voc",
     "cityscapes",
     "seg_folder",

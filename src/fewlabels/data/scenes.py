@@ -47,6 +47,8 @@ __all__ = [
     "SCENE_CLASSES",
     "SCENE_THING_CLASSES",
     "ScenesDataset",
+    "build_generated_segmentation",
+    "build_generated_unsupervised",
     "generate_scenes",
 ]
 
@@ -302,6 +304,18 @@ class ScenesDataset(FewDataset):
     """
 
     ignore_index = 255
+    #: The generator's name (in messages), its label space and its background class; a subclass that serves
+    #: another generator overrides these and :meth:`generate`.
+    NAME = "scenes"
+    CLASS_NAMES: tuple[str, ...] = SCENE_CLASSES
+    THING_CLASSES: tuple[int, ...] = SCENE_THING_CLASSES
+    BACKGROUND_INDEX = SCENE_BACKGROUND_INDEX
+
+    @staticmethod
+    def generate(split: str, n: int, size: int, seed: int) -> dict[str, np.ndarray]:
+        """``{"images": uint8 [n, size, size, 3], "masks": uint8 [n, size, size]}`` of ``split`` at dataset
+        seed ``seed`` (already made split-specific)."""
+        return generate_scenes(n, size, seed)
 
     def __init__(
         self,
@@ -314,19 +328,19 @@ class ScenesDataset(FewDataset):
         indices: Sequence[int] | None = None,
     ) -> None:
         if split not in _SPLIT_SEEDS:
-            raise DataError(f"unknown scenes split {split!r}; choose one of {sorted(_SPLIT_SEEDS)}")
+            raise DataError(f"unknown {self.NAME} split {split!r}; choose one of {sorted(_SPLIT_SEEDS)}")
         n = _DEFAULT_N[split] if n is None else int(n)
-        arrays = generate_scenes(n, size, 2 * int(seed) + _SPLIT_SEEDS[split])
+        arrays = self.generate(split, n, int(size), 2 * int(seed) + _SPLIT_SEEDS[split])
         self.split = split
         self.size = int(size)
         self.images: np.ndarray = arrays["images"]
         self.masks: np.ndarray = arrays["masks"]
         self.labeled = bool(labeled)
         self.transform = transform
-        self.class_names: list[str] = list(SCENE_CLASSES)
-        self.num_classes = len(SCENE_CLASSES)
-        self.thing_classes: list[int] = list(SCENE_THING_CLASSES)
-        self.background_index = SCENE_BACKGROUND_INDEX
+        self.class_names: list[str] = list(self.CLASS_NAMES)
+        self.num_classes = len(self.CLASS_NAMES)
+        self.thing_classes: list[int] = list(self.THING_CLASSES)
+        self.background_index = self.BACKGROUND_INDEX
         if indices is None:
             self.indices = np.arange(n)
         else:
@@ -360,30 +374,50 @@ class ScenesDataset(FewDataset):
 # Registration: the ``scenes`` dataset serves the segmentation and the unsupervised families.
 
 
-def build_scenes_segmentation(options: SegmentationOptions, transform: Transform) -> SegmentationData:
-    """``options.labeled`` of ``scenes_train`` generated training scenes labeled, the rest unlabeled; ``scenes_val``
-    validation scenes (generated from another seed)."""
-    size = options.scenes_size
-    full = ScenesDataset("train", n=options.scenes_train, size=size, transform=transform)
-    images = ScenesDataset("train", n=options.scenes_train, size=size, labeled=False, transform=transform)
-    val = ScenesDataset("val", n=options.scenes_val, size=size)
+def build_generated_segmentation(
+    dataset: type[ScenesDataset],
+    metadata: DatasetMetadata,
+    options: SegmentationOptions,
+    transform: Transform,
+    seed: int | None = None,
+) -> SegmentationData:
+    """A generated dataset (``dataset``: :class:`ScenesDataset` or a subclass) for a segmentation run:
+    ``options.labeled`` of ``scenes_train`` training images labeled, the rest unlabeled; ``scenes_val`` validation
+    images (generated from another seed); the instance is ``seed`` (default ``options.scenes_seed``)."""
+    size, n = options.scenes_size, options.scenes_train
+    seed = options.scenes_seed if seed is None else seed
+    full = dataset("train", n=n, size=size, seed=seed, transform=transform)
+    images = dataset("train", n=n, size=size, seed=seed, labeled=False, transform=transform)
+    val = dataset("val", n=options.scenes_val, size=size, seed=seed)
     labeled, unlabeled = labeled_unlabeled_subsets(full, images, options)
-    return SegmentationData.from_metadata(labeled, unlabeled, val, SCENES.metadata)
+    return SegmentationData.from_metadata(labeled, unlabeled, val, metadata)
+
+
+def build_generated_unsupervised(
+    dataset: type[ScenesDataset], metadata: DatasetMetadata, options: UnsupervisedOptions
+) -> UnsupervisedData:
+    """A generated dataset for an unsupervised run: ``scenes_n`` images of the ``split`` (default train), cropped to
+    ``input_size``; evaluation on the ``eval_split`` images, or on the training ones (IIC's IID setting)."""
+    n, size, seed = options.scenes_n, options.scenes_size, options.seed
+    train = dataset(options.split or "train", n=n, size=size, seed=seed)
+    ev = dataset(options.eval_split, n=n, size=size, seed=seed) if options.eval_split else train
+    return UnsupervisedData(
+        CroppedDataset(train, options.input_size),
+        CroppedDataset(ev, options.input_size),
+        train.num_classes,
+        list(train.class_names),
+        metadata.in_channels,
+    )
+
+
+def build_scenes_segmentation(options: SegmentationOptions, transform: Transform) -> SegmentationData:
+    """``scenes`` for a segmentation run (:func:`build_generated_segmentation`)."""
+    return build_generated_segmentation(ScenesDataset, SCENES.metadata, options, transform)
 
 
 def build_scenes_unsupervised(options: UnsupervisedOptions) -> UnsupervisedData:
-    """``scenes_n`` generated scenes of the ``split`` (default train), cropped to ``input_size``; evaluation on the
-    ``eval_split`` scenes, or on the training ones."""
-    n, size, seed = options.scenes_n, options.scenes_size, options.seed
-    scenes = ScenesDataset(options.split or "train", n=n, size=size, seed=seed)
-    ev = ScenesDataset(options.eval_split, n=n, size=size, seed=seed) if options.eval_split else scenes
-    return UnsupervisedData(
-        CroppedDataset(scenes, options.input_size),
-        CroppedDataset(ev, options.input_size),
-        scenes.num_classes,
-        list(scenes.class_names),
-        SCENES.metadata.in_channels,
-    )
+    """``scenes`` for an unsupervised run (:func:`build_generated_unsupervised`)."""
+    return build_generated_unsupervised(ScenesDataset, SCENES.metadata, options)
 
 
 def check_scenes(root: Path, report: CheckReport) -> None:

@@ -15,8 +15,14 @@ import numpy as np
 
 from fewlabels.data.common import CheckReport
 from fewlabels.data.registry import DatasetMetadata, DatasetSpec, register_dataset
-from fewlabels.data.scenes import SCENE_CLASSES, SCENE_THING_CLASSES, ScenesDataset, check_scenes
-from fewlabels.data.segmentation import SegmentationData, SegmentationOptions, Transform, labeled_unlabeled_subsets
+from fewlabels.data.scenes import (
+    SCENE_CLASSES,
+    SCENE_THING_CLASSES,
+    ScenesDataset,
+    build_generated_segmentation,
+    check_scenes,
+)
+from fewlabels.data.segmentation import SegmentationData, SegmentationOptions, Transform
 
 __all__ = ["SCENES_SHIFT", "ShiftedScenes", "colour_shift"]
 
@@ -43,13 +49,9 @@ class ShiftedScenes(ScenesDataset):
 
 def build_scenes_shift(options: SegmentationOptions, transform: Transform) -> SegmentationData:
     """As ``scenes``: ``options.labeled`` of ``scenes_train`` shifted scenes labeled, the rest unlabeled;
-    ``scenes_val`` shifted validation scenes."""
-    size = options.scenes_size
-    full = ShiftedScenes("train", n=options.scenes_train, size=size, transform=transform)
-    images = ShiftedScenes("train", n=options.scenes_train, size=size, labeled=False, transform=transform)
-    val = ShiftedScenes("val", n=options.scenes_val, size=size)
-    labeled, unlabeled = labeled_unlabeled_subsets(full, images, options)
-    return SegmentationData.from_metadata(labeled, unlabeled, val, SCENES_SHIFT.metadata)
+    ``scenes_val`` shifted validation scenes; dataset seed :data:`SHIFT_SEED` + ``scenes_seed``."""
+    seed = SHIFT_SEED + options.scenes_seed
+    return build_generated_segmentation(ShiftedScenes, SCENES_SHIFT.metadata, options, transform, seed=seed)
 
 
 def check_scenes_shift(root: Path, report: CheckReport) -> None:

@@ -136,7 +136,7 @@ class ACDataConfig:
         },
     )
     eval_batch_size: int = field(default=16, metadata={"min": 1})
-    scenes_n: int = field(default=600, metadata={"help": "scenes: generated images", "min": 2})
+    scenes_n: int = field(default=600, metadata={"help": "generated datasets: images", "min": 2})
     scenes_size: int = field(default=96, metadata={"min": 16})
 
     @property

@@ -1,19 +1,20 @@
 """Weak labels for CCT: class activation maps (CAM) from image-level labels turned into pixel pseudo-labels.
 
-Pipeline (thesis chapter 1, "weak labels"): a classifier (encoder + global average pooling + linear layer) is
-trained with multi-label targets; for every image its CAMs ``relu(w_c . f(x))`` are computed at scales (1,
-0.5, 1.5, 2), upsampled to the image size and summed, normalised per class by their maximum; pixels whose best
-present-class CAM is above 0.30 take that class, pixels where every CAM is below 0.05 are background, the rest
-is 255 (ignored). The PNGs are written as ``<image id>.png`` and read back by :class:`PseudoLabeledImages`,
-which gives CCT's unlabeled stream the same random crop/flip on image and pseudo-label.
+Pipeline (thesis chapter 1, "weak labels"; the reference's ``pseudo_labels/``): a classifier (encoder + global
+average pooling + linear layer) is trained with multi-label targets on random crops (:class:`CAMImages`) — that
+training is the ``cct-cam`` method (:mod:`fewlabels.methods.cct.cam`), run by the training engine; for every image
+its CAMs ``relu(w_c . f(x))`` are computed at scales (1, 0.5, 1.5, 2), each with its horizontal flip, upsampled to
+the image size and summed, normalised per class by their maximum; pixels whose best present-class CAM is above 0.30
+take that class, pixels where every CAM is below 0.05 are background, the rest is 255 (ignored). As in the reference,
+both thresholded maps can be refined by a dense CRF (:mod:`fewlabels.methods.cct.crf`) before they are combined.
+The PNGs are written as ``<image id>.png`` by :func:`write_pseudo_labels` and read back by
+:class:`PseudoLabeledImages`, which gives CCT's unlabeled stream the same random crop/flip on image and pseudo-label.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +24,24 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from fewlabels.data.base import DataError, FewDataset
-from fewlabels.methods.cct.config import CCTConfig
+from fewlabels.data.base import DataError, FewDataset, Subset
+from fewlabels.data.scenes import ScenesDataset
+from fewlabels.data.segmentation import SegmentationDataset
+from fewlabels.methods.cct.crf import CRFSettings, crf_refine_labels
 from fewlabels.models import IMAGENET_MEAN, IMAGENET_STD, build_encoder
 from fewlabels.progress import track
 
 __all__ = [
     "CAMClassifier",
-    "CAMPseudoLabels",
-    "CAMSettings",
+    "CAMImages",
     "PseudoLabeledImages",
+    "background_class",
     "cams_to_pseudo_label",
+    "image_id_and_side",
     "image_labels_from_mask",
     "multiscale_cams",
-    "pseudo_labels_from_image_labels",
     "read_image_labels",
     "sample_id",
-    "cam_classifier",
-    "train_cam_classifier",
     "write_pseudo_labels",
 ]
 
@@ -94,9 +95,12 @@ def image_labels_from_mask(mask: Tensor, num_classes: int, ignore_index: int = 2
 
 
 @torch.no_grad()
-def multiscale_cams(model: CAMClassifier, image: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0)) -> Tensor:
+def multiscale_cams(
+    model: CAMClassifier, image: Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = False
+) -> Tensor:
     """Per-class normalised CAMs of one image: ``sum_s up(cam(resize(x, s)))`` divided by its per-class
-    maximum.
+    maximum; with ``flip`` each scale adds the CAM of the flipped image, flipped back (the reference's
+    ``x[0] + x[1].flip(-1)``).
 
     Shapes: ``image [3, H, W]`` -> ``[C, H, W]`` in ``[0, 1]``.
     """
@@ -108,10 +112,19 @@ def multiscale_cams(model: CAMClassifier, image: Tensor, scales: Sequence[float]
             if s == 1.0
             else F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)
         )
-        cam = F.interpolate(model.cam(x), size=(h, w), mode="bilinear", align_corners=False)[0]
+        if flip:
+            both = model.cam(torch.cat([x, x.flip(-1)]))
+            maps = both[:1] + both[1:].flip(-1)
+        else:
+            maps = model.cam(x)
+        cam = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)[0]
         total = cam if total is None else total + cam
     assert total is not None
     return total / (total.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
+
+
+#: refines a label map ``[H, W]`` (values ``0..n-1``) with ``n`` labels, e.g. a dense CRF on the image
+Refine = Callable[[Tensor, int], Tensor]
 
 
 def cams_to_pseudo_label(
@@ -121,54 +134,34 @@ def cams_to_pseudo_label(
     fg_threshold: float = 0.30,
     bg_threshold: float = 0.05,
     ignore_index: int = 255,
+    refine: Refine | None = None,
 ) -> Tensor:
-    """Threshold normalised CAMs into a pseudo-label map.
+    """Threshold normalised CAMs into a pseudo-label map, the reference's way.
 
-    Only the classes present in the image (``present [C]`` multi-hot, background excluded) compete: where the
-    best of their CAMs exceeds ``fg_threshold`` the pixel takes that class; where all are below ``bg_threshold`` it is
-    ``background_index``; elsewhere ``ignore_index``. ``cams [C, H, W]`` -> ``[H, W]`` int64.
+    Only the classes present in the image (``present [C]`` multi-hot, background excluded) compete. Two label maps
+    over ``[background, present classes...]`` are the argmax of the present CAMs with a constant background score,
+    once ``fg_threshold`` and once ``bg_threshold`` (a tie goes to the background). ``refine`` (e.g. a dense CRF)
+    may change both maps. A pixel takes the class of the first map when it is not background there; it is
+    ``background_index`` where both maps say background; elsewhere ``ignore_index``. Without ``refine``: the best
+    present CAM above ``fg_threshold`` gives its class, all at most ``bg_threshold`` give background.
+    ``cams [C, H, W]`` -> ``[H, W]`` int64.
     """
     keep = present.bool().clone()
     keep[background_index] = False
-    scores = cams * keep.view(-1, 1, 1).to(cams.dtype)
-    best, cls = scores.max(dim=0)
-    label = torch.full(best.shape, ignore_index, dtype=torch.long)
-    label[best > fg_threshold] = cls[best > fg_threshold]
-    label[best < bg_threshold] = background_index
-    return label
+    classes = keep.nonzero().flatten().to(cams.device)
+    keys = torch.cat([torch.tensor([background_index], device=cams.device), classes])
+    sub = cams[classes]
 
+    def level(threshold: float) -> Tensor:
+        pad = torch.full((1, *cams.shape[1:]), threshold, dtype=cams.dtype, device=cams.device)
+        labels = torch.cat([pad, sub]).argmax(dim=0)
+        return refine(labels, len(keys)) if refine is not None else labels
 
-def train_cam_classifier(
-    model: CAMClassifier,
-    dataset: FewDataset,
-    image_labels: Sequence[Tensor],
-    steps: int = 200,
-    batch_size: int = 8,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-) -> list[float]:
-    """Multi-label BCE training on augmented samples of ``dataset`` (``image_labels[i]`` for sample ``i``).
-
-    Returns the loss of every step.
-    """
-    if len(image_labels) != len(dataset):
-        raise DataError(f"{len(image_labels)} image-level labels for {len(dataset)} images")
-    model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in track(range(steps), steps, "CAM classifier", "steps"):
-        idx = rng.choice(len(dataset), size=min(batch_size, len(dataset)), replace=False)
-        items = [dataset.sample(int(i), rng) for i in idx]
-        x = torch.stack([it["image"] for it in items]).to(device)
-        y = torch.stack([image_labels[int(i)] for i in idx]).to(device)
-        loss = F.binary_cross_entropy_with_logits(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+    fg, bg = level(fg_threshold), level(bg_threshold)
+    label = keys[fg].long()
+    label[fg == 0] = ignore_index
+    label[(fg == 0) & (bg == 0)] = background_index
+    return label.cpu()
 
 
 @torch.no_grad()
@@ -182,20 +175,107 @@ def write_pseudo_labels(
     fg_threshold: float = 0.30,
     bg_threshold: float = 0.05,
     device: torch.device | str = "cpu",
+    flip: bool = False,
+    crf: CRFSettings | None = None,
 ) -> list[Path]:
-    """Write ``<id>.png`` (uint8 class indices, 255 ignored) for every image of ``dataset`` (unaugmented)."""
+    """Write ``<id>.png`` (uint8 class indices, 255 ignored) for every image of ``dataset`` (unaugmented): the
+    thresholded multi-scale CAMs (:func:`multiscale_cams`, :func:`cams_to_pseudo_label`), both maps refined by a
+    dense CRF on the image when ``crf`` is given and enabled."""
+    if len(image_labels) != len(dataset):
+        raise DataError(f"{len(image_labels)} image-level labels for {len(dataset)} images")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.to(device).eval()
     written = []
     for i in track(range(len(dataset)), len(dataset), "pseudo-labels", "images"):
         item = dataset[i]
-        cams = multiscale_cams(model, item["image"].to(device), scales).cpu()
-        label = cams_to_pseudo_label(cams, image_labels[i], background_index, fg_threshold, bg_threshold)
+        image = item["image"].to(device)
+        cams = multiscale_cams(model, image, scales, flip)
+        refine = _crf_refiner(image, crf) if crf is not None and crf.enabled else None
+        label = cams_to_pseudo_label(
+            cams, image_labels[i].to(device), background_index, fg_threshold, bg_threshold, refine=refine
+        )
         path = out / f"{sample_id(item)}.png"
         Image.fromarray(label.numpy().astype(np.uint8)).save(path)
         written.append(path)
     return written
+
+
+def _crf_refiner(image: Tensor, settings: CRFSettings) -> Refine:
+    def refine(labels: Tensor, n: int) -> Tensor:
+        return crf_refine_labels(image, labels, n, settings)
+
+    return refine
+
+
+def background_class(chosen: Sequence[int], num_classes: int, thing_classes: Sequence[int]) -> int:
+    """The class of pixels no present class claims: the first of ``chosen`` (CCT's
+    ``perturbations.background_classes``), else the first class that is not a thing class, else 0."""
+    if chosen:
+        return int(chosen[0])
+    things = set(thing_classes)
+    return next((c for c in range(num_classes) if c not in things), 0)
+
+
+def image_id_and_side(dataset: FewDataset, index: int) -> tuple[str, int]:
+    """The pseudo-label file stem of image ``index`` (:func:`sample_id`) and its longest side, read without
+    decoding the image where the dataset allows (files: the image header; generated scenes: the array)."""
+    base, j = dataset, index
+    while isinstance(base, Subset):
+        j = base.indices[j]
+        base = base.dataset
+    if isinstance(base, SegmentationDataset):
+        with Image.open(base.image_paths[j]) as im:
+            return base.ids[j], max(im.size)
+    if isinstance(base, ScenesDataset):
+        scene = int(base.indices[j])
+        return f"{scene:06d}", max(base.images[scene].shape[:2])
+    item = dataset.sample(index, None)
+    return sample_id(item), max(item["image"].shape[-2:])
+
+
+class CAMImages(FewDataset):
+    """Training examples of the CAM classifier: an image with its multi-hot label vector, randomly cropped.
+
+    As the reference's ``random_crop``: a ``crop x crop`` window at a uniformly drawn place; an image smaller than
+    the crop (in a side) is placed at a uniformly drawn offset inside it, the rest filled with the ImageNet mean
+    colour (zero after the classifier's normalisation, as the reference pads its normalised images with 0); then a
+    horizontal flip with probability 1/2 (``hflip``). Without ``rng`` (evaluation): centred, not flipped.
+    ``sample`` returns ``{"image": [3, crop, crop], "labels": [C], "index": int}``.
+    """
+
+    def __init__(self, images: FewDataset, labels: Sequence[Tensor], crop: int, hflip: bool = True) -> None:
+        if len(labels) != len(images):
+            raise DataError(f"{len(labels)} image-level labels for {len(images)} images")
+        self.images = images
+        self.labels = list(labels)
+        self.crop = int(crop)
+        self.hflip = bool(hflip)
+        self.fill = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        image = self.images.sample(index, None)["image"]
+        # Every draw up front, in a fixed order: the stream consumed does not depend on the image.
+        u_top, u_left, u_flip = (rng.random(), rng.random(), rng.random()) if rng is not None else (0.5, 0.5, 1.0)
+        c = self.crop
+        h, w = image.shape[-2:]
+        out = self.fill.expand(3, c, c).clone()
+        (src_y, dst_y), (src_x, dst_x) = _offsets(h, c, u_top), _offsets(w, c, u_left)
+        ch, cw = min(c, h), min(c, w)
+        out[:, dst_y : dst_y + ch, dst_x : dst_x + cw] = image[:, src_y : src_y + ch, src_x : src_x + cw]
+        if self.hflip and u_flip < 0.5:
+            out = out.flip(-1)
+        return {"image": out, "labels": self.labels[index].clone(), "index": index}
+
+
+def _offsets(size: int, crop: int, u: float) -> tuple[int, int]:
+    """(offset in the image, offset in the crop) of a random crop along one side, ``u`` uniform in [0, 1)."""
+    if size > crop:
+        return int(u * (size - crop + 1)), 0
+    return 0, int(u * (crop - size + 1))
 
 
 class PseudoLabeledImages(FewDataset):
@@ -239,85 +319,24 @@ def read_image_labels(path: str | Path, ids: Sequence[str], num_classes: int) ->
     p = Path(path)
     if not p.is_file():
         raise DataError(f"image-level label file not found: {p} (JSON mapping image id -> list of class indices)")
-    table = json.loads(p.read_text())
+    try:
+        table = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{p} is not a JSON file ({e}); expected {{image id: [class, ...]}}") from None
+    if not isinstance(table, dict):
+        raise DataError(f"{p} holds a JSON {type(table).__name__}; expected a mapping {{image id: [class, ...]}}")
     missing = [i for i in ids if i not in table]
     if missing:
         raise DataError(f"{p} has no labels for {len(missing)} images, e.g. {missing[:3]}")
     out = []
     for i in ids:
-        classes = [int(c) for c in table[i]]
+        entry = table[i]
+        if not isinstance(entry, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in entry):
+            raise DataError(f"{p}: image {i!r} has {entry!r}; expected a list of class indices")
+        classes = [int(c) for c in entry]
         if any(not 0 <= c < num_classes for c in classes):
             raise DataError(f"{p}: image {i!r} has classes {classes} outside 0..{num_classes - 1}")
         vec = torch.zeros(num_classes)
         vec[classes] = 1.0
         out.append(vec)
     return out
-
-
-@dataclass
-class CAMSettings:
-    """How the CAM classifier is trained and how its maps are thresholded (the ``cct-pseudo-labels`` flags)."""
-
-    #: the classifier's encoder; "" = the config's ``model.encoder``, with its ``deep_stem`` and ``pretrained``
-    encoder: str = ""
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 1e-3
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    fg_threshold: float = 0.30
-    bg_threshold: float = 0.05
-
-
-@dataclass
-class CAMPseudoLabels:
-    """What :func:`pseudo_labels_from_image_labels` did: the classifier's loss at every step and the files written."""
-
-    losses: list[float]
-    written: list[Path]
-
-
-def cam_classifier(config: CCTConfig, settings: CAMSettings, num_classes: int) -> CAMClassifier:
-    """The CAM classifier of ``settings`` for a CCT config: by default (``settings.encoder`` empty or the config's
-    encoder) the config's ``model.encoder`` with its ``model.deep_stem`` stem and ``model.pretrained`` weights, so
-    that the deep-stem ResNet-50 weights of the VOC configs load into a deep-stem network. Another encoder starts
-    from scratch: the config's weights belong to the config's encoder (a warning says so)."""
-    model_cfg = config.model
-    name = settings.encoder or model_cfg.encoder
-    if name == model_cfg.encoder:
-        return CAMClassifier(name, num_classes, pretrained=model_cfg.pretrained, deep_stem=model_cfg.deep_stem)
-    if model_cfg.pretrained:
-        warnings.warn(
-            f"the CAM classifier's encoder {name!r} is not the config's {model_cfg.encoder!r}: model.pretrained "
-            f"({model_cfg.pretrained}) is not loaded into it; it starts from scratch",
-            stacklevel=2,
-        )
-    return CAMClassifier(name, num_classes)
-
-
-def pseudo_labels_from_image_labels(
-    config: CCTConfig, image_labels: str | Path, out_dir: str | Path, settings: CAMSettings | None = None
-) -> CAMPseudoLabels:
-    """Pixel pseudo-labels of the unlabeled images of a CCT config, from their image-level labels.
-
-    Trains a :class:`CAMClassifier` on those images (multi-label targets read by :func:`read_image_labels` from
-    ``image_labels``, seeded by ``config.seed``) and writes ``out_dir/<image id>.png`` for each. The background
-    class is the first of ``perturbations.background_classes``, else the first class the dataset does not list
-    as a thing class (0 when every class is one).
-    """
-    from fewlabels.methods.segmentation.method import build_segmentation_data
-
-    cam = settings if settings is not None else CAMSettings()
-    data = build_segmentation_data(config.data)
-    nc = data.num_classes
-    chosen = config.perturbations.background_classes
-    things = set(data.thing_classes)
-    background = (list(chosen) if chosen else [c for c in range(nc) if c not in things] or [0])[0]
-    images = data.unlabeled
-    ids = [sample_id(images.sample(i, None)) for i in range(len(images))]
-    labels = read_image_labels(image_labels, ids, nc)
-    model = cam_classifier(config, cam, nc)
-    losses = train_cam_classifier(model, images, labels, cam.steps, cam.batch_size, cam.lr, config.seed)
-    written = write_pseudo_labels(
-        model, images, labels, out_dir, background, cam.scales, cam.fg_threshold, cam.bg_threshold
-    )
-    return CAMPseudoLabels(losses, written)

@@ -10,10 +10,25 @@ from fewlabels.data.base import DataError
 from fewlabels.data.registry import get_dataset
 from fewlabels.data.segmentation import SegmentationOptions
 
-__all__ = ["ID_LIST_DATASETS", "SegDataConfig", "SegEvalConfig", "SegModelConfig"]
+__all__ = ["ID_LIST_DATASETS", "SegDataConfig", "SegEvalConfig", "SegModelConfig", "check_encoder"]
 
 #: the segmentation datasets whose labeled/unlabeled images can be named by id lists (data.labeled_list)
 ID_LIST_DATASETS = ("voc", "seg-folder")
+
+
+def check_encoder(encoder: str, output_stride: int) -> None:
+    """ConfigError unless ``encoder`` is a registered encoder and ``output_stride`` one of 8, 16, 32."""
+    from fewlabels.config import did_you_mean
+    from fewlabels.models import available_encoders
+
+    names = available_encoders()
+    if encoder not in names:
+        fail(
+            "model.encoder",
+            f"unknown encoder {encoder!r}{did_you_mean(encoder, names)}; valid choices: {', '.join(names)}",
+        )
+    if output_stride not in (8, 16, 32):
+        fail("model.output_stride", f"must be 8, 16 or 32, got {output_stride}")
 
 
 @dataclass
@@ -27,18 +42,7 @@ class SegModelConfig:
     backbone_lr_scale: float = field(default=0.1, metadata={"help": "backbone lr = train.lr x this", "min": 0})
 
     def validate(self) -> None:
-        from fewlabels.config import did_you_mean
-        from fewlabels.models import available_encoders
-
-        names = available_encoders()
-        if self.encoder not in names:
-            fail(
-                "model.encoder",
-                f"unknown encoder {self.encoder!r}{did_you_mean(self.encoder, names)}; "
-                f"valid choices: {', '.join(names)}",
-            )
-        if self.output_stride not in (8, 16, 32):
-            fail("model.output_stride", f"must be 8, 16 or 32, got {self.output_stride}")
+        check_encoder(self.encoder, self.output_stride)
 
 
 @dataclass
@@ -71,9 +75,19 @@ class SegDataConfig:
     num_classes: int = field(
         default=0, metadata={"help": "folder datasets: 0 = infer from classes.txt/masks", "min": 0}
     )
-    scenes_train: int = field(default=2000, metadata={"help": "scenes: generated training images", "min": 2})
-    scenes_val: int = field(default=200, metadata={"help": "scenes: generated validation images", "min": 1})
-    scenes_size: int = field(default=96, metadata={"min": 16})
+    scenes_train: int = field(
+        default=2000, metadata={"help": "generated datasets (scenes, digit-mosaics): training images", "min": 2}
+    )
+    scenes_val: int = field(default=200, metadata={"help": "generated datasets: validation images", "min": 1})
+    scenes_size: int = field(default=96, metadata={"help": "generated datasets: image side", "min": 16})
+    scenes_seed: int = field(
+        default=0,
+        metadata={
+            "help": "generated datasets: the generator's seed; another seed is another instance (e.g. a dev "
+            "instance to tune on)",
+            "min": 0,
+        },
+    )
 
     def validate(self) -> None:
         try:
@@ -116,6 +130,7 @@ class SegDataConfig:
             scenes_train=self.scenes_train,
             scenes_val=self.scenes_val,
             scenes_size=self.scenes_size,
+            scenes_seed=self.scenes_seed,
         )
 
 

@@ -1,0 +1,165 @@
+"""CCT against supervised-only at several label fractions: several seeds, one budget, paired differences and a plot.
+
+    python benchmarks/cct_fractions.py --fractions 0.02 0.05 0.1 --seeds 0 1 2 3 4 --plots
+    python benchmarks/cct_fractions.py --config digit_mosaics --fractions 0.02 --seeds 0 1 2 3 4
+
+From one CCT config (``--config``: a name in configs/cct/ or a YAML path; default ``scenes``), for every label
+fraction f and seed s, with the same data, model, optimiser and steps for every cell:
+
+* ``supervised``: the supervised baseline (the config's shared sections, ``method: supervised``);
+* ``CCT``: the config as it is;
+* ``supervised 2x steps`` (``--control``): the baseline trained for twice the steps, so that its encoder sees as many
+  images as CCT's (CCT runs the encoder on a labeled and an equal unlabeled batch per step): the compute-matched
+  control. Off by default (it costs a third run per cell).
+
+``data.labeled`` is f and ``data.split_seed`` is s: each seed draws its own labeled images, and every method of a
+seed gets the same ones. The final model is evaluated once (no checkpoint is chosen on the reported set).
+
+Prints, per fraction, the mIoU of each method (mean and sample std over seeds) and the paired per-seed difference
+CCT - supervised with its Student-t 95% CI; the last stdout line is a JSON object. Every finished cell is a file
+``OUT/f<fraction>/cells/<cell>-seed<s>.json``: a stopped sweep resumes where it was (``--fresh`` retrains).
+``--plots`` saves ``OUT/fractions.png``. Not part of `make bench` (minutes per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from _seeds import paired_difference, summarise
+from cct_ablation import BASELINE, Cell, merged, read_config, run_cells
+
+CCT = "CCT"
+CONTROL = "supervised 2x steps"
+
+
+def fraction_cells(control: bool) -> list[Cell]:
+    """The cells of one fraction: the baseline, CCT, and optionally the compute-matched baseline."""
+    cells = [Cell(BASELINE, "baseline"), Cell(CCT, "method")]
+    if control:
+        cells.append(Cell(CONTROL, "baseline", steps_factor=2.0))
+    return cells
+
+
+def fraction_config(cct: Mapping[str, Any], fraction: float) -> dict[str, Any]:
+    """The CCT config with ``data.labeled = fraction`` (the split seed is set per seed by :func:`run_cells`)."""
+    return merged(cct, {"data": {"labeled": fraction}})
+
+
+def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
+    """Per method: the mIoU summary; per method other than the baseline: the paired difference with it."""
+    out: dict[str, Any] = {}
+    for name, per_seed in values.items():
+        if not per_seed:
+            continue
+        seeds = sorted(per_seed)
+        out[name] = {"miou": {**summarise([per_seed[s] for s in seeds]), "seeds": seeds}}
+        if name != BASELINE:
+            out[name]["minus_supervised"] = paired_difference(per_seed, values[BASELINE])
+    return out
+
+
+def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
+    """One line per (fraction, method): mIoU mean, std, n, and the paired difference with supervised-only."""
+    lines = [
+        "| labeled | method | mIoU | std | n | - supervised (paired, 95% CI) | seeds ahead |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for fraction, methods in rows.items():
+        for name, row in methods.items():
+            m, d = row["miou"], row.get("minus_supervised")
+            diff = "" if d is None else f"{d['mean']:+.3f} +- {d['ci95']:.3f}"
+            ahead = "" if d is None else f"{sum(v > 0 for v in d['values'])}/{d['n']}"
+            lines.append(f"| {fraction:g} | {name} | {m['mean']:.3f} | {m['std']:.3f} | {m['n']} | {diff} | {ahead} |")
+    return "\n".join(lines)
+
+
+def save_plot(rows: Mapping[float, Mapping[str, Any]], path: Path, title: str) -> Path:
+    """mIoU over the label fraction (left) and the paired difference with supervised-only (right), 95% CIs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def err(d: Mapping[str, Any] | None) -> float:
+        return 0.0 if d is None or math.isnan(d["ci95"]) else float(d["ci95"])
+
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fractions = sorted(rows)
+    names = list(dict.fromkeys(n for f in fractions for n in rows[f]))
+    for name in names:
+        xs = [f for f in fractions if name in rows[f]]
+        left.errorbar(
+            xs,
+            [rows[f][name]["miou"]["mean"] for f in xs],
+            yerr=[err(rows[f][name]["miou"]) for f in xs],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+        if name != BASELINE:
+            diffs = [(f, rows[f][name].get("minus_supervised")) for f in xs]
+            diffs = [(f, d) for f, d in diffs if d is not None]
+            right.errorbar(
+                [f for f, _ in diffs],
+                [d["mean"] for _, d in diffs],
+                yerr=[err(d) for _, d in diffs],
+                marker="o",
+                capsize=3,
+                label=f"{name} - supervised",
+            )
+    right.axhline(0.0, color="black", linewidth=0.8)
+    for ax, label in ((left, "mIoU (mean over seeds, 95% CI)"), (right, "paired difference (95% CI)")):
+        ax.set_xscale("log")
+        ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("labeled fraction of the training images")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="scenes", help="configs/cct/<name>.yaml or a YAML path")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.05, 0.1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=None, help="train.steps (default: the config's)")
+    parser.add_argument("--control", action="store_true", help="also train the baseline for 2x the steps")
+    parser.add_argument("--out", default="runs/cct_fractions")
+    parser.add_argument("--fresh", action="store_true", help="retrain the cells that have a file")
+    parser.add_argument("--plots", action="store_true", help="save OUT/fractions.png")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    bad = [f for f in args.fractions if not 0 < f < 1]
+    if bad:
+        raise SystemExit(f"--fractions {bad}: a fraction is in (0, 1)")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cct = read_config(args.config)
+    cells = fraction_cells(args.control)
+    rows: dict[float, dict[str, Any]] = {}
+    for fraction in args.fractions:
+        sweep = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / f"f{fraction:g}")})
+        values = run_cells(sweep, fraction_config(cct, fraction), cells, split_seed_per_seed=True)
+        rows[fraction] = summarise_fraction(values)
+    print(f"\nCCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds}):\n")
+    print(markdown(rows))
+    if args.plots:
+        print(f"wrote {save_plot(rows, Path(args.out) / 'fractions.png', f'{args.config}: CCT vs supervised-only')}")
+    result = {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fractions": rows}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
