@@ -1,0 +1,85 @@
+"""The cells of benchmarks/cct_fractions.py: per label fraction, the baseline, CCT and the compute-matched control,
+each a valid config that changes only the fraction, the split seed and (for the control) the steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from scipy import stats
+
+from fewlabels.registry import config_from_dict
+
+BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
+
+
+def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up while they are made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fractions(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its siblings
+    _load("cct_ablation", monkeypatch)
+    return _load("cct_fractions", monkeypatch)
+
+
+def test_every_cell_changes_only_the_fraction_the_split_seed_and_the_controls_steps(fractions: ModuleType) -> None:
+    cct = fractions.read_config("scenes")
+    steps = config_from_dict(cct).train.steps
+    cells = fractions.fraction_cells(control=True)
+    assert [c.name for c in cells] == ["supervised", "CCT", "supervised 2x steps"]
+    assert [c.name for c in fractions.fraction_cells(control=False)] == ["supervised", "CCT"]
+    run_config = sys.modules["cct_ablation"].run_config
+    configs = {
+        c.name: config_from_dict(run_config(fractions.fraction_config(cct, 0.02), c, 3, None, True)) for c in cells
+    }
+    for config in configs.values():
+        assert config.seed == 3 and config.data.split_seed == 3 and config.data.labeled == 0.02
+        assert config.train.eval_every == 0
+        assert config.data == configs["CCT"].data  # the same labeled images for every method of a seed
+        assert config.model == configs["CCT"].model
+        assert config.train.lr == configs["CCT"].train.lr and config.train.optimizer == configs["CCT"].train.optimizer
+    assert configs["CCT"].method == "cct" and configs["supervised"].method == "supervised"
+    assert configs["supervised 2x steps"].method == "supervised"
+    assert (configs["supervised"].train.steps, configs["CCT"].train.steps) == (steps, steps)
+    assert configs["supervised 2x steps"].train.steps == 2 * steps
+    assert configs["supervised 2x steps"].train.checkpoint_every == 2 * steps
+    # an explicit --steps scales the control too; without split_seed the config's draw is kept
+    ctrl = run_config(cct, cells[2], 1, 50, False)
+    assert ctrl["train"]["steps"] == 100 and ctrl["data"].get("split_seed", 0) == 0
+
+
+def test_summaries_are_paired_by_seed_with_a_student_t_interval(fractions: ModuleType) -> None:
+    values = {
+        "supervised": {0: 0.40, 1: 0.50, 2: 0.45},
+        "CCT": {0: 0.43, 1: 0.52, 2: 0.49, 7: 0.9},  # seed 7 has no baseline: not paired
+    }
+    rows = fractions.summarise_fraction(values)
+    diffs = [0.03, 0.02, 0.04]
+    d = rows["CCT"]["minus_supervised"]
+    assert d["seeds"] == [0, 1, 2] and d["n"] == 3
+    assert math.isclose(d["mean"], 0.03, abs_tol=1e-12)
+    half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / math.sqrt(3)
+    assert math.isclose(d["ci95"], half, rel_tol=1e-9)
+    assert rows["CCT"]["miou"]["n"] == 4 and "minus_supervised" not in rows["supervised"]
+    table = fractions.markdown({0.02: rows})
+    assert "| 0.02 | CCT | 0.585 | " in table and f"+0.030 +- {half:.3f} | 3/3 |" in table
+
+
+def test_a_plot_is_written(fractions: ModuleType, tmp_path: Path) -> None:
+    rows = {
+        f: fractions.summarise_fraction({"supervised": {0: 0.4, 1: 0.5}, "CCT": {0: 0.45, 1: 0.5 + f}})
+        for f in (0.02, 0.1)
+    }
+    path = fractions.save_plot(rows, tmp_path / "fractions.png", "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
