@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps of every run (the demo's: 200)")
     parser.add_argument("--out", default="runs/ac_views")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--no-train", action="store_true", help="only report the runs already in OUT/values.jsonl")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,7 +122,7 @@ def main() -> None:
             # row -> (inference, BN re-estimation); AC is evaluated mask-free (the thesis), mask-free with
             # re-estimated BatchNorm statistics, and as the 8-ordering ensemble
             rows = AC_ROWS if variant == "ac" else {variant: ("plain", 0)}
-            if all(table.has(row, col, seed) for row in rows for col in evaluations):
+            if args.no_train or all(table.has(row, col, seed) for row in rows for col in evaluations):
                 continue
             config = recipe(seed, args.steps, variant, args.dataset)
             run_dir, _, seconds = train_run(out, f"{variant}-seed{seed}", config)

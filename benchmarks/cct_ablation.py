@@ -162,6 +162,8 @@ def run_cells(
                     raise SystemExit(f"{path} was trained with another config: pass --fresh, or another --out")
                 values[cell.name][seed] = done["miou"]
                 continue
+            if getattr(args, "no_train", False):  # report what is there; a missing cell stays missing
+                continue
             _, metrics, seconds = train_run(Path(args.out) / "runs", f"{cell.slug}-seed{seed}", config)
             record = {"cell": cell.name, "part": cell.part, "seed": seed, "miou": metrics["miou"], "seconds": seconds}
             record.update(config=config, metrics=metrics)
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="runs/cct_ablation")
     parser.add_argument("--fresh", action="store_true", help="retrain the cells that have a file in OUT/cells")
     parser.add_argument("--plots", action="store_true", help="save ablation.png and unlabeled_curve.png in OUT")
+    parser.add_argument("--no-train", action="store_true", help="only report the cells that have a file")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads > 0:

@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="runs/cct_fractions")
     parser.add_argument("--fresh", action="store_true", help="retrain the cells that have a file")
     parser.add_argument("--plots", action="store_true", help="save OUT/fractions.png")
+    parser.add_argument("--no-train", action="store_true", help="only report the cells that have a file")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     bad = [f for f in args.fractions if not 0 < f < 1]
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for fraction in args.fractions:
         sweep = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / f"f{fraction:g}")})
         values = run_cells(sweep, fraction_config(cct, fraction), cells, split_seed_per_seed=True)
-        rows[fraction] = summarise_fraction(values)
+        if any(values.values()):
+            rows[fraction] = summarise_fraction(values)
     print(f"\nCCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds}):\n")
     print(markdown(rows))
     if args.plots:
