@@ -73,7 +73,7 @@ from fewlabels.methods.base import Method  # noqa: E402
 from fewlabels.registry import config_from_dict, get_method  # noqa: E402
 
 #: datasets generated or packaged with the project: their configs are CPU demos, not measured here
-EMBEDDED = {"scenes", "glyphs"}
+EMBEDDED = {"scenes", "glyphs", "digit-mosaics"}
 
 #: few-shot datasets: (base classes, novel classes, novel images) of their standard splits
 FEWSHOT_SPLITS: dict[str, tuple[int, int, int]] = {
