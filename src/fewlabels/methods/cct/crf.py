@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -108,11 +109,10 @@ def _positions(h: int, w: int, like: Tensor) -> Tensor:
     return torch.stack([ys.flatten(), xs.flatten()], dim=1)
 
 
-class _Kernel:
+class _Kernel(Protocol):
     """One normalised kernel: ``apply(Q [N, L]) = D^-1/2 K D^-1/2 Q``."""
 
-    def apply(self, q: Tensor) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    def apply(self, q: Tensor) -> Tensor: ...
 
 
 #: kernel matrices of at most this many entries are computed once and kept (256 MB in float32)
