@@ -55,7 +55,9 @@ class CCTModel(nn.Module):
         net: a :class:`~fewlabels.models.SegmentationNet` (normalisation, encoder, optional PSP, decoder); its
             decoder is the main decoder of domain 0 and ``net`` alone is a deployable segmentation model.
         perturbations: counts and parameters of the perturbations (K = ``perturbations.total``); the aux decoders
-            are grouped by perturbation type, in the registry's order (see :attr:`perturbation_groups`).
+            are grouped by perturbation type, in the registry's order (see :attr:`perturbation_groups`). Its
+            ``mask_source`` chooses the prediction whose objects G-Cutout and the masking perturbations follow (see
+            :meth:`aux_guide`).
         background_classes: classes that are not objects (G-Cutout, Con-Msk, Obj-Msk).
         losses: which consistency distance, confidence threshold and pair-wise term the forward computes.
         num_domains: domains (multi-domain CCT, as in the paper: a shared encoder, and per domain a main decoder
@@ -85,6 +87,8 @@ class CCTModel(nn.Module):
         super().__init__()
         if num_domains < 1:
             raise ValueError(f"num_domains must be >= 1, got {num_domains}")
+        if perturbations.mask_source not in ("main", "aux"):
+            raise ValueError(f"perturbations.mask_source must be 'main' or 'aux', got {perturbations.mask_source!r}")
         self.net = net
         self.perturbations = perturbations
         self.background_classes = tuple(int(c) for c in background_classes)
@@ -177,13 +181,47 @@ class CCTModel(nn.Module):
         outs = torch.stack(decoded)  # [domains, B, C, H, W]
         return outs[domains.long(), torch.arange(z.shape[0], device=z.device)]
 
+    @property
+    def guided_by_aux(self) -> bool:
+        """Whether the perturbations that follow the objects follow the aux decoders' prediction (:meth:`aux_guide`):
+        ``mask_source="aux"`` and at least one such type has decoders."""
+        return self.perturbations.mask_source == "aux" and any(
+            g.count and g.perturbation.follows_objects for g in self.perturbation_groups
+        )
+
+    @torch.no_grad()
+    def aux_guide(self, z: Tensor, domain: int = 0) -> Tensor:
+        """The mean of the predictions of the K aux decoders of ``domain`` on the unperturbed features ``z [B, D, h,
+        w]``: ``1/K sum_k softmax(g_a^k(z))``, probabilities ``[B, C, H, W]`` in float32, without gradient.
+
+        With ``perturbations.mask_source="aux"`` G-Cutout and the masking perturbations follow its objects instead of
+        the main prediction's. The first layer of every decoder is one ``[K C, D] @ [D, B h w]`` product (no copies
+        of ``z``); the stages and the softmax then run a chunk of decoders at a time on the CPU (``chunk_elements``
+        full-resolution logits), all at once on a GPU, summed in the sub-pixel layout.
+        """
+        aux = self.aux_of(domain)
+        k = aux.num_decoders
+        first = torch.einsum("kcd,bdp->kbcp", aux.classifier, z.flatten(2))  # [K, B, C, hw]
+        per_decoder = first[0].numel() * aux.upscale**2
+        step = k if z.is_cuda else max(1, min(k, self.chunk_elements // max(per_decoder, 1)))
+        total: Tensor | None = None
+        for start in range(0, k, step):
+            decoders = slice(start, min(start + step, k))
+            logits = aux.stages_subpixel(first[decoders], decoders)  # [k', B, C, S, hw]
+            probs = F.softmax(logits.float(), dim=2).sum(dim=0)  # [B, C, S, hw]
+            total = probs if total is None else total.add_(probs)
+        assert total is not None  # k >= 1
+        return aux.from_subpixel_layout(total.div_(k), z.shape[-2], z.shape[-1])
+
     def perturbation_input(self, z: Tensor, target: Tensor, domain: int = 0) -> PerturbationInput:
         """What the perturbations of one pass read: ``z [B, D, h, w]``, the main prediction ``target [B, C, H, W]``
-        (G-Cutout and the masking perturbations follow its objects), the settings and the aux decoders of
-        ``domain`` (and its background classes)."""
+        (the consistency target; G-Cutout and the masking perturbations follow its objects unless
+        ``mask_source="aux"``, then those of :meth:`aux_guide`), the settings and the aux decoders of ``domain`` (and
+        its background classes). Both paths read it, so they mask the same objects."""
         chunk = None if z.is_cuda else self.chunk_elements
+        guide = self.aux_guide(z, domain) if self.guided_by_aux else None
         return PerturbationInput(
-            z, target, self.perturbations, self.domain_backgrounds[domain], self.aux_of(domain), chunk
+            z, target, self.perturbations, self.domain_backgrounds[domain], self.aux_of(domain), chunk, guide
         )
 
     def perturbed_features(self, z: Tensor, target: Tensor, domain: int = 0) -> Tensor:

@@ -88,6 +88,13 @@ class PerturbationsConfig:
             "non-thing classes, e.g. [0] on VOC)"
         },
     )
+    mask_source: Literal["main", "aux"] = field(
+        default="main",
+        metadata={
+            "help": "prediction whose objects G-Cutout/Con-Msk/Obj-Msk follow: main = the main decoder's (the "
+            "reference), aux = the mean of the K aux decoders' softmax on the unperturbed features (no gradient)"
+        },
+    )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -120,11 +127,14 @@ class PerturbationInput:
 
     Args:
         z: encoder output ``[B, D, h, w]`` of the unlabeled images.
-        target: main-decoder prediction ``[B, C, H, W]`` (probabilities), for the types that follow the objects.
+        target: main-decoder prediction ``[B, C, H, W]`` (probabilities), the consistency target.
         config: the ``perturbations`` section (the counts and every type's parameters).
         background_classes: classes that are not objects (G-Cutout, Con-Msk, Obj-Msk).
         aux: the stacked aux decoders (I-VAT runs its power iteration through its own decoders).
         chunk_elements: full-resolution elements that a fused computation holds at once (``None``: all at once).
+        guide: the prediction ``[B, C, H, W]`` (probabilities) whose objects the types that follow the objects mask
+            (:attr:`foreground`) instead of ``target``'s: with ``mask_source="aux"``, the mean of the aux decoders'
+            predictions. ``None``: ``target``'s objects (the reference).
     """
 
     def __init__(
@@ -135,6 +145,7 @@ class PerturbationInput:
         background_classes: Sequence[int],
         aux: StackedUpsampleDecoders,
         chunk_elements: int | None,
+        guide: Tensor | None = None,
     ) -> None:
         self.z = z
         self.target = target
@@ -142,17 +153,20 @@ class PerturbationInput:
         self.background_classes = tuple(background_classes)
         self.aux = aux
         self.chunk_elements = chunk_elements
+        self.guide = guide
         self._foreground: Tensor | None = None
 
     @property
     def foreground(self) -> Tensor:
-        """The foreground of the main prediction at the feature size, ``[B, h, w]``, computed once per pass.
+        """The foreground of the guide (default: of the main prediction) at the feature size, ``[B, h, w]``, computed
+        once per pass.
 
         It draws no random numbers, so computing it on first use leaves the order of the random draws unchanged.
         """
         if self._foreground is None:
             h, w = self.z.shape[-2:]
-            self._foreground = foreground_mask(self.target, (h, w), self.background_classes)
+            objects = self.target if self.guide is None else self.guide
+            self._foreground = foreground_mask(objects, (h, w), self.background_classes)
         return self._foreground
 
 
@@ -168,6 +182,10 @@ class Perturbation(ABC):
       mask is folded into the first layer of the decoders. :class:`CopyPerturbation` (``"copies"``) applies to copies:
       every decoder gets its own perturbed copy of ``z``.
 
+    A type that reads :attr:`PerturbationInput.foreground` sets ``follows_objects = True``: with
+    ``perturbations.mask_source="aux"`` the model computes the aux decoders' prediction that the foreground then
+    follows only when such a type has decoders.
+
     Every type implements :meth:`copies`, which the reference path uses; the mask-foldable ones implement it through
     their mask. Types are registered with :func:`register_perturbation`, which instantiates them once.
     """
@@ -175,6 +193,7 @@ class Perturbation(ABC):
     name: ClassVar[str] = ""
     count_field: ClassVar[str] = ""
     fold: ClassVar[Fold]
+    follows_objects: ClassVar[bool] = False
 
     def count(self, config: PerturbationsConfig) -> int:
         """The number of aux decoders of this type, the value of ``config.<count_field>``."""

@@ -91,6 +91,7 @@ class GuidedCutout(SpatialMaskPerturbation):
 
     name = "cutout"
     count_field = "cutout"
+    follows_objects = True
 
     def mask(self, inputs: PerturbationInput, n: int) -> Tensor:
         """The keep-masks ``[n, B, 1, h, w]``, new boxes for every decoder."""
@@ -104,6 +105,7 @@ class ContextMasking(SpatialMaskPerturbation):
 
     name = "context_mask"
     count_field = "context_mask"
+    follows_objects = True
 
     def mask(self, inputs: PerturbationInput, n: int) -> Tensor:
         """The foreground ``[n, B, 1, h, w]``, the same for every decoder."""
@@ -116,6 +118,7 @@ class ObjectMasking(SpatialMaskPerturbation):
 
     name = "object_mask"
     count_field = "object_mask"
+    follows_objects = True
 
     def mask(self, inputs: PerturbationInput, n: int) -> Tensor:
         """The background ``[n, B, 1, h, w]``, the same for every decoder."""
