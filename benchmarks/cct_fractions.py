@@ -11,6 +11,10 @@ fraction f and seed s, with the same data, model, optimiser and steps for every 
 * ``supervised 2x steps`` (``--control``): the baseline trained for twice the steps, so that its encoder sees as many
   images as CCT's (CCT runs the encoder on a labeled and an equal unlabeled batch per step): the compute-matched
   control. Off by default (it costs a third run per cell).
+* ``CCT without L_u`` (``--no-loss-control``): CCT with ``loss.unsup_weight = 0``. The unlabeled batches still go
+  through the encoder in training mode (so BatchNorm's statistics see them) and through the perturbations and aux
+  decoders, but the consistency loss trains nothing: the control that isolates the consistency loss from the rest
+  of what a CCT step does. Printed with the paired difference ``CCT - CCT without L_u``.
 
 ``data.labeled`` is f and ``data.split_seed`` is s: each seed draws its own labeled images, and every method of a
 seed gets the same ones. The final model is evaluated once (no checkpoint is chosen on the reported set).
@@ -35,13 +39,17 @@ from cct_ablation import BASELINE, Cell, merged, read_config, run_cells
 
 CCT = "CCT"
 CONTROL = "supervised 2x steps"
+NO_LOSS = "CCT without L_u"
 
 
-def fraction_cells(control: bool) -> list[Cell]:
-    """The cells of one fraction: the baseline, CCT, and optionally the compute-matched baseline."""
+def fraction_cells(control: bool, no_loss_control: bool = False) -> list[Cell]:
+    """The cells of one fraction: the baseline, CCT, and optionally the compute-matched baseline and CCT without its
+    consistency loss."""
     cells = [Cell(BASELINE, "baseline"), Cell(CCT, "method")]
     if control:
         cells.append(Cell(CONTROL, "baseline", steps_factor=2.0))
+    if no_loss_control:
+        cells.append(Cell(NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}))
     return cells
 
 
@@ -60,6 +68,8 @@ def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, A
         out[name] = {"miou": {**summarise([per_seed[s] for s in seeds]), "seeds": seeds}}
         if name != BASELINE:
             out[name]["minus_supervised"] = paired_difference(per_seed, values[BASELINE])
+    if values.get(CCT) and values.get(NO_LOSS):
+        out[CCT]["minus_no_loss"] = paired_difference(values[CCT], values[NO_LOSS])
     return out
 
 
@@ -75,6 +85,12 @@ def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
             diff = "" if d is None else f"{d['mean']:+.3f} +- {d['ci95']:.3f}"
             ahead = "" if d is None else f"{sum(v > 0 for v in d['values'])}/{d['n']}"
             lines.append(f"| {fraction:g} | {name} | {m['mean']:.3f} | {m['std']:.3f} | {m['n']} | {diff} | {ahead} |")
+    isolated = [(f, m[CCT]["minus_no_loss"]) for f, m in rows.items() if "minus_no_loss" in m.get(CCT, {})]
+    if isolated:
+        lines += ["", "| labeled | CCT - CCT without L_u (paired, 95% CI) | seeds ahead |", "|---|---|---|"]
+        for fraction, d in isolated:
+            ahead = sum(v > 0 for v in d["values"])
+            lines.append(f"| {fraction:g} | {d['mean']:+.3f} +- {d['ci95']:.3f} | {ahead}/{d['n']} |")
     return "\n".join(lines)
 
 
@@ -133,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=None, help="train.steps (default: the config's)")
     parser.add_argument("--control", action="store_true", help="also train the baseline for 2x the steps")
+    parser.add_argument("--no-loss-control", action="store_true", help="also train CCT with loss.unsup_weight = 0")
     parser.add_argument("--out", default="runs/cct_fractions")
     parser.add_argument("--fresh", action="store_true", help="retrain the cells that have a file")
     parser.add_argument("--plots", action="store_true", help="save OUT/fractions.png")
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     cct = read_config(args.config)
-    cells = fraction_cells(args.control)
+    cells = fraction_cells(args.control, args.no_loss_control)
     rows: dict[float, dict[str, Any]] = {}
     for fraction in args.fractions:
         sweep = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / f"f{fraction:g}")})

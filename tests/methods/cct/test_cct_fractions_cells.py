@@ -83,3 +83,38 @@ def test_a_plot_is_written(fractions: ModuleType, tmp_path: Path) -> None:
     }
     path = fractions.save_plot(rows, tmp_path / "fractions.png", "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_the_no_loss_control_is_cct_with_a_zero_consistency_weight_and_nothing_else(fractions: ModuleType) -> None:
+    cct = fractions.read_config("scenes")
+    cells = fractions.fraction_cells(control=False, no_loss_control=True)
+    assert [c.name for c in cells] == ["supervised", "CCT", "CCT without L_u"]
+    run_config = sys.modules["cct_ablation"].run_config
+    base = fractions.fraction_config(cct, 0.05)
+    full, no_loss = (config_from_dict(run_config(base, c, 2, None, True)) for c in cells[1:])
+    assert no_loss.method == "cct" and full.loss.unsup_weight == 30.0 and no_loss.loss.unsup_weight == 0.0
+    # apart from the weight, the very same run: data, model, perturbations (so the same compute), optimiser, steps
+    assert no_loss.data == full.data and no_loss.model == full.model and no_loss.train == full.train
+    assert no_loss.perturbations == full.perturbations and no_loss.unlabeled_batch_size == full.unlabeled_batch_size
+    assert {k: v for k, v in vars(no_loss.loss).items() if k != "unsup_weight"} == {
+        k: v for k, v in vars(full.loss).items() if k != "unsup_weight"
+    }
+
+
+def test_cct_is_paired_with_the_no_loss_control_when_both_ran(fractions: ModuleType) -> None:
+    values = {
+        "supervised": {0: 0.40, 1: 0.50, 2: 0.45},
+        "CCT": {0: 0.46, 1: 0.52, 2: 0.50},
+        "CCT without L_u": {0: 0.41, 1: 0.51, 2: 0.44},
+    }
+    rows = fractions.summarise_fraction(values)
+    d = rows["CCT"]["minus_no_loss"]
+    assert d["n"] == 3 and math.isclose(d["mean"], (0.05 + 0.01 + 0.06) / 3, abs_tol=1e-12)
+    half = stats.t.ppf(0.975, 2) * stats.tstd([0.05, 0.01, 0.06]) / math.sqrt(3)
+    assert math.isclose(d["ci95"], half, rel_tol=1e-9)
+    table = fractions.markdown({0.1: rows})
+    assert f"| 0.1 | +0.040 +- {half:.3f} | 3/3 |" in table
+    # without the control there is no such row
+    del values["CCT without L_u"]
+    assert "minus_no_loss" not in fractions.summarise_fraction(values)["CCT"]
+    assert "without L_u (paired" not in fractions.markdown({0.1: fractions.summarise_fraction(values)})
