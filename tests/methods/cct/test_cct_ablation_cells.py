@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fewlabels.methods.cct.perturbations import (
     PerturbationInput,
+    PerturbationsConfig,
     SpatialMaskPerturbation,
     register_perturbation,
     registered_perturbations,
@@ -69,8 +70,14 @@ def test_scenes_cells_are_each_type_alone_and_all_but_one_with_the_configs_count
         "unlabeled 900",
     ]
     by_name = {c.name: c for c in cells}
-    assert by_name["CCT (all)"].decoders == 30 and by_name["only vat"].decoders == 2
-    assert by_name["all but feature_noise"].decoders == 24
+    # configs/cct/scenes.yaml: one decoder per type
+    assert by_name["CCT (all)"].decoders == 7 and by_name["only vat"].decoders == 1
+    assert by_name["all but feature_noise"].decoders == 6
+    # the reference's counts (2/6/6/2/2/6/6) give their own K
+    reference = ablation.merged(cct, {"perturbations": PerturbationsConfig().counts})
+    cells30 = {c.name: c for c in ablation.build_cells(reference, ["ablation"], [])}
+    assert cells30["CCT (all)"].decoders == 30 and cells30["only vat"].decoders == 2
+    assert cells30["all but feature_noise"].decoders == 24
     for cell in cells:
         config = config_from_dict(ablation.run_config(cct, cell, seed=3, steps=7))
         assert (config.seed, config.train.steps, config.train.eval_every) == (3, 7, 0)

@@ -47,6 +47,14 @@ def _naive_guide(aux: StackedUpsampleDecoders, z: Tensor) -> Tensor:
     return F.softmax(logits, dim=2).mean(dim=0)
 
 
+def _break_icnr(aux: StackedUpsampleDecoders) -> None:
+    """Make the four sub-pixels of every stage differ (ICNR starts them equal, which would hide a wrong sub-pixel)."""
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        aux.stage_weight.add_(0.5 * torch.randn(aux.stage_weight.shape, generator=g))
+        aux.stage_bias.add_(0.5 * torch.randn(aux.stage_bias.shape, generator=g))
+
+
 def _copy_stages(stages: Tensor, bias: Tensor) -> None:
     """Stages that copy each class to its four sub-pixels, ``logit(c, pixel) = h(c, cell)`` (no bias)."""
     classes = stages.shape[-1]
@@ -125,8 +133,8 @@ def test_aux_masks_follow_the_aux_decoders_objects_not_the_main_ones() -> None:
     model, z, target = _disagreeing_model("aux")
     assert model.guided_by_aux
     guide = model.aux_guide(z)
-    assert guide.shape == (2, 4, 32, 32)
-    assert torch.equal(guide.argmax(1), REGION.repeat_interleave(8, 0).repeat_interleave(8, 1).long().expand(2, -1, -1))
+    assert guide.shape == (2, 4, 4, 4)  # at the feature size: the pixels the masks read
+    assert torch.equal(guide.argmax(1), REGION.long().expand(2, -1, -1))
     inputs = model.perturbation_input(z, target)
     assert torch.equal(inputs.foreground, REGION.expand(2, -1, -1))
     assert torch.equal(inputs.target, target)  # the consistency target is still the main prediction
@@ -147,21 +155,37 @@ def test_aux_masks_follow_the_aux_decoders_objects_not_the_main_ones() -> None:
         torch.testing.assert_close(aux[g[name]], main[g[name]], rtol=0, atol=0)
 
 
-def test_the_guide_is_the_mean_of_the_aux_decoders_softmax_on_the_clean_features() -> None:
+def test_the_guide_is_the_mean_of_the_aux_decoders_softmax_at_the_pixels_the_masks_read() -> None:
     model = _model("aux")
+    _break_icnr(model.aux)
     z, _ = _features(model)
-    naive = _naive_guide(model.aux, z)
-    torch.testing.assert_close(model.aux_guide(z), naive, rtol=1e-5, atol=1e-6)
-    # the same in cache-sized chunks of decoders (every chunk size from one decoder to all of them)
-    per_decoder = 2 * model.num_classes * 32 * 32
-    for chunk in (1, 3, 100):
-        model.chunk_elements = chunk * per_decoder
-        torch.testing.assert_close(model.aux_guide(z), naive, rtol=1e-5, atol=1e-6)
+    naive = _naive_guide(model.aux, z)  # [B, C, 32, 32], every decoder at full resolution
+    guide = model.aux_guide(z)
+    # the full-resolution mean prediction at pixel (8y, 8x) of every 8 x 8 block ...
+    torch.testing.assert_close(guide, naive[..., ::8, ::8], rtol=1e-5, atol=1e-6)
+    # ... which is what the nearest resize of the masks reads: the same foreground, whatever the background classes
+    for background in ((0,), (1, 2), (3,)):
+        assert torch.equal(foreground_mask(guide, (4, 4), background), foreground_mask(naive, (4, 4), background))
     # K separate UpsampleDecoders give the same mean, which is none of their single predictions
     single = torch.stack([F.softmax(model.aux.export_decoder(k)(z), dim=1) for k in range(model.aux.num_decoders)])
     torch.testing.assert_close(single.mean(dim=0), naive, rtol=1e-5, atol=1e-6)
     assert all(not torch.allclose(naive, one, atol=1e-3) for one in single)
-    torch.testing.assert_close(naive.sum(dim=1), torch.ones(2, 32, 32))
+    torch.testing.assert_close(guide.sum(dim=1), torch.ones(2, 4, 4))
+
+
+def test_the_shortcut_guide_gives_the_full_resolution_masks_on_a_trained_looking_model() -> None:
+    """Larger logits (sharper, more varied argmax) and a non-square map: the masks still match the full decode."""
+    torch.manual_seed(5)
+    net = build_segmentation_model("small_cnn", 5, output_stride=8, psp=False)
+    model = CCTModel(net, dataclasses.replace(SMALL, mask_source="aux"), background_classes=(0, 4))
+    with torch.no_grad():
+        model.aux.classifier.mul_(4.0)
+    _break_icnr(model.aux)
+    z = torch.relu(torch.randn(3, model.net.feature_channels, 5, 7))
+    naive = _naive_guide(model.aux, z)
+    assert naive.shape[-2:] == (40, 56)
+    assert torch.equal(foreground_mask(model.aux_guide(z), (5, 7), (0, 4)), foreground_mask(naive, (5, 7), (0, 4)))
+    assert len(naive.argmax(1).unique()) > 2  # not a trivial case
 
 
 def test_fused_path_equals_the_reference_path_with_aux_masks() -> None:
@@ -215,8 +239,8 @@ def test_each_domain_is_guided_by_its_own_aux_decoders_and_background() -> None:
     z, _ = _features(model)
     target = torch.softmax(torch.randn(2, 3, 32, 32), dim=1)
     guide = model.aux_guide(z, domain=1)
-    assert guide.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(guide, _naive_guide(model.aux_of(1), z), rtol=1e-5, atol=1e-6)
+    assert guide.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(guide, _naive_guide(model.aux_of(1), z)[..., ::8, ::8], rtol=1e-5, atol=1e-6)
     inputs = model.perturbation_input(z, target, domain=1)
     assert inputs.aux is model.domain_aux[0] and inputs.background_classes == (1, 2)
     assert torch.equal(inputs.foreground, foreground_mask(guide, (4, 4), (1, 2)))

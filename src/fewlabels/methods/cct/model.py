@@ -192,26 +192,26 @@ class CCTModel(nn.Module):
     @torch.no_grad()
     def aux_guide(self, z: Tensor, domain: int = 0) -> Tensor:
         """The mean of the predictions of the K aux decoders of ``domain`` on the unperturbed features ``z [B, D, h,
-        w]``: ``1/K sum_k softmax(g_a^k(z))``, probabilities ``[B, C, H, W]`` in float32, without gradient.
+        w]``, ``1/K sum_k softmax(g_a^k(z))``, at the pixels that the object masks read: probabilities ``[B, C, h, w]``
+        in float32, without gradient.
 
         With ``perturbations.mask_source="aux"`` G-Cutout and the masking perturbations follow its objects instead of
-        the main prediction's. The first layer of every decoder is one ``[K C, D] @ [D, B h w]`` product (no copies
-        of ``z``); the stages and the softmax then run a chunk of decoders at a time on the CPU (``chunk_elements``
-        full-resolution logits), all at once on a GPU, summed in the sub-pixel layout.
+        the main prediction's. A mask is the prediction's argmax nearest-resized from ``H x W`` to the feature size
+        ``h x w``, which reads pixel ``(r y, r x)`` of every ``r x r`` block (``r`` = the upscale): the pixel that
+        every pixel-shuffle stage places at its sub-pixel 0 (output channels ``c * 4``). So only that sub-pixel is
+        decoded, at the feature resolution: the result equals the full-resolution mean prediction at those pixels
+        (``foreground_mask`` gives the same masks), for about the cost of the decoders' first layer.
         """
         aux = self.aux_of(domain)
-        k = aux.num_decoders
-        first = torch.einsum("kcd,bdp->kbcp", aux.classifier, z.flatten(2))  # [K, B, C, hw]
-        per_decoder = first[0].numel() * aux.upscale**2
-        step = k if z.is_cuda else max(1, min(k, self.chunk_elements // max(per_decoder, 1)))
-        total: Tensor | None = None
-        for start in range(0, k, step):
-            decoders = slice(start, min(start + step, k))
-            logits = aux.stages_subpixel(first[decoders], decoders)  # [k', B, C, S, hw]
-            probs = F.softmax(logits.float(), dim=2).sum(dim=0)  # [B, C, S, hw]
-            total = probs if total is None else total.add_(probs)
-        assert total is not None  # k >= 1
-        return aux.from_subpixel_layout(total.div_(k), z.shape[-2], z.shape[-1])
+        b, _, h, w = z.shape
+        out = torch.einsum("kcd,bdp->kbcp", aux.classifier, z.flatten(2))  # [K, B, C, hw]
+        for s in range(aux.num_stages):
+            weight = aux.stage_weight[s, :, 0::4].unsqueeze(1)  # [K, 1, C, C]: the rows of sub-pixel 0
+            out = torch.matmul(weight, out).add_(aux.stage_bias[s, :, 0::4].unsqueeze(1).unsqueeze(-1))
+            if s < aux.num_stages - 1:
+                out = F.relu(out, inplace=True)
+        probs = F.softmax(out.float(), dim=2).mean(dim=0)  # [B, C, hw]
+        return probs.view(b, -1, h, w)
 
     def perturbation_input(self, z: Tensor, target: Tensor, domain: int = 0) -> PerturbationInput:
         """What the perturbations of one pass read: ``z [B, D, h, w]``, the main prediction ``target [B, C, H, W]``

@@ -132,9 +132,10 @@ class PerturbationInput:
         background_classes: classes that are not objects (G-Cutout, Con-Msk, Obj-Msk).
         aux: the stacked aux decoders (I-VAT runs its power iteration through its own decoders).
         chunk_elements: full-resolution elements that a fused computation holds at once (``None``: all at once).
-        guide: the prediction ``[B, C, H, W]`` (probabilities) whose objects the types that follow the objects mask
-            (:attr:`foreground`) instead of ``target``'s: with ``mask_source="aux"``, the mean of the aux decoders'
-            predictions. ``None``: ``target``'s objects (the reference).
+        guide: the prediction ``[B, C, H', W']`` (probabilities, any size that resizes to the features') whose
+            objects the types that follow the objects mask (:attr:`foreground`) instead of ``target``'s: with
+            ``mask_source="aux"``, the mean of the aux decoders' predictions at the feature size. ``None``:
+            ``target``'s objects (the reference).
     """
 
     def __init__(
