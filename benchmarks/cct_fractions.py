@@ -107,10 +107,14 @@ def save_plot(rows: Mapping[float, Mapping[str, Any]], path: Path, title: str) -
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     fractions = sorted(rows)
     names = list(dict.fromkeys(n for f in fractions for n in rows[f]))
-    for name in names:
+
+    def dodge(xs: list[float], i: int) -> list[float]:  # methods side by side at each fraction (log axis)
+        return [x * 1.08 ** (i - (len(names) - 1) / 2) for x in xs]
+
+    for i, name in enumerate(names):
         xs = [f for f in fractions if name in rows[f]]
-        left.errorbar(
-            xs,
+        line = left.errorbar(
+            dodge(xs, i),
             [rows[f][name]["miou"]["mean"] for f in xs],
             yerr=[err(rows[f][name]["miou"]) for f in xs],
             marker="o",
@@ -121,21 +125,23 @@ def save_plot(rows: Mapping[float, Mapping[str, Any]], path: Path, title: str) -
             diffs = [(f, rows[f][name].get("minus_supervised")) for f in xs]
             diffs = [(f, d) for f, d in diffs if d is not None]
             right.errorbar(
-                [f for f, _ in diffs],
+                dodge([f for f, _ in diffs], i),
                 [d["mean"] for _, d in diffs],
                 yerr=[err(d) for _, d in diffs],
                 marker="o",
                 capsize=3,
+                color=line[0].get_color(),
                 label=f"{name} - supervised",
             )
     right.axhline(0.0, color="black", linewidth=0.8)
     for ax, label in ((left, "mIoU (mean over seeds, 95% CI)"), (right, "paired difference (95% CI)")):
         ax.set_xscale("log")
         ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
+        ax.set_xlim(min(fractions) / 1.4, max(fractions) * 1.4)
         ax.minorticks_off()
         ax.set_xlabel("labeled fraction of the training images")
         ax.set_ylabel(label)
-        ax.legend()
+        ax.legend(fontsize="small", loc="best")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
