@@ -120,6 +120,19 @@ class StackedUpsampleDecoders(nn.Module):
             out = out.view(kk, b, c, 4 * out.shape[-1])
         return out.view(kk, b, c, self.upscale**2, hw)
 
+    def stages_first_subpixel(self, out: Tensor) -> Tensor:
+        """The stages of all K decoders followed at sub-pixel 0 only: classifier outputs ``[K, B, C, h*w]`` -> the
+        logits ``[K, B, C, h*w]`` of pixel ``(upscale * y, upscale * x)`` of every block, which every stage places at
+        its sub-pixel 0 (its output channels ``c * 4``): equal to ``stages_subpixel(out)[:, :, :, 0]`` at 1/4 of
+        each stage's cost."""
+        k = out.shape[0]
+        for s in range(self.num_stages):
+            weight = self.stage_weight[s, :, 0::4].unsqueeze(1)  # [K, 1, C, C]
+            out = torch.matmul(weight, out).add_(self.stage_bias[s, :, 0::4].view(k, 1, -1, 1))
+            if s < self.num_stages - 1:
+                out = F.relu(out, inplace=True)
+        return out
+
     def forward(self, x: Tensor, decoders: slice | None = None) -> Tensor:
         """Decode ``x [K', B, D, h, w]`` -> logits ``[K', B, C, upscale*h, upscale*w]`` (image layout)."""
         h, w = x.shape[-2:]

@@ -198,19 +198,15 @@ class CCTModel(nn.Module):
         With ``perturbations.mask_source="aux"`` G-Cutout and the masking perturbations follow its objects instead of
         the main prediction's. A mask is the prediction's argmax nearest-resized from ``H x W`` to the feature size
         ``h x w``, which reads pixel ``(r y, r x)`` of every ``r x r`` block (``r`` = the upscale): the pixel that
-        every pixel-shuffle stage places at its sub-pixel 0 (output channels ``c * 4``). So only that sub-pixel is
-        decoded, at the feature resolution: the result equals the full-resolution mean prediction at those pixels
-        (``foreground_mask`` gives the same masks), for about the cost of the decoders' first layer.
+        every pixel-shuffle stage places at its sub-pixel 0 (:meth:`StackedUpsampleDecoders.stages_first_subpixel`).
+        So only that pixel is decoded, at the feature resolution: the result equals the full-resolution mean
+        prediction at those pixels (``foreground_mask`` gives the same masks), for about the cost of the decoders'
+        first layer.
         """
         aux = self.aux_of(domain)
         b, _, h, w = z.shape
-        out = torch.einsum("kcd,bdp->kbcp", aux.classifier, z.flatten(2))  # [K, B, C, hw]
-        for s in range(aux.num_stages):
-            weight = aux.stage_weight[s, :, 0::4].unsqueeze(1)  # [K, 1, C, C]: the rows of sub-pixel 0
-            out = torch.matmul(weight, out).add_(aux.stage_bias[s, :, 0::4].unsqueeze(1).unsqueeze(-1))
-            if s < aux.num_stages - 1:
-                out = F.relu(out, inplace=True)
-        probs = F.softmax(out.float(), dim=2).mean(dim=0)  # [B, C, hw]
+        first = torch.einsum("kcd,bdp->kbcp", aux.classifier, z.flatten(2))  # [K, B, C, hw]
+        probs = F.softmax(aux.stages_first_subpixel(first).float(), dim=2).mean(dim=0)  # [B, C, hw]
         return probs.view(b, -1, h, w)
 
     def perturbation_input(self, z: Tensor, target: Tensor, domain: int = 0) -> PerturbationInput:
