@@ -208,9 +208,12 @@ def test_every_process_stops_at_the_same_step_under_torchrun(tmp_path):
     # Only rank 1 receives SIGTERM, during its 3rd step: both ranks stop after that step, one checkpoint of it.
     res = torchrun("signal_during_step.py", str(cfg_file), FEWLABELS_TEST_SIGNAL_AT="2", FEWLABELS_TEST_SIGNAL_RANK="1")
     assert res.returncode != 0
-    # each rank reports the same stop in one line and exits with 143 (torchrun then prints its own summary)
+    # each rank reports the same stop in one line and exits with 143 (torchrun then prints its own summary). When one
+    # rank has exited, torchrun's agent SIGTERMs the others: a rank that had already reported its stop but not yet
+    # exited then shows -15 instead of 143 (a race of a few ms, seen once in a fresh-clone run).
     assert res.stderr.count("error: stopped by SIGTERM after step 3/6;") == 2, res.stderr[-3000:]
-    assert len(re.findall(r"^\s*exitcode\s*:\s*143\b", res.stderr, flags=re.M)) == 2, res.stderr[-3000:]
+    codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)\b", res.stderr, flags=re.M)
+    assert len(codes) == 2 and set(codes) <= {"143", "-15"} and "143" in codes, res.stderr[-3000:]
     dist = tmp_path / "dist"
     assert [p.name for p in list_checkpoints(dist / "checkpoints")] == ["step_00000003.pt"]
     assert [r["step"] for r in records(dist, "train")] == [1, 2, 3]
