@@ -3,6 +3,7 @@
     python benchmarks/cct_ablation.py --seeds 0 1 2                 # configs/cct/scenes.yaml, every cell
     python benchmarks/cct_ablation.py --parts ablation --config voc_92 --steps 2000
     python benchmarks/cct_ablation.py --parts curve --unlabeled 100 300 900 1800 --plots
+    python benchmarks/cct_ablation.py --labeled 0.02 --ablation only --seeds 0 1 2   # cct_fractions' cells of 2 %
 
 From one CCT config (``--config``: a name in configs/cct/ or a YAML path; default ``scenes``) and per seed, with the
 same data, model, optimiser and steps for every cell:
@@ -10,7 +11,8 @@ same data, model, optimiser and steps for every cell:
 * ``supervised``: the supervised baseline (the config's shared sections, ``method: supervised``);
 * ``CCT (all)``: the config as it is;
 * ablation: ``only T`` and ``all but T`` for every registered perturbation type T with decoders in the config (its
-  count kept, every other type's count set to 0, or the reverse); the types and counts come from the registry;
+  count kept, every other type's count set to 0, or the reverse); the types and counts come from the registry.
+  ``--ablation only`` or ``all-but`` trains one of the two families (e.g. the cheap ``only T`` cells first);
 * curve: ``unlabeled N``, CCT trained on N of the unlabeled images (``unlabeled_images``: nested draws, the same
   labeled images), for every N of ``--unlabeled``; full CCT (every unlabeled image) is the curve's last point.
 
@@ -18,6 +20,9 @@ Prints markdown tables of the final mIoU: mean and sample std over seeds, and th
 supervised baseline (and, for the ablation, with full CCT), mean +- Student-t 95% CI. The last stdout line is a JSON
 object. Every finished cell is a JSON file ``OUT/cells/<cell>-seed<s>.json`` with its config: a stopped sweep
 skips those cells when run again (a cell file of another config is an error; ``--fresh`` retrains them).
+``--labeled f`` sets ``data.labeled`` of every cell and lets each seed draw its own labeled images
+(``data.split_seed = seed``), as ``benchmarks/cct_fractions.py`` does: its ``supervised`` and ``CCT`` cell files of
+fraction f and seed s are then this sweep's ``supervised`` and ``CCT (all)`` cells (the same configs, so the same runs).
 ``--plots`` saves ``ablation.png`` and ``unlabeled_curve.png`` in ``OUT``.
 Not part of `make bench` (minutes per run).
 """
@@ -78,10 +83,16 @@ def baseline_config(cct: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: copy.deepcopy(v) for k, v in cct.items() if k in shared}, "method": "supervised"}
 
 
-def perturbation_cells(counts: Mapping[str, int]) -> list[Cell]:
+#: which ablation cells to train: ``only T``, ``all but T``, or both
+ABLATION_KINDS = ("both", "only", "all-but")
+
+
+def perturbation_cells(counts: Mapping[str, int], kind: str = "both") -> list[Cell]:
     """``only T`` for every registered type T with decoders in ``counts`` (a ``PerturbationsConfig.counts``), then
     ``all but T`` for each of them (when another type has decoders): each sets the count fields of every registered
-    type."""
+    type. ``kind`` (one of :data:`ABLATION_KINDS`) keeps one of the two families."""
+    if kind not in ABLATION_KINDS:
+        raise ValueError(f"ablation kind {kind!r}: expected one of {ABLATION_KINDS}")
     from fewlabels.methods.cct.perturbations import get_perturbation
 
     field_of = {name: get_perturbation(name).count_field for name in counts}
@@ -91,20 +102,21 @@ def perturbation_cells(counts: Mapping[str, int]) -> list[Cell]:
         section = {field_of[name]: keep.get(name, 0) for name in counts}
         return Cell(label, "ablation", {"perturbations": section}, sum(keep.values()))
 
-    cells = [cell(f"only {name}", {name: counts[name]}) for name in active]
-    if len(active) > 1:
+    cells = [cell(f"only {name}", {name: counts[name]}) for name in active] if kind != "all-but" else []
+    if len(active) > 1 and kind != "only":
         cells += [cell(f"all but {name}", {n: counts[n] for n in active if n != name}) for name in active]
     return cells
 
 
-def build_cells(cct: Mapping[str, Any], parts: list[str], unlabeled: list[int]) -> list[Cell]:
-    """Every cell of the sweep for the CCT config ``cct``: the baseline, full CCT, then the parts asked for."""
+def build_cells(cct: Mapping[str, Any], parts: list[str], unlabeled: list[int], ablation: str = "both") -> list[Cell]:
+    """Every cell of the sweep for the CCT config ``cct``: the baseline, full CCT, then the parts asked for
+    (``ablation``: which ablation cells, see :func:`perturbation_cells`)."""
     from fewlabels.registry import config_from_dict
 
     perturbations = config_from_dict(dict(cct)).perturbations
     cells = [Cell(BASELINE, "baseline"), Cell(FULL, "ablation", {}, perturbations.total)]
     if "ablation" in parts:
-        cells += perturbation_cells(perturbations.counts)
+        cells += perturbation_cells(perturbations.counts, ablation)
     if "curve" in parts:
         curve = [Cell(f"unlabeled {n}", "curve", {"unlabeled_images": n}, perturbations.total, n) for n in unlabeled]
         cells += curve
@@ -286,6 +298,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--unlabeled", type=int, nargs="+", default=[100, 300, 900], help="curve: unlabeled counts")
+    parser.add_argument(
+        "--ablation", default="both", choices=ABLATION_KINDS, help="the ablation's cells: only T, all but T, or both"
+    )
+    parser.add_argument(
+        "--labeled",
+        type=float,
+        default=None,
+        help="data.labeled of every cell, each seed drawing its own labeled images (data.split_seed = seed), as "
+        "benchmarks/cct_fractions.py does: its supervised and CCT cells of that fraction are this sweep's "
+        "(default: the config's labeled set and draw)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="train.steps of every cell (default: the config's)")
     parser.add_argument("--out", default="runs/cct_ablation")
     parser.add_argument("--fresh", action="store_true", help="retrain the cells that have a file in OUT/cells")
@@ -298,6 +321,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         torch.set_num_threads(args.threads)
     cct = read_config(args.config)
+    if args.labeled is not None:
+        if not 0.0 < args.labeled < 1.0:
+            raise SystemExit(f"--labeled {args.labeled}: a fraction of the training images in (0, 1)")
+        cct = merged(cct, {"data": {"labeled": args.labeled}})
     total = None
     if "curve" in args.parts:
         total = unlabeled_count(cct)
@@ -305,8 +332,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if bad:
             raise SystemExit(f"--unlabeled {bad}: the split of {args.config} has 1..{total} unlabeled images")
     # all the unlabeled images is full CCT, the curve's last point: not trained twice
-    cells = build_cells(cct, args.parts, [n for n in args.unlabeled if n != total])
-    values = run_cells(args, cct, cells)
+    cells = build_cells(cct, args.parts, [n for n in args.unlabeled if n != total], args.ablation)
+    values = run_cells(args, cct, cells, split_seed_per_seed=args.labeled is not None)
     rows = summaries(cells, values)
     for part in args.parts:
         print(f"\n{part} ({args.config}, mIoU of the final model, seeds {args.seeds}):\n")

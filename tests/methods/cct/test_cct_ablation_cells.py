@@ -118,3 +118,37 @@ def test_types_without_decoders_get_no_cell_and_count_fields_come_from_the_regis
     assert [cells[n].decoders for n in cells] == [2, 6, 3, 9, 5, 8]
     # a single type with decoders has no all-but-one cell (it would leave no aux decoder)
     assert [c.name for c in ablation.perturbation_cells({"vat": 0, "cutout": 4})] == ["only cutout"]
+
+
+def test_ablation_kind_keeps_one_family_and_refuses_an_unknown_one(ablation: ModuleType) -> None:
+    counts = {"vat": 1, "dropout": 2, "cutout": 0}
+    both = [c.name for c in ablation.perturbation_cells(counts)]
+    only = [c.name for c in ablation.perturbation_cells(counts, "only")]
+    all_but = [c.name for c in ablation.perturbation_cells(counts, "all-but")]
+    assert only == ["only vat", "only dropout"] and all_but == ["all but vat", "all but dropout"]
+    assert both == only + all_but
+    cct = ablation.read_config("scenes")
+    names = [c.name for c in ablation.build_cells(cct, ["ablation"], [], "only")]
+    assert names[:2] == ["supervised", "CCT (all)"] and all(n.startswith("only ") for n in names[2:])
+    with pytest.raises(ValueError, match="ablation kind"):
+        ablation.perturbation_cells(counts, "some")
+
+
+def test_labeled_cells_are_the_fraction_sweeps_cells(ablation: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --labeled f, the baseline and full CCT of seed s are the configs benchmarks/cct_fractions.py trains for
+    fraction f and seed s (so one sweep's cell files serve the other); every cell draws the seed's labeled images."""
+    fractions_spec = importlib.util.spec_from_file_location("cct_fractions", BENCHMARKS / "cct_fractions.py")
+    assert fractions_spec is not None and fractions_spec.loader is not None
+    fractions = importlib.util.module_from_spec(fractions_spec)
+    monkeypatch.setitem(sys.modules, "cct_fractions", fractions)
+    fractions_spec.loader.exec_module(fractions)
+    cct = ablation.read_config("scenes")
+    sweep = ablation.merged(cct, {"data": {"labeled": 0.02}})  # what main() does with --labeled 0.02
+    base, full = ablation.build_cells(sweep, ["ablation"], [], "only")[:2]
+    frac_base, frac_cct = fractions.fraction_cells(control=False)
+    frac = fractions.fraction_config(cct, 0.02)
+    assert ablation.run_config(sweep, base, 4, None, True) == ablation.run_config(frac, frac_base, 4, None, True)
+    assert ablation.run_config(sweep, full, 4, None, True) == ablation.run_config(frac, frac_cct, 4, None, True)
+    for cell in ablation.build_cells(sweep, ["ablation", "curve"], [100], "only"):
+        data = config_from_dict(ablation.run_config(sweep, cell, 4, None, True)).data
+        assert (data.labeled, data.split_seed) == (0.02, 4)
