@@ -35,7 +35,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,6 +243,15 @@ def _error(d: Mapping[str, Any] | None) -> float:
     return 0.0 if d is None or math.isnan(d["ci95"]) else float(d["ci95"])
 
 
+def _seeds_label(summaries: Iterable[Mapping[str, Any]]) -> str:
+    """How many seeds the plotted points average: a 95% CI needs at least 2."""
+    counts = sorted({int(d["n"]) for d in summaries})
+    if counts == [1]:
+        return "1 seed, no CI"
+    seeds = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"mean over {seeds} seeds, 95% CI"
+
+
 def save_plots(rows: Mapping[str, Mapping[str, Any]], out: Path, total_unlabeled: int | None) -> list[Path]:
     """``ablation.png`` (paired difference with the baseline per cell) and ``unlabeled_curve.png`` (mIoU over N)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -262,7 +271,7 @@ def save_plots(rows: Mapping[str, Mapping[str, Any]], out: Path, total_unlabeled
         ax.barh(names, means, xerr=[_error(d) for _, d in ablation][::-1], color="tab:blue", capsize=3)
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.set_xlabel("mIoU - supervised (paired over seeds, 95% CI)")
+        ax.set_xlabel(f"mIoU - supervised (paired, {_seeds_label(d for _, d in ablation)})")
         fig.tight_layout()
         saved.append(out / "ablation.png")
         fig.savefig(saved[-1], dpi=120)
@@ -284,7 +293,7 @@ def save_plots(rows: Mapping[str, Mapping[str, Any]], out: Path, total_unlabeled
         ax.set_xticks(xs, [str(n) for n in xs])
         ax.minorticks_off()
         ax.set_xlabel("unlabeled images")
-        ax.set_ylabel("mIoU (mean over seeds, 95% CI)")
+        ax.set_ylabel(f"mIoU ({_seeds_label(m for _, m in curve)})")
         ax.legend()
         fig.tight_layout()
         saved.append(out / "unlabeled_curve.png")

@@ -152,3 +152,9 @@ def test_labeled_cells_are_the_fraction_sweeps_cells(ablation: ModuleType, monke
     for cell in ablation.build_cells(sweep, ["ablation", "curve"], [100], "only"):
         data = config_from_dict(ablation.run_config(sweep, cell, 4, None, True)).data
         assert (data.labeled, data.split_seed) == (0.02, 4)
+
+
+def test_plot_labels_say_how_many_seeds_and_claim_no_ci_for_one(ablation: ModuleType) -> None:
+    assert ablation._seeds_label([{"n": 1}, {"n": 1}]) == "1 seed, no CI"
+    assert ablation._seeds_label([{"n": 3}]) == "mean over 3 seeds, 95% CI"
+    assert ablation._seeds_label([{"n": 2}, {"n": 5}, {"n": 3}]) == "mean over 2-5 seeds, 95% CI"
