@@ -8,6 +8,7 @@ Usage::
     python benchmarks/cct_step.py --encoder resnet34         # one other encoder instead of the presets
     python benchmarks/cct_step.py --counts feature_noise=0 vat=4   # K = 30 config with other counts per type
     python benchmarks/cct_step.py --device cuda --batch 8 --size 320
+    python benchmarks/cct_step.py --flops-only   # the FLOP counts and ratios only (deterministic, no timing)
 
 Two models are timed by default, one after the other: the reference model of CCT.md (ResNet-50 deep stem, OS8 +
 PSP), whose ``k30_over_k1`` is the issue's target (<= 1.10), and ResNet-18 + PSP, where the loop is timed too
@@ -20,6 +21,11 @@ hits both sides of the ratio alike. Medians of the wall time and of the process 
 jobs on a shared machine) are reported too. Memory: on a GPU the peak ``torch.cuda.max_memory_allocated`` of a
 step; on the CPU (where torch's allocations are invisible to tracemalloc) the size of the tensors autograd saves
 for the backward pass (unique storages, parameters excluded), which is what grows with K.
+
+FLOPs: the matmul and convolution FLOPs of one step of each configuration (torch's ``FlopCounterMode``) and their
+ratio (``k30_over_k1_flops``), the time ratio a machine would show if the aux decoders' small products (inner
+dimension = the class count) ran as fast as the encoder's convolutions. On a CPU they run several times slower, so
+the wall ratio is above the FLOP ratio; the gap is what an implementation can still win.
 
 Both implementations take the perturbation types from the registry
 (:func:`~fewlabels.methods.cct.perturbations.registered_perturbations`): a newly registered type is timed as soon
@@ -41,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fewlabels.engine.allocator import keep_freed_memory
 from fewlabels.methods.cct.config import PerturbationsConfig
@@ -160,6 +167,14 @@ def make_step(model: nn.Module, args: argparse.Namespace) -> Callable[[bool], fl
     return step
 
 
+def count_flops(fn: Callable[[], object]) -> int:
+    """Matmul and convolution FLOPs (2 per multiply-add) of one call of ``fn``, forward and backward, as torch's
+    ``FlopCounterMode`` counts them; element-wise work (softmax, masks, optimizer) is not counted."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -195,6 +210,10 @@ def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, Per
     for step in steps.values():  # warm-up (allocator, thread pools, autograd graph caches)
         step(False)
     sync(args.device)
+    # FLOPs of one step of each configuration: the ratio the timing would show if every op ran at one speed
+    flops = {key: count_flops(lambda s=steps[key]: s(False)) for key in keys}
+    if args.flops_only:
+        args.repeats = 0
     for r in range(args.repeats):
         for key in rotated(keys, r):  # interleaved, so that machine noise hits every configuration alike
             t0, c0 = time.perf_counter(), time.process_time()
@@ -206,10 +225,13 @@ def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, Per
     out: dict[str, float] = {}
     for key in keys:
         impl, k = key
-        t, c = statistics.median(wall[key]), statistics.median(cpu[key])
-        spread = f"[{min(wall[key]):.3f}..{max(wall[key]):.3f}]"
-        line = f"  {impl:8s} K={k:2d}: wall median {t:.3f} s/step {spread}, process CPU {c:.3f} s"
-        out[f"{impl}_k{k}_s"], out[f"{impl}_k{k}_cpu_s"] = round(t, 4), round(c, 4)
+        out[f"{impl}_k{k}_gflop"] = round(flops[key] / 1e9, 3)
+        line = f"  {impl:8s} K={k:2d}: {flops[key] / 1e9:.2f} GFLOP (matmul + conv, forward + backward)"
+        if wall[key]:
+            t, c = statistics.median(wall[key]), statistics.median(cpu[key])
+            spread = f"[{min(wall[key]):.3f}..{max(wall[key]):.3f}]"
+            line += f", wall median {t:.3f} s/step {spread}, process CPU {c:.3f} s"
+            out[f"{impl}_k{k}_s"], out[f"{impl}_k{k}_cpu_s"] = round(t, 4), round(c, 4)
         if not args.no_memory:
             if args.device.type == "cuda":
                 mb = cuda_peak_mb(steps[key])
@@ -231,8 +253,12 @@ def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, Per
         ratios["loop_k30_over_k1"] = (("loop", big), ("loop", one))
         ratios["loop_k30_over_stacked_k30"] = (("loop", big), ("stacked", big))
     for name, (a, b) in ratios.items():
-        out[name], out[f"{name}_cpu"] = ratio(a, b, wall), ratio(a, b, cpu)
-        print(f"  {name}: {out[name]:.3f} (process CPU {out[f'{name}_cpu']:.3f}), median of per-repeat ratios")
+        out[f"{name}_flops"] = round(flops[a] / flops[b], 4)
+        line = f"  {name}: FLOPs {out[f'{name}_flops']:.3f}"
+        if wall[a]:
+            out[name], out[f"{name}_cpu"] = ratio(a, b, wall), ratio(a, b, cpu)
+            line += f", wall {out[name]:.3f} (process CPU {out[f'{name}_cpu']:.3f}), median of per-repeat ratios"
+        print(line, flush=True)
     return {f"{spec.prefix}{key}": value for key, value in out.items()}
 
 
@@ -251,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--skip-loop", action="store_true", help="only the stacked implementation")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--flops-only", action="store_true", help="count the FLOPs of a step, time nothing")
     args = p.parse_args(argv)
     keep_freed_memory()  # as the training engine does on CPU (fewlabels.engine.allocator)
     if args.threads:

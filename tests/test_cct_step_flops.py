@@ -1,0 +1,54 @@
+"""benchmarks/cct_step.py's FLOP count: exact on a linear layer, equal for the stacked and the loop implementations
+(same math)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch import nn
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def cct_step() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("cct_step_under_test", BENCHMARKS / "cct_step.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look the module up while they are made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_count_flops_of_a_linear_layer_forward_and_backward(cct_step: ModuleType) -> None:
+    layer = nn.Linear(7, 5, bias=False)
+    x = torch.randn(3, 7, requires_grad=True)
+
+    def step() -> None:
+        layer(x).sum().backward()
+
+    # forward x @ W^T, backward grad_x = g @ W and grad_W = g^T @ x: three 3x7x5 products, 2 FLOPs per multiply-add
+    assert cct_step.count_flops(step) == 3 * 2 * 3 * 7 * 5
+
+
+def test_flops_only_run_stacked_equals_loop(cct_step: ModuleType) -> None:
+    out = io.StringIO()
+    argv = ["--encoder", "resnet18", "--size", "32", "--classes", "5", "--batch", "2", "--flops-only", "--no-memory"]
+    with contextlib.redirect_stdout(out):
+        cct_step.main([*argv, "--threads", "1"])
+    res = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert not any(key.endswith("_s") for key in res), "--flops-only times nothing"
+    # the fused implementation does the same products as K separate decoders, no more, no fewer
+    assert res["stacked_k30_gflop"] == res["loop_k30_gflop"]
+    assert res["stacked_k1_gflop"] == res["loop_k1_gflop"]
+    assert res["loop_k30_over_stacked_k30_flops"] == 1.0
+    assert res["k30_over_k1_flops"] == pytest.approx(res["stacked_k30_gflop"] / res["stacked_k1_gflop"], abs=1e-4)
+    assert res["k30_over_k1_flops"] > 1.0
