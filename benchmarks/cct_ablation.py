@@ -148,6 +148,11 @@ def run_config(
     return merged(merged(base, cell.overrides), {**extra, "seed": seed, "train": train})
 
 
+def fraction_config(cct: Mapping[str, Any], fraction: float) -> dict[str, Any]:
+    """The CCT config with ``data.labeled = fraction`` (the split seed is set per seed by :func:`run_cells`)."""
+    return merged(cct, {"data": {"labeled": fraction}})
+
+
 def unlabeled_count(cct: Mapping[str, Any]) -> int:
     """How many unlabeled images the config's split has (the curve's full point)."""
     from fewlabels.registry import config_from_dict, get_method
@@ -333,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.labeled is not None:
         if not 0.0 < args.labeled < 1.0:
             raise SystemExit(f"--labeled {args.labeled}: a fraction of the training images in (0, 1)")
-        cct = merged(cct, {"data": {"labeled": args.labeled}})
+        cct = fraction_config(cct, args.labeled)
     total = None
     if "curve" in args.parts:
         total = unlabeled_count(cct)

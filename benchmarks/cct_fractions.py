@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from _seeds import paired_difference, summarise
-from cct_ablation import BASELINE, Cell, merged, read_config, run_cells
+from cct_ablation import BASELINE, Cell, fraction_config, read_config, run_cells
 
 CCT = "CCT"
 CONTROL = "supervised 2x steps"
@@ -51,11 +51,6 @@ def fraction_cells(control: bool, no_loss_control: bool = False) -> list[Cell]:
     if no_loss_control:
         cells.append(Cell(NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}))
     return cells
-
-
-def fraction_config(cct: Mapping[str, Any], fraction: float) -> dict[str, Any]:
-    """The CCT config with ``data.labeled = fraction`` (the split seed is set per seed by :func:`run_cells`)."""
-    return merged(cct, {"data": {"labeled": fraction}})
 
 
 def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
