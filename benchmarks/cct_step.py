@@ -212,9 +212,7 @@ def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, Per
     sync(args.device)
     # FLOPs of one step of each configuration: the ratio the timing would show if every op ran at one speed
     flops = {key: count_flops(lambda s=steps[key]: s(False)) for key in keys}
-    if args.flops_only:
-        args.repeats = 0
-    for r in range(args.repeats):
+    for r in range(0 if args.flops_only else args.repeats):
         for key in rotated(keys, r):  # interleaved, so that machine noise hits every configuration alike
             t0, c0 = time.perf_counter(), time.process_time()
             steps[key](False)
