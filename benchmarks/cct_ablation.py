@@ -4,6 +4,7 @@
     python benchmarks/cct_ablation.py --parts ablation --config voc_92 --steps 2000
     python benchmarks/cct_ablation.py --parts curve --unlabeled 100 300 900 1800 --plots
     python benchmarks/cct_ablation.py --labeled 0.02 --ablation only --seeds 0 1 2   # cct_fractions' cells of 2 %
+    python benchmarks/cct_ablation.py --labeled 0.02 --ablation only-k --types context_mask dropout --seeds 0
 
 From one CCT config (``--config``: a name in configs/cct/ or a YAML path; default ``scenes``) and per seed, with the
 same data, model, optimiser and steps for every cell:
@@ -13,6 +14,9 @@ same data, model, optimiser and steps for every cell:
 * ablation: ``only T`` and ``all but T`` for every registered perturbation type T with decoders in the config (its
   count kept, every other type's count set to 0, or the reverse); the types and counts come from the registry.
   ``--ablation only`` or ``all-but`` trains one of the two families (e.g. the cheap ``only T`` cells first);
+  ``--ablation only-k`` trains the control ``only T xK`` instead: T alone with as many decoders as the whole config
+  (K = 7 for scenes), which separates the mix of types from the number of consistency terms; ``--types`` limits
+  the ablation's cells to some types;
 * curve: ``unlabeled N``, CCT trained on N of the unlabeled images (``unlabeled_images``: nested draws, the same
   labeled images), for every N of ``--unlabeled``; full CCT (every unlabeled image) is the curve's last point.
 
@@ -83,40 +87,55 @@ def baseline_config(cct: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: copy.deepcopy(v) for k, v in cct.items() if k in shared}, "method": "supervised"}
 
 
-#: which ablation cells to train: ``only T``, ``all but T``, or both
-ABLATION_KINDS = ("both", "only", "all-but")
+#: which ablation cells to train: ``only T``, ``all but T``, or both; ``only-k``: the control ``only T xK``, T alone
+#: with as many decoders as the whole config has (separates mixing the types from the count K; not part of ``both``)
+ABLATION_KINDS = ("both", "only", "all-but", "only-k")
 
 
-def perturbation_cells(counts: Mapping[str, int], kind: str = "both") -> list[Cell]:
+def perturbation_cells(counts: Mapping[str, int], kind: str = "both", types: Iterable[str] | None = None) -> list[Cell]:
     """``only T`` for every registered type T with decoders in ``counts`` (a ``PerturbationsConfig.counts``), then
     ``all but T`` for each of them (when another type has decoders): each sets the count fields of every registered
-    type. ``kind`` (one of :data:`ABLATION_KINDS`) keeps one of the two families."""
+    type. ``kind`` (one of :data:`ABLATION_KINDS`) keeps one of the two families, or asks for the ``only T xK``
+    control instead (T alone with K = the total count). ``types``: only the cells of these types (``None``: all)."""
     if kind not in ABLATION_KINDS:
         raise ValueError(f"ablation kind {kind!r}: expected one of {ABLATION_KINDS}")
     from fewlabels.methods.cct.perturbations import get_perturbation
 
     field_of = {name: get_perturbation(name).count_field for name in counts}
     active = [name for name, count in counts.items() if count > 0]
+    chosen = active if types is None else list(types)
+    unknown = [name for name in chosen if name not in active]
+    if unknown:
+        raise ValueError(f"perturbation types {unknown}: the config has decoders of {active}")
+    total = sum(counts[name] for name in active)
 
     def cell(label: str, keep: Mapping[str, int]) -> Cell:
         section = {field_of[name]: keep.get(name, 0) for name in counts}
         return Cell(label, "ablation", {"perturbations": section}, sum(keep.values()))
 
-    cells = [cell(f"only {name}", {name: counts[name]}) for name in active] if kind != "all-but" else []
+    if kind == "only-k":
+        return [cell(f"only {name} x{total}", {name: total}) for name in chosen]
+    cells = [cell(f"only {name}", {name: counts[name]}) for name in chosen] if kind != "all-but" else []
     if len(active) > 1 and kind != "only":
-        cells += [cell(f"all but {name}", {n: counts[n] for n in active if n != name}) for name in active]
+        cells += [cell(f"all but {name}", {n: counts[n] for n in active if n != name}) for name in chosen]
     return cells
 
 
-def build_cells(cct: Mapping[str, Any], parts: list[str], unlabeled: list[int], ablation: str = "both") -> list[Cell]:
+def build_cells(
+    cct: Mapping[str, Any],
+    parts: list[str],
+    unlabeled: list[int],
+    ablation: str = "both",
+    types: Iterable[str] | None = None,
+) -> list[Cell]:
     """Every cell of the sweep for the CCT config ``cct``: the baseline, full CCT, then the parts asked for
-    (``ablation``: which ablation cells, see :func:`perturbation_cells`)."""
+    (``ablation``, ``types``: which ablation cells, see :func:`perturbation_cells`)."""
     from fewlabels.registry import config_from_dict
 
     perturbations = config_from_dict(dict(cct)).perturbations
     cells = [Cell(BASELINE, "baseline"), Cell(FULL, "ablation", {}, perturbations.total)]
     if "ablation" in parts:
-        cells += perturbation_cells(perturbations.counts, ablation)
+        cells += perturbation_cells(perturbations.counts, ablation, types)
     if "curve" in parts:
         curve = [Cell(f"unlabeled {n}", "curve", {"unlabeled_images": n}, perturbations.total, n) for n in unlabeled]
         cells += curve
@@ -313,8 +332,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--unlabeled", type=int, nargs="+", default=[100, 300, 900], help="curve: unlabeled counts")
     parser.add_argument(
-        "--ablation", default="both", choices=ABLATION_KINDS, help="the ablation's cells: only T, all but T, or both"
+        "--ablation",
+        default="both",
+        choices=ABLATION_KINDS,
+        help="the ablation's cells: only T, all but T, both, or only-k (T alone with the config's total K decoders)",
     )
+    parser.add_argument("--types", nargs="+", default=None, help="the ablation's cells of these types only")
     parser.add_argument(
         "--labeled",
         type=float,
@@ -346,7 +369,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if bad:
             raise SystemExit(f"--unlabeled {bad}: the split of {args.config} has 1..{total} unlabeled images")
     # all the unlabeled images is full CCT, the curve's last point: not trained twice
-    cells = build_cells(cct, args.parts, [n for n in args.unlabeled if n != total], args.ablation)
+    try:
+        cells = build_cells(cct, args.parts, [n for n in args.unlabeled if n != total], args.ablation, args.types)
+    except ValueError as err:
+        raise SystemExit(f"--types: {err}") from None
     values = run_cells(args, cct, cells, split_seed_per_seed=args.labeled is not None)
     rows = summaries(cells, values)
     for part in args.parts:

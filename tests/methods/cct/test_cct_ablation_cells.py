@@ -158,3 +158,24 @@ def test_plot_labels_say_how_many_seeds_and_claim_no_ci_for_one(ablation: Module
     assert ablation._seeds_label([{"n": 1}, {"n": 1}]) == "1 seed, no CI"
     assert ablation._seeds_label([{"n": 3}]) == "mean over 3 seeds, 95% CI"
     assert ablation._seeds_label([{"n": 2}, {"n": 5}, {"n": 3}]) == "mean over 2-5 seeds, 95% CI"
+
+
+def test_only_k_control_gives_one_type_all_the_decoders_and_types_select_cells(ablation: ModuleType) -> None:
+    counts = {"vat": 2, "dropout": 0, "cutout": 6, "context_mask": 1, "object_mask": 0, "feature_drop": 0}
+    counts |= {"feature_noise": 0}
+    cells = ablation.perturbation_cells(counts, "only-k")
+    assert [c.name for c in cells] == ["only vat x9", "only cutout x9", "only context_mask x9"]
+    assert [c.decoders for c in cells] == [9, 9, 9]
+    zero = dict.fromkeys(["dropout", "object_mask", "feature_drop", "feature_noise"], 0)
+    assert cells[1].overrides == {"perturbations": {"vat": 0, "cutout": 9, "context_mask": 0, **zero}}
+    picked = ablation.perturbation_cells(counts, "both", types=["cutout"])
+    assert [c.name for c in picked] == ["only cutout", "all but cutout"]
+    assert picked[1].overrides["perturbations"]["cutout"] == 0 and picked[1].decoders == 3
+    with pytest.raises(ValueError, match="dropout"):  # a type without decoders in the config has no cell
+        ablation.perturbation_cells(counts, "only", types=["dropout"])
+    # scenes: K = 7, one decoder per type; the control of a type is a valid config with 7 decoders of it
+    cct = ablation.read_config("scenes")
+    control = ablation.build_cells(cct, ["ablation"], [], "only-k", ["context_mask"])
+    assert [c.name for c in control] == ["supervised", "CCT (all)", "only context_mask x7"]
+    config = config_from_dict(ablation.run_config(cct, control[2], seed=0, steps=5))
+    assert config.perturbations.counts["context_mask"] == 7 and config.perturbations.total == 7

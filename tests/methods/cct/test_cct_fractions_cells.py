@@ -92,7 +92,7 @@ def test_the_no_loss_control_is_cct_with_a_zero_consistency_weight_and_nothing_e
     run_config = sys.modules["cct_ablation"].run_config
     base = fractions.fraction_config(cct, 0.05)
     full, no_loss = (config_from_dict(run_config(base, c, 2, None, True)) for c in cells[1:])
-    assert no_loss.method == "cct" and full.loss.unsup_weight == 30.0 and no_loss.loss.unsup_weight == 0.0
+    assert no_loss.method == "cct" and full.loss.unsup_weight == 3.0 and no_loss.loss.unsup_weight == 0.0
     # apart from the weight, the very same run: data, model, perturbations (so the same compute), optimiser, steps
     assert no_loss.data == full.data and no_loss.model == full.model and no_loss.train == full.train
     assert no_loss.perturbations == full.perturbations and no_loss.unlabeled_batch_size == full.unlabeled_batch_size

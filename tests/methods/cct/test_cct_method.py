@@ -14,7 +14,7 @@ from fewlabels.config import ConfigError, build_config
 from fewlabels.engine.data import collate
 from fewlabels.methods.cct import CCTConfig, CCTMethod, consistency_weight
 from fewlabels.methods.cct.model import CCTModel
-from fewlabels.registry import get_method
+from fewlabels.registry import config_from_dict, get_method
 
 TINY = {
     "data": {"scenes_train": 8, "scenes_val": 2, "scenes_size": 32, "crop_size": 32, "labeled": 0.5},
@@ -92,7 +92,7 @@ def test_one_step_combines_supervised_and_weighted_consistency_losses() -> None:
     torch.testing.assert_close(out.logs["loss_sup"], F.cross_entropy(logits, batch["labeled"]["mask"]))
     out.loss.backward()
     groups = method.param_groups(model)
-    assert groups[0]["lr_scale"] == 0.1
+    assert groups[0]["lr_scale"] == 1.0  # an encoder trained from scratch learns at the decoder's rate
     assert isinstance(model, CCTModel)
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.net.encoder.parameters()}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
@@ -166,3 +166,18 @@ def test_unlabeled_images_are_nested_draws_of_the_unlabeled_split_and_leave_the_
     with pytest.raises(ConfigError, match="unlabeled_images"):
         split(17)
     assert CCTConfig().unlabeled_images == 0
+
+
+def test_encoder_lr_scale_is_gentle_for_pretrained_weights_only_and_explicit_values_win() -> None:
+    from fewlabels.methods.segmentation.config import SegModelConfig
+
+    assert SegModelConfig().encoder_lr_scale == 1.0  # from scratch: the encoder learns at train.lr
+    assert SegModelConfig(pretrained="/weights/resnet50.pth").encoder_lr_scale == 0.1  # the reference's fine-tuning
+    assert SegModelConfig(pretrained="/w.pth", backbone_lr_scale=0.5).encoder_lr_scale == 0.5
+    assert SegModelConfig(backbone_lr_scale=0.1).encoder_lr_scale == 0.1
+    for name in ("supervised", "cct"):
+        method = get_method(name)(config_from_dict({"method": name, "model": {"backbone_lr_scale": 0.25}}))
+        assert [g.get("lr_scale", 1.0) for g in method.param_groups(method.build_model())] == [0.25, 1.0]
+    with pytest.raises(ConfigError) as err:
+        build_config(CCTConfig, {"model": {"backbone_lr_scale": -1}})
+    assert err.value.key == "model.backbone_lr_scale"

@@ -254,7 +254,7 @@ class CCTMethod(SegmentationMethod[CCTConfig, SegmentationData]):
         return sources
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return self.encoder_param_groups(model, self.config.model.backbone_lr_scale)
+        return self.encoder_param_groups(model, self.config.model.encoder_lr_scale)
 
     def weights(self, step: int, total_steps: int) -> tuple[float, float]:
         """``(w_u(t), w_w(t))``: sigmoid ramp-up over ``loss.rampup`` of training; ``w_w = weak.weight * w_u / w``."""

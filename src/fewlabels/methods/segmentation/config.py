@@ -39,10 +39,27 @@ class SegModelConfig:
     psp: bool = field(default=False, metadata={"help": "PSP pyramid pooling module after the encoder"})
     psp_channels: int = field(default=512, metadata={"min": 1})
     pretrained: str | None = field(default=None, metadata={"help": "local torchvision/timm backbone state dict"})
-    backbone_lr_scale: float = field(default=0.1, metadata={"help": "backbone lr = train.lr x this", "min": 0})
+    backbone_lr_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "encoder lr = train.lr x this; default: 0.1 for an encoder loaded from model.pretrained (the "
+            "reference), 1 for one trained from scratch",
+            "min": 0,
+        },
+    )
 
     def validate(self) -> None:
         check_encoder(self.encoder, self.output_stride)
+
+    @property
+    def encoder_lr_scale(self) -> float:
+        """The encoder's lr multiplier: ``backbone_lr_scale`` when set, else 0.1 for pretrained weights (they are
+        fine-tuned gently, as in the reference) and 1.0 for a randomly initialised encoder (at 0.1 it learns ten
+        times slower than its decoder: on the `scenes` dev instance, 2 % labels, supervised-only reached 0.710 mIoU
+        in 3,000 steps at 0.1 and 0.826 at 1.0)."""
+        if self.backbone_lr_scale is not None:
+            return self.backbone_lr_scale
+        return 0.1 if self.pretrained else 1.0
 
 
 @dataclass

@@ -44,7 +44,7 @@ class SupervisedSegmentation(SegmentationMethod[SupervisedConfig, SegmentationDa
         return {"labeled": Source(fill_batch(self.data.labeled, batch), batch)}
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        return self.encoder_param_groups(model, self.config.model.backbone_lr_scale)
+        return self.encoder_param_groups(model, self.config.model.encoder_lr_scale)
 
     def training_step(self, model: nn.Module, batch: dict, step: int, total_steps: int) -> StepOutput:
         labeled = batch["labeled"]
