@@ -22,7 +22,10 @@ seed gets the same ones. The final model is evaluated once (no checkpoint is cho
 Prints, per fraction, the mIoU of each method (mean and sample std over seeds) and the paired per-seed difference
 CCT - supervised with its Student-t 95% CI; the last stdout line is a JSON object. Every finished cell is a file
 ``OUT/f<fraction>/cells/<cell>-seed<s>.json``: a stopped sweep resumes where it was (``--fresh`` retrains).
-``--plots`` saves ``OUT/fractions.png``. Not part of `make bench` (minutes per run).
+``--plots`` saves ``OUT/fractions.png``. ``--cells`` trains only the named cells (their slugs: ``supervised``,
+``cct``, ``supervised_2x_steps``, ``cct_without_l_u``) and reports every cell that has a file, so that a sweep can be
+split over processes, each with its own ``--out``, and read back from one folder. Not part of `make bench` (minutes
+per run).
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ def fraction_cells(control: bool, no_loss_control: bool = False) -> list[Cell]:
     if no_loss_control:
         cells.append(Cell(NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}))
     return cells
+
+
+def selected_cells(cells: list[Cell], slugs: list[str] | None) -> list[Cell]:
+    """The cells named by ``slugs`` (all with None); an unknown slug is an error naming the known ones."""
+    if slugs is None:
+        return cells
+    known = [c.slug for c in cells]
+    unknown = [s for s in slugs if s not in known]
+    if unknown:
+        raise SystemExit(f"--cells {unknown}: not a cell of this sweep; its cells are {known}")
+    return [c for c in cells if c.slug in slugs]
 
 
 def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--plots", action="store_true", help="save OUT/fractions.png")
     parser.add_argument("--no-train", action="store_true", help="only report the cells that have a file")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--cells", nargs="+", default=None, help="train only these cells (slugs); report all")
     args = parser.parse_args(argv)
     bad = [f for f in args.fractions if not 0 < f < 1]
     if bad:
@@ -166,10 +181,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     cct = read_config(args.config)
     cells = fraction_cells(args.control, args.no_loss_control)
+    trained = selected_cells(cells, args.cells)
     rows: dict[float, dict[str, Any]] = {}
     for fraction in args.fractions:
         sweep = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / f"f{fraction:g}")})
-        values = run_cells(sweep, fraction_config(cct, fraction), cells, split_seed_per_seed=True)
+        config = fraction_config(cct, fraction)
+        values = run_cells(sweep, config, trained, split_seed_per_seed=True)
+        if trained != cells:  # read back every cell that has a file
+            read = argparse.Namespace(**{**vars(sweep), "no_train": True, "fresh": False})
+            values = run_cells(read, config, cells, split_seed_per_seed=True)
         if any(values.values()):
             rows[fraction] = summarise_fraction(values)
     print(f"\nCCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds}):\n")

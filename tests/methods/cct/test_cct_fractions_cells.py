@@ -4,6 +4,7 @@ each a valid config that changes only the fraction, the split seed and (for the 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -118,3 +119,28 @@ def test_cct_is_paired_with_the_no_loss_control_when_both_ran(fractions: ModuleT
     del values["CCT without L_u"]
     assert "minus_no_loss" not in fractions.summarise_fraction(values)["CCT"]
     assert "without L_u (paired" not in fractions.markdown({0.1: fractions.summarise_fraction(values)})
+
+
+def test_cells_trains_a_subset_and_reports_every_cell_with_a_file(fractions: ModuleType, tmp_path: Path) -> None:
+    cells = fractions.fraction_cells(control=True)
+    assert [c.slug for c in fractions.selected_cells(cells, ["cct", "supervised_2x_steps"])] == [
+        "cct",
+        "supervised_2x_steps",
+    ]
+    assert fractions.selected_cells(cells, None) == cells
+    with pytest.raises(SystemExit, match=r"--cells \['cct_without_l_u'\]: not a cell of this sweep"):
+        fractions.selected_cells(cells, ["cct_without_l_u"])
+    # two processes each wrote their cells; one call reads them back together, the unselected baseline included
+    run_config = sys.modules["cct_ablation"].run_config
+    folder = tmp_path / "f0.02" / "cells"
+    folder.mkdir(parents=True)
+    for cell, miou in zip(cells[:2], (0.80, 0.83), strict=True):
+        config = run_config(fractions.fraction_config(fractions.read_config("scenes"), 0.02), cell, 0, None, True)
+        record = {"cell": cell.name, "part": cell.part, "seed": 0, "miou": miou, "config": config}
+        (folder / f"{cell.slug}-seed0.json").write_text(json.dumps(record))
+    result = fractions.main(
+        ["--fractions", "0.02", "--seeds", "0", "--cells", "cct", "--no-train"] + ["--out", str(tmp_path)]
+    )
+    row = result["fractions"][0.02]
+    assert row["supervised"]["miou"]["values"] == [0.80] and row["CCT"]["miou"]["values"] == [0.83]
+    assert math.isclose(row["CCT"]["minus_supervised"]["mean"], 0.03, abs_tol=1e-12)
