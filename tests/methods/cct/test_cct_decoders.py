@@ -50,8 +50,11 @@ def test_subpixel_layout_round_trips_and_matches_the_decoder_output() -> None:
     torch.testing.assert_close(stacked.to_subpixel_layout(stacked(x)), stacked.forward_subpixel(x))
 
 
+# chunk (full-resolution elements; one decoder holds 4 classes x 64 sub-pixels x 12 positions = 3,072): 1 and 700
+# split each decoder into runs of 1 and 2 positions, 6,144 holds two whole decoders, None all three.
 @pytest.mark.parametrize(
-    ("kind", "conf", "chunk"), [("mse", None, 1), ("mse", 0.5, None), ("kl", None, 700), ("kl", 0.5, 1)]
+    ("kind", "conf", "chunk"),
+    [("mse", None, 1), ("mse", 0.5, None), ("kl", None, 700), ("kl", 0.5, 1), ("mse", 0.5, 6144), ("kl", None, 6144)],
 )
 def test_fused_stages_and_loss_match_autograd_in_value_and_gradient(
     kind: str, conf: float | None, chunk: int | None

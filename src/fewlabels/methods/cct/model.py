@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from fewlabels.methods.cct.config import PerturbationsConfig
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
-from fewlabels.methods.cct.fused import fused_stages_consistency
+from fewlabels.methods.cct.fused import CPU_CHUNK_ELEMENTS, fused_stages_consistency
 from fewlabels.methods.cct.losses import batched_consistency_loss, pairwise_variance_loss
 from fewlabels.methods.cct.perturbations import (
     CopyPerturbation,
@@ -79,7 +79,7 @@ class CCTModel(nn.Module):
         background_classes: Sequence[int] = (0,),
         losses: CCTLossSettings | None = None,
         num_domains: int = 1,
-        chunk_elements: int = 1 << 20,
+        chunk_elements: int = CPU_CHUNK_ELEMENTS,
         domain_classes: Sequence[int] | None = None,
         domain_backgrounds: Sequence[Sequence[int]] | None = None,
         main_decoder_of: Sequence[int] | None = None,
