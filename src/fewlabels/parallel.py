@@ -20,3 +20,18 @@ def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(count)
         return total * dist.get_world_size() / count.clamp_min(1)
     return total / count.clamp_min(1)
+
+
+def gather_with_grad(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``x`` of every process concatenated along ``dim`` in rank order, differentiable: the gradient of each
+    process's part flows back to it (summed over the processes that use it). Without distribution: ``x``.
+
+    A loss that compares examples across the global batch (contrastive negatives) computes the same value with 1
+    or N processes this way; every process then computes the whole loss, and DDP's gradient average restores the
+    single-process gradient.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=dim)

@@ -68,6 +68,11 @@ TINY: dict[str, dict] = {
         "eval": {"shots": [1], "queries": 2, "val_episodes": 3},
         "episodes": {"ways": 3, "shots": 1, "queries": 1, "episodes_per_epoch": 20},
     },
+    "seg-pretrain": {
+        "data": _SCENES,
+        "model": {"projection_dim": 8, "hidden": 16},
+        "pretrain": {"crop_size": 32, "positions": 4},
+    },
     "relbitfit": {"model": {"dropout": 0.0}, "data": {"n_train": 16, "max_eval": 16, "max_length": 32}},
     "iic": {
         "method": "ac",

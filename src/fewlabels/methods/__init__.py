@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 #: method packages, imported in this order; each registers its methods with :func:`fewlabels.registry.register_method`
-BUILTIN = ("supervised", "cct", "ac", "scl", "relbitfit")
+BUILTIN = ("supervised", "cct", "ac", "scl", "relbitfit", "pretrain")
 
 for _name in BUILTIN:
     importlib.import_module(f"fewlabels.methods.{_name}")

@@ -32,6 +32,7 @@ from fewlabels.methods.scl.config import FewShotConfig, SCLConfig
 from fewlabels.methods.scl.fewshot_eval import embed, fewshot_evaluate
 from fewlabels.methods.scl.losses import spatial_similarity, supcon_loss
 from fewlabels.methods.scl.model import NORMALISATION, SCLNet, resolve_normalisation
+from fewlabels.parallel import gather_with_grad
 from fewlabels.progress import track
 from fewlabels.registry import register_method
 
@@ -80,15 +81,8 @@ def classifier_rows(weights: Path) -> int | None:
 
 def _gather_views(x: Tensor, views: int) -> Tensor:
     """All-gather ``x [V*b, ...]`` across processes into ``[V*world*b, ...]`` keeping view-major order."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
     chunks = x.reshape(views, -1, *x.shape[1:])
-    gathered = torch.cat(all_gather(chunks.contiguous()), dim=1)  # differentiable: gradients flow to each rank
-    return gathered.reshape(-1, *x.shape[1:])
+    return gather_with_grad(chunks, dim=1).reshape(-1, *x.shape[1:])
 
 
 def _gather_labels(y: Tensor) -> Tensor:
