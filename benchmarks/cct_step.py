@@ -14,6 +14,11 @@ Two models are timed by default, one after the other: the reference model of CCT
 PSP), whose ``k30_over_k1`` is the issue's target (<= 1.10), and ResNet-18 + PSP, where the loop is timed too
 (``resnet18_`` keys). A step is: forward (labeled + unlabeled), CE + w_u * L_u, backward, SGD update.
 
+On a CPU with more than one torch thread, the fused stages of the K = 30 model split the decoders over worker
+threads, one group per thread (``workers`` of :func:`~fewlabels.methods.cct.fused.stages_value_and_grad`). A third
+configuration, ``serial`` (K = 30, the stages decoded in the calling thread), is timed with the others, and
+``serial_k30_over_stacked_k30`` is what the split saves.
+
 Stability: after a warm-up, the configurations of a model are run interleaved within every repeat, each repeat in
 a rotated order (so that no configuration always follows the same one), and a ratio such as ``k30_over_k1`` is the
 median over the repeats of the ratio of the two times measured in that repeat. Machine noise that lasts a repeat
@@ -132,7 +137,9 @@ class LoopCCT(nn.Module):
 def build(args: argparse.Namespace, spec: ModelSpec, impl: str, cfg: PerturbationsConfig) -> nn.Module:
     torch.manual_seed(0)
     net = build_segmentation_model(spec.encoder, args.classes, output_stride=8, psp=spec.psp, deep_stem=spec.deep_stem)
-    model = CCTModel(net, cfg) if impl == "stacked" else LoopCCT(net, cfg)
+    if impl == "loop":
+        return LoopCCT(net, cfg).to(args.device).train()
+    model = CCTModel(net, cfg, fused_workers=1 if impl == "serial" else None)
     return model.to(args.device).train()
 
 
@@ -204,6 +211,9 @@ def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, Per
     """Time the configurations of one model interleaved; print one line each; return its prefixed figures."""
     impls = ["stacked", "loop"] if spec.loop and not args.skip_loop else ["stacked"]
     keys = [(impl, k) for impl in impls for k in configs]
+    big, one = max(configs), min(configs)
+    if args.device.type == "cpu" and torch.get_num_threads() > 1:
+        keys.append(("serial", big))  # the fused stages in the calling thread: what the worker split saves
     steps = {key: make_step(build(args, spec, key[0], configs[key[1]]), args) for key in keys}
     wall: dict[Key, list[float]] = {key: [] for key in keys}
     cpu: dict[Key, list[float]] = {key: [] for key in keys}
@@ -245,8 +255,9 @@ def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, Per
         """The median over the repeats of the per-repeat ratio a / b."""
         return round(statistics.median(x / y for x, y in zip(times[a], times[b], strict=True)), 4)
 
-    big, one = max(configs), min(configs)
     ratios = {"k30_over_k1": (("stacked", big), ("stacked", one))}
+    if ("serial", big) in keys:
+        ratios["serial_k30_over_stacked_k30"] = (("serial", big), ("stacked", big))
     if "loop" in impls:
         ratios["loop_k30_over_k1"] = (("loop", big), ("loop", one))
         ratios["loop_k30_over_stacked_k30"] = (("loop", big), ("stacked", big))

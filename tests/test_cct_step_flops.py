@@ -52,3 +52,20 @@ def test_flops_only_run_stacked_equals_loop(cct_step: ModuleType) -> None:
     assert res["loop_k30_over_stacked_k30_flops"] == 1.0
     assert res["k30_over_k1_flops"] == pytest.approx(res["stacked_k30_gflop"] / res["stacked_k1_gflop"], abs=1e-4)
     assert res["k30_over_k1_flops"] > 1.0
+
+
+def test_the_worker_split_is_counted_like_the_serial_stages(cct_step: ModuleType) -> None:
+    """With 2 threads the K = 30 model splits its fused stages over worker threads; the FLOP counter (per thread)
+    must still see every product: the split and the serial configuration count the same FLOPs."""
+    out = io.StringIO()
+    argv = ["--encoder", "resnet18", "--size", "32", "--classes", "5", "--batch", "2", "--flops-only", "--no-memory"]
+    before = torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(out):
+            cct_step.main([*argv, "--threads", "2", "--skip-loop"])
+    finally:
+        torch.set_num_threads(before)
+    res = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert res["serial_k30_gflop"] == res["stacked_k30_gflop"]
+    assert res["serial_k30_over_stacked_k30_flops"] == 1.0
+    assert res["stacked_k30_gflop"] > res["stacked_k1_gflop"]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 import torch
 
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
-from fewlabels.methods.cct.fused import fused_stages_consistency
+from fewlabels.methods.cct.fused import (
+    fold_batch,
+    fused_stages_consistency,
+    stages_value_and_grad,
+)
 from fewlabels.methods.cct.losses import batched_consistency_loss
 from fewlabels.models import UpsampleDecoder
 
@@ -76,3 +84,76 @@ def test_fused_stages_and_loss_match_autograd_in_value_and_gradient(
     torch.testing.assert_close(fused, ref)
     for a, b in zip(grads(fused), grads(ref)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_decoders_split_over_worker_threads_give_the_single_call_gradients(workers: int) -> None:
+    """The CPU split: each decoder's gradients are those of one call (same chunking per decoder), the sum differs
+    at most by rounding, and the caller's intra-op thread count survives the workers' single-threaded setting."""
+    torch.manual_seed(5)
+    k, c, stages, b, hw = 5, 4, 2, 2, 6
+    h = torch.randn(k, c, b * hw)
+    weight, bias = 0.5 * torch.randn(stages, k, 4 * c, c), torch.randn(stages, k, 4 * c)
+    target = fold_batch(torch.softmax(torch.randn(b, c, 4**stages, hw), dim=1))
+    mask = (target.amax(dim=0, keepdim=True) > 0.4).float()
+    before = torch.get_num_threads()
+    for kind, m in (("mse", None), ("kl", mask)):
+        one = stages_value_and_grad(h, weight, bias, target, m, kind, 96)
+        split = stages_value_and_grad(h, weight, bias, target, m, kind, 96, workers=workers)
+        torch.testing.assert_close(split[0], one[0], rtol=1e-6, atol=0.0)
+        for got, want in zip(split[1:], one[1:], strict=True):
+            assert got is not None and want is not None
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)
+        no_params = stages_value_and_grad(h, weight, bias, target, m, kind, 96, False, workers)
+        assert no_params[2] is None and no_params[3] is None
+        torch.testing.assert_close(no_params[1], one[1], rtol=0.0, atol=0.0)
+    assert torch.get_num_threads() == before
+
+
+def test_the_split_stays_in_the_calling_thread_under_a_dispatch_mode() -> None:
+    """Dispatch modes are per thread: under torch's FLOP counter every product of the stages is counted, with
+    ``workers`` above 1 as with 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(6)
+    k, c, b, hw = 4, 3, 1, 5
+    h = torch.randn(k, c, b * hw)
+    weight, bias = torch.randn(2, k, 4 * c, c), torch.randn(2, k, 4 * c)
+    target = fold_batch(torch.softmax(torch.randn(b, c, 16, hw), dim=1))
+    counts = []
+    for workers in (1, 2):
+        with FlopCounterMode(display=False) as counter:
+            stages_value_and_grad(h, weight, bias, target, None, "mse", None, workers=workers)
+        counts.append(counter.get_total_flops())
+    # per decoder and stage: forward, input gradient and weight gradient, 2 * 4C * C FLOPs per position
+    positions = sum(b * hw * 4**s for s in range(2))
+    assert counts == [k * 3 * 2 * 4 * c * c * positions] * 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_workers() -> None:
+    """A child forked after the workers started inherits their pool but not their threads: it must start its own
+    (else its first split waits forever)."""
+    torch.manual_seed(7)
+    h = torch.randn(4, 3, 5)
+    weight, bias = torch.randn(1, 4, 12, 3), torch.randn(1, 4, 12)
+    target = fold_batch(torch.softmax(torch.randn(1, 3, 4, 5), dim=1))
+    want = stages_value_and_grad(h, weight, bias, target, None, "mse", None, workers=2)[1]
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if the split finishes with the parent's result
+        try:
+            got = stages_value_and_grad(h, weight, bias, target, None, "mse", None, workers=2)[1]
+            os._exit(0 if torch.equal(got, want) else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's split did not finish in 60 s")

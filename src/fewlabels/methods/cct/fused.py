@@ -20,10 +20,15 @@ perturbed copies of the features are only formed for the types that need them (:
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
     "CPU_CHUNK_ELEMENTS",
@@ -126,15 +131,24 @@ def stages_value_and_grad(
     kind: str,
     chunk_elements: int | None,
     param_grads: bool = True,
+    workers: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Loss sum and its gradients through the pixel-shuffle stages, a chunk at a time: a few whole decoders, or one
     decoder's run of positions when a whole decoder does not fit in ``chunk_elements`` (:func:`_chunks`).
+
+    ``workers`` above 1 splits the decoders into up to that many contiguous groups, decoded concurrently by
+    single-threaded worker threads (CPUs; see :func:`_worker_pool`). Each decoder's gradients are computed as in one
+    call; the loss sum adds the groups' sums (the same value up to float rounding). The split is skipped when a
+    dispatch mode is active (:func:`_map_in_workers`).
 
     Layout (batch folded into the positions, so each stage is one ``[4C, C] @ [C, M]`` product per decoder):
     ``h [K, C, B*hw]``, ``target [C, S, B, hw]``, ``mask [1, S, B, hw]`` or None, ``weight [S_st, K, 4C, C]``,
     ``bias [S_st, K, 4C]``. Returns ``(sum, grad_h [K, C, B*hw], grad_weight, grad_bias)`` (the last two None
     when ``param_grads`` is False, e.g. for the VAT power iteration).
     """
+    groups = min(workers, h.shape[0])
+    if groups > 1:
+        return _split_over_workers(groups, h, weight, bias, (target, mask, kind, chunk_elements, param_grads))
     k, c, n = h.shape
     stages = weight.shape[0]
     r = 4**stages
@@ -192,6 +206,79 @@ def stages_value_and_grad(
     return total, grad_h, grad_w, grad_b
 
 
+# --- the decoders split over the CPU cores ----------------------------------------------------------------------
+# The products of a chunk are small (inner dimension = the class count) and its element-wise passes are ~1 MB:
+# torch's intra-op threads do not speed them up (measured: the same time at 1 and 2 threads). The K decoders are
+# independent, so they are split into one group per core instead, each decoded by a worker thread whose own ops
+# run single-threaded (torch releases the GIL inside every op).
+
+_T = TypeVar("_T")
+
+#: per (process id, worker count): a forked child inherits the parent's pools without their threads
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _single_threaded_worker(started: threading.Barrier) -> None:
+    torch.get_num_threads()  # the thread's lazy intra-op init first: it would later reset the count below
+    torch.set_num_threads(1)
+    started.wait()
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """``workers`` threads whose torch ops run on one intra-op thread each (created once per count)."""
+    with _POOLS_LOCK:
+        key = (os.getpid(), workers)
+        pool = _POOLS.get(key)
+        if pool is None:
+            caller_threads = torch.get_num_threads()
+            started = threading.Barrier(workers + 1)
+            pool = ThreadPoolExecutor(workers, "fewlabels-fused", _single_threaded_worker, (started,))
+            for _ in range(workers):  # start every worker now (each blocks in the barrier until all have started)
+                pool.submit(int)
+            started.wait()
+            # torch.set_num_threads also sets the count that new threads start from: give the caller's back
+            torch.set_num_threads(caller_threads)
+            _POOLS[key] = pool
+        return pool
+
+
+def _no_grad_call(fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
+    with torch.no_grad():  # grad mode is per thread: a worker starts with it enabled
+        return fn(*args)
+
+
+def _map_in_workers(fn: Callable[..., _T], calls: list[tuple[Any, ...]], workers: int) -> list[_T]:
+    """``[fn(*args) for args in calls]`` (under ``no_grad``), the calls spread over up to ``workers`` single-threaded
+    worker threads; in the calling thread when there is one worker or one call, or when a dispatch mode is active
+    (e.g. torch's ``FlopCounterMode``: modes are per thread, and the workers' ops would escape it)."""
+    workers = min(workers, len(calls))
+    if workers <= 1 or _get_current_dispatch_mode() is not None:
+        return [_no_grad_call(fn, args) for args in calls]
+    pool = _worker_pool(workers)
+    return [f.result() for f in [pool.submit(_no_grad_call, fn, args) for args in calls]]
+
+
+def _split_over_workers(
+    groups: int, h: Tensor, weight: Tensor, bias: Tensor, rest: tuple[Any, ...]
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """:func:`stages_value_and_grad` of ``groups`` contiguous groups of the decoders, one per worker thread;
+    ``rest``: its arguments after ``bias``. The loss sum adds the groups' sums in order."""
+    k = h.shape[0]
+    bounds = [k * i // groups for i in range(groups + 1)]
+    calls = [(h[a:b], weight[:, a:b], bias[:, a:b], *rest) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    parts = _map_in_workers(stages_value_and_grad, calls, groups)
+    total = parts[0][0]
+    for part in parts[1:]:
+        total = total + part[0]
+    grad_h = torch.cat([part[1] for part in parts])
+    if parts[0][2] is None:
+        return total, grad_h, None, None
+    grad_w = torch.cat([part[2] for part in parts if part[2] is not None], dim=1)
+    grad_b = torch.cat([part[3] for part in parts if part[3] is not None], dim=1)
+    return total, grad_h, grad_w, grad_b
+
+
 class _FusedStages(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -203,11 +290,12 @@ class _FusedStages(torch.autograd.Function):
         mask: Tensor | None,
         kind: str,
         chunk_elements: int | None,
+        workers: int,
     ) -> Tensor:
         # float32 throughout: under bf16 autocast the stored gradients would not match the float32 parameters
         with torch.autocast(device_type=h.device.type, enabled=False):
             total, grad_h, grad_w, grad_b = stages_value_and_grad(
-                _full(h), _full(weight), _full(bias), _full(target), mask, kind, chunk_elements
+                _full(h), _full(weight), _full(bias), _full(target), mask, kind, chunk_elements, workers=workers
             )
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         return total
@@ -215,7 +303,7 @@ class _FusedStages(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, grad_b * grad_out, None, None, None, None
+        return grad_h * grad_out, grad_w * grad_out, grad_b * grad_out, None, None, None, None, None
 
 
 def fold_batch(target_sub: Tensor) -> Tensor:
@@ -231,6 +319,7 @@ def fused_stages_consistency(
     kind: str = "mse",
     conf_threshold: float | None = None,
     chunk_elements: int | None = CPU_CHUNK_ELEMENTS,
+    workers: int | None = None,
 ) -> Tensor:
     """``1/K sum_k d(target, stages_k(h_k))``: the pixel-shuffle stages of K decoders and the consistency
     loss.
@@ -245,6 +334,8 @@ def fused_stages_consistency(
         conf_threshold: optional confidence masking of the target pixels.
         chunk_elements: full-resolution elements processed at once (1 MB of float32 by default: sized for a
             CPU core's L2 cache); ``None`` processes all K decoders in one chunk (GPUs).
+        workers: threads that decode groups of the K decoders concurrently (see :func:`stages_value_and_grad`);
+            default: ``torch.get_num_threads()`` when ``chunk_elements`` is set (the CPU), else 1.
 
     Returns:
         The scalar loss; its gradient reaches ``h``, ``stage_weight`` and ``stage_bias``.
@@ -259,7 +350,9 @@ def fused_stages_consistency(
         mask = (target.amax(dim=0, keepdim=True) > conf_threshold).to(h.dtype)  # [1, S, B, hw]
     h_folded = h.permute(0, 2, 1, 3).reshape(k, c, b * hw)  # small: [K, C, B*hw]
     # The fused function returns the raw sum; normalisation stays in autograd (a tensor when it is data-dependent).
-    raw = _FusedStages.apply(h_folded, stage_weight, stage_bias, target, mask, kind, chunk_elements)
+    if workers is None:
+        workers = torch.get_num_threads() if chunk_elements is not None else 1
+    raw = _FusedStages.apply(h_folded, stage_weight, stage_bias, target, mask, kind, chunk_elements, workers)
     elements = k * target.numel()
     if kind == "mse":
         if mask is None:
@@ -372,9 +465,8 @@ def _vat_direction_fp32(
     d = l2_normalize(init.to(z) if init is not None else torch.rand(n, *z.shape, device=z.device, dtype=z.dtype) - 0.5)
     for _ in range(iterations):
         h = project(zf.unsqueeze(0) + step * d.flatten(-2))
-        grads = []
-        for k in range(n):
-            _, grad_h, _, _ = stages_value_and_grad(
+        calls = [
+            (
                 h[k : k + 1],
                 stage_weight[:, k : k + 1],
                 stage_bias[:, k : k + 1],
@@ -382,10 +474,17 @@ def _vat_direction_fp32(
                 None,
                 "kl",
                 chunk_elements,
-                param_grads=False,
+                False,
             )
-            grads.append(grad_h)
-        grad_h = torch.cat(grads).view(n, c, b, hw).permute(0, 2, 1, 3)  # [n, B, C, hw]
+            for k in range(n)
+        ]
+        # one call per decoder (each has its own targets), spread over the CPU cores as the fused loss's groups
+        workers = torch.get_num_threads() if chunk_elements is not None else 1
+        grad_h = (
+            torch.cat([part[1] for part in _map_in_workers(stages_value_and_grad, calls, workers)])
+            .view(n, c, b, hw)
+            .permute(0, 2, 1, 3)
+        )  # [n, B, C, hw]
         # back through the classifier: grad_d = step * W^T grad_h (the positive step vanishes in the normalisation)
         grad_d = torch.matmul(classifier.transpose(1, 2).unsqueeze(1), grad_h)  # [n, B, D, hw]
         d = l2_normalize(grad_d.view(n, b, dim, hh, ww))

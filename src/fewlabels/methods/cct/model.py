@@ -64,6 +64,8 @@ class CCTModel(nn.Module):
             and K aux decoders over its own label space).
         chunk_elements: on the CPU, the full-resolution aux-logit elements that the fused loss decodes at once
             (sized for the cache); on a GPU all decoders run in one chunk.
+        fused_workers: on the CPU, the threads that decode groups of the aux decoders concurrently in the fused
+            loss (default: ``torch.get_num_threads()`` at each step; 1 decodes them all in the calling thread).
         domain_classes: classes of each domain (default: ``net.num_classes`` for every domain; the first must be
             ``net.num_classes``): domains may have different label spaces.
         domain_backgrounds: background classes of each domain (default: ``background_classes`` for every domain).
@@ -83,6 +85,7 @@ class CCTModel(nn.Module):
         domain_classes: Sequence[int] | None = None,
         domain_backgrounds: Sequence[Sequence[int]] | None = None,
         main_decoder_of: Sequence[int] | None = None,
+        fused_workers: int | None = None,
     ) -> None:
         super().__init__()
         if num_domains < 1:
@@ -95,6 +98,7 @@ class CCTModel(nn.Module):
         self.losses = losses or CCTLossSettings()
         self.num_domains = num_domains
         self.chunk_elements = chunk_elements
+        self.fused_workers = fused_workers
         self.num_classes = net.num_classes
         d, c, up = net.feature_channels, net.num_classes, net.output_stride
         classes = [int(n) for n in domain_classes] if domain_classes is not None else [c] * num_domains
@@ -384,6 +388,7 @@ class CCTModel(nn.Module):
                 s.unsupervised,
                 s.conf_threshold,
                 chunk,
+                None if h.is_cuda else self.fused_workers,
             )
             return out
         aux_sub = aux.stages_subpixel(h)  # [K, B, C, S, hw]
