@@ -11,6 +11,7 @@ import torch
 
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
 from fewlabels.methods.cct.fused import (
+    _worker_pool,
     fold_batch,
     fused_stages_consistency,
     stages_value_and_grad,
@@ -109,6 +110,9 @@ def test_decoders_split_over_worker_threads_give_the_single_call_gradients(worke
         assert no_params[2] is None and no_params[3] is None
         torch.testing.assert_close(no_params[1], one[1], rtol=0.0, atol=0.0)
     assert torch.get_num_threads() == before
+    # the workers themselves run their ops on one intra-op thread each (else 2 workers x n threads oversubscribe)
+    pool = _worker_pool(min(workers, k))
+    assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
 
 
 def test_the_split_stays_in_the_calling_thread_under_a_dispatch_mode() -> None:
