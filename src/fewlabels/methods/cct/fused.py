@@ -243,6 +243,14 @@ def _worker_pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _cpu_workers(chunk_elements: int | None, workers: int | None = None) -> int:
+    """Worker threads for the stages: ``workers`` (default ``torch.get_num_threads()``) on the CPU, where
+    ``chunk_elements`` is set; always 1 on a GPU (``chunk_elements`` None), whose kernels are not split."""
+    if chunk_elements is None:
+        return 1
+    return torch.get_num_threads() if workers is None else workers
+
+
 def _no_grad_call(fn: Callable[..., _T], args: tuple[Any, ...]) -> _T:
     with torch.no_grad():  # grad mode is per thread: a worker starts with it enabled
         return fn(*args)
@@ -335,7 +343,7 @@ def fused_stages_consistency(
         chunk_elements: full-resolution elements processed at once (1 MB of float32 by default: sized for a
             CPU core's L2 cache); ``None`` processes all K decoders in one chunk (GPUs).
         workers: threads that decode groups of the K decoders concurrently (see :func:`stages_value_and_grad`);
-            default: ``torch.get_num_threads()`` when ``chunk_elements`` is set (the CPU), else 1.
+            default ``torch.get_num_threads()``; only on the CPU (``chunk_elements`` set), else always 1.
 
     Returns:
         The scalar loss; its gradient reaches ``h``, ``stage_weight`` and ``stage_bias``.
@@ -350,8 +358,7 @@ def fused_stages_consistency(
         mask = (target.amax(dim=0, keepdim=True) > conf_threshold).to(h.dtype)  # [1, S, B, hw]
     h_folded = h.permute(0, 2, 1, 3).reshape(k, c, b * hw)  # small: [K, C, B*hw]
     # The fused function returns the raw sum; normalisation stays in autograd (a tensor when it is data-dependent).
-    if workers is None:
-        workers = torch.get_num_threads() if chunk_elements is not None else 1
+    workers = _cpu_workers(chunk_elements, workers)
     raw = _FusedStages.apply(h_folded, stage_weight, stage_bias, target, mask, kind, chunk_elements, workers)
     elements = k * target.numel()
     if kind == "mse":
@@ -479,7 +486,7 @@ def _vat_direction_fp32(
             for k in range(n)
         ]
         # one call per decoder (each has its own targets), spread over the CPU cores as the fused loss's groups
-        workers = torch.get_num_threads() if chunk_elements is not None else 1
+        workers = _cpu_workers(chunk_elements)
         grad_h = (
             torch.cat([part[1] for part in _map_in_workers(stages_value_and_grad, calls, workers)])
             .view(n, c, b, hw)

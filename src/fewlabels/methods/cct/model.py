@@ -388,7 +388,7 @@ class CCTModel(nn.Module):
                 s.unsupervised,
                 s.conf_threshold,
                 chunk,
-                None if h.is_cuda else self.fused_workers,
+                self.fused_workers,
             )
             return out
         aux_sub = aux.stages_subpixel(h)  # [K, B, C, S, hw]
