@@ -245,6 +245,32 @@ def test_missing_file_says_what_to_download_and_where_to_pass_it(tmp_path: Path)
         load_backbone_weights(build_encoder("resnet50", deep_stem=True), path)
 
 
+def test_missing_weights_of_an_encoder_without_imagenet_weights_point_to_seg_pretrain(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "model.safetensors"
+    with pytest.raises(FileNotFoundError) as info:
+        build_encoder("small_cnn", pretrained=str(path))
+    message = str(info.value)
+    assert str(path) in message
+    assert "no published ImageNet weights" in message and "configs/seg-pretrain" in message
+    assert "Download" not in message
+
+
+def test_a_run_folder_as_weights_path_names_the_weights_file_inside(tmp_path: Path) -> None:
+    run = tmp_path / "out" / "seg-pretrain-scenes"
+    run.mkdir(parents=True)
+    save_file(build_encoder("small_cnn").state_dict(), str(run / "model.safetensors"))
+    with pytest.raises(FileNotFoundError) as info:
+        build_encoder("small_cnn", pretrained=str(tmp_path / "out"))
+    message = str(info.value)
+    assert "is a folder" in message
+    assert str(run / "model.safetensors") in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="is a folder") as info:
+        build_encoder("resnet18", pretrained=str(empty))
+    assert "It holds" not in str(info.value)
+
+
 def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path: Path) -> None:
     path = tmp_path / "rgb.pth"
     torch.save(build_encoder("small_cnn").state_dict(), path)

@@ -64,6 +64,32 @@ def _weights_hint(module: nn.Module) -> str:
     return f"{arch} ImageNet weights ({WEIGHT_HINTS.get(key, 'a torchvision/timm-style state dict')})"
 
 
+def _missing_weights_message(path: Path, module: nn.Module) -> str:
+    """What to do when ``model.pretrained`` names no file: the weights to get, or the file inside a run folder."""
+    arch = getattr(module, "arch", None)
+    if path.is_dir():
+        # A run folder (or the output_dir above it) was given: name the weights file(s) it holds.
+        found = sorted(str(p) for p in path.glob("**/model.safetensors"))[:3]
+        where = f" It holds {', '.join(found)}." if found else ""
+        return (
+            f"pretrained weights path {path} is a folder; point model.pretrained at a weights file "
+            f"(a run's model.safetensors or a .pth state dict).{where}"
+        )
+    if arch is not None and arch not in WEIGHT_HINTS:
+        # No published ImageNet weights exist for this encoder: its only warm start is one trained here.
+        return (
+            f"pretrained weights file not found: {path}. {arch} has no published ImageNet weights: train them "
+            "from your images with `fewlabels train configs/seg-pretrain/scenes.yaml data.dataset=... "
+            "data.root=...` and pass the run's model.safetensors as model.pretrained=PATH, or set pretrained to "
+            "null to train from scratch."
+        )
+    return (
+        f"pretrained weights file not found: {path}. Download {_weights_hint(module)}, put it at {path} "
+        "(or anywhere) and pass its path as pretrained=PATH (config: model.pretrained=PATH), "
+        "or set pretrained to null to train from scratch."
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``), unwrapped.
 
@@ -153,11 +179,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, strict_backbone: 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights file not found: {path}. Download {_weights_hint(module)}, put it at {path} "
-            f"(or anywhere) and pass its path as pretrained=PATH (config: model.pretrained=PATH), "
-            f"or set pretrained to null to train from scratch."
-        )
+        raise FileNotFoundError(_missing_weights_message(path, module))
     state, dropped = normalize_keys(read_state_dict(path), deep_stem=bool(getattr(module, "deep_stem", False)))
     own = module.state_dict()
     for name, tensor in state.items():
