@@ -69,12 +69,14 @@ def process_state_kept(cwd: Path | None = None) -> Iterator[None]:
 
 
 def run_cli(args: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``fewlabels ARGS`` run in this process: its exit status, stdout, and stderr with the warnings it logged. An
-    exception that escapes ``main`` is written to stderr as the traceback a user would see (status 1)."""
+    """``fewlabels ARGS`` run in this process: its exit status, stdout, and stderr with the warnings it logged and
+    the Python warnings it raised (under Python's default filters, as a user's shell would print them). An exception
+    that escapes ``main`` is written to stderr as the traceback a user would see (status 1)."""
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     handler.setLevel(logging.WARNING)
-    with process_state_kept(cwd):
+    with process_state_kept(cwd), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
         logging.getLogger().addHandler(handler)  # removed again with the root logger's other changes
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -84,6 +86,8 @@ def run_cli(args: Sequence[str], cwd: Path | None = None) -> subprocess.Complete
             except Exception:  # noqa: BLE001 - what a user would see as a traceback
                 err.write(traceback.format_exc())
                 code = 1
+    for w in caught:
+        err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 

@@ -300,6 +300,7 @@ def test_bad_input_is_one_error_line_and_changes_no_file(world, outcomes, case):
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     errors = error_lines(res.stderr)
     assert len(errors) == 1, res.stderr[-2000:]
+    assert "Warning: " not in res.stderr, res.stderr[-2000:]  # a library's warning above the error line
     for fragment in fragments:
         assert fragment.replace("{t}", str(world)).lower() in errors[0].lower(), errors[0]
     assert after == before, "an input file changed"

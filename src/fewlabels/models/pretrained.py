@@ -20,6 +20,8 @@ BatchNorm ``num_batches_tracked`` buffers are never required (older torchvision 
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -105,9 +107,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             return dict(load_file(str(path), device="cpu"))
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about any pickle protocol above 2 (what torch.save writes is 2); a user would see it
+            # above the one error line of an unreadable file, and it says nothing about a readable one.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - garbage, truncated or foreign files fail in many ways (unpickling, zip, header)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError) and reason.startswith("Weights only load failed"):
+            # torch's advice (load with weights_only=False) would run arbitrary code from the file: not ours to give.
+            reason = "torch.load(weights_only=True) refused it: not a plain state dict of tensors"
         raise PretrainedWeightsError(
             f"{path} is not a readable weights file ({reason[:200]}); it must be a torch.save state dict (.pth/.pt) "
             "or a .safetensors file"
