@@ -70,8 +70,10 @@ def _missing_weights_message(path: Path, module: nn.Module) -> str:
     """What to do when ``model.pretrained`` names no file: the weights to get, or the file inside a run folder."""
     arch = getattr(module, "arch", None)
     if path.is_dir():
-        # A run folder (or the output_dir above it) was given: name the weights file(s) it holds.
-        found = sorted(str(p) for p in path.glob("**/model.safetensors"))[:3]
+        # A run folder (or the output_dir above it) was given: name the weights file(s) it holds. Only those two
+        # depths are looked at, so that a wrong path such as / or a dataset root is not searched recursively.
+        candidates = [path / "model.safetensors", *sorted(path.glob("*/model.safetensors"))]
+        found = [str(p) for p in candidates if p.is_file()][:3]
         where = f" It holds {', '.join(found)}." if found else ""
         return (
             f"pretrained weights path {path} is a folder; point model.pretrained at a weights file "
