@@ -157,6 +157,13 @@ def save_plot(rows: Mapping[float, Mapping[str, Any]], path: Path, title: str) -
     return path
 
 
+def plot_label(cct: Mapping[str, Any], config: str) -> str:
+    """The figure's name for a config: its dataset and file name (``digit-mosaics (my.yaml)``), not a full path."""
+    name = Path(config).name
+    dataset = cct.get("data", {}).get("dataset")
+    return f"{dataset} ({name})" if dataset and dataset != name else name
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="scenes", help="configs/cct/<name>.yaml or a YAML path")
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\nCCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds}):\n")
     print(markdown(rows))
     if args.plots:
-        print(f"wrote {save_plot(rows, Path(args.out) / 'fractions.png', f'{args.config}: CCT vs supervised-only')}")
+        title = f"{plot_label(cct, args.config)}: CCT vs supervised-only"
+        print(f"wrote {save_plot(rows, Path(args.out) / 'fractions.png', title)}")
     result = {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fractions": rows}
     print(json.dumps(result))
     return result

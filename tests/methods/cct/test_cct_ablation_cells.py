@@ -26,15 +26,20 @@ from fewlabels.registry import config_from_dict
 BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 
 
-@pytest.fixture
-def ablation(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _seeds.py
-    spec = importlib.util.spec_from_file_location("cct_ablation", BENCHMARKS / "cct_ablation.py")
+def _benchmark(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """benchmarks/<name>.py imported as a module."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their sibling _seeds.py
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cct_ablation", module)  # its dataclass looks the module up while it is made
+    monkeypatch.setitem(sys.modules, name, module)  # a dataclass looks its module up while it is made
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def ablation(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return _benchmark("cct_ablation", monkeypatch)
 
 
 class Halve(SpatialMaskPerturbation):
@@ -134,14 +139,14 @@ def test_ablation_kind_keeps_one_family_and_refuses_an_unknown_one(ablation: Mod
         ablation.perturbation_cells(counts, "some")
 
 
-def test_labeled_cells_are_the_fraction_sweeps_cells(ablation: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fractions(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return _benchmark("cct_fractions", monkeypatch)
+
+
+def test_labeled_cells_are_the_fraction_sweeps_cells(ablation: ModuleType, fractions: ModuleType) -> None:
     """With --labeled f, the baseline and full CCT of seed s are the configs benchmarks/cct_fractions.py trains for
     fraction f and seed s (so one sweep's cell files serve the other); every cell draws the seed's labeled images."""
-    fractions_spec = importlib.util.spec_from_file_location("cct_fractions", BENCHMARKS / "cct_fractions.py")
-    assert fractions_spec is not None and fractions_spec.loader is not None
-    fractions = importlib.util.module_from_spec(fractions_spec)
-    monkeypatch.setitem(sys.modules, "cct_fractions", fractions)
-    fractions_spec.loader.exec_module(fractions)
     cct = ablation.read_config("scenes")
     sweep = ablation.merged(cct, {"data": {"labeled": 0.02}})  # what main() does with --labeled 0.02
     base, full = ablation.build_cells(sweep, ["ablation"], [], "only")[:2]
@@ -179,3 +184,9 @@ def test_only_k_control_gives_one_type_all_the_decoders_and_types_select_cells(a
     assert [c.name for c in control] == ["supervised", "CCT (all)", "only context_mask x7"]
     config = config_from_dict(ablation.run_config(cct, control[2], seed=0, steps=5))
     assert config.perturbations.counts["context_mask"] == 7 and config.perturbations.total == 7
+
+
+def test_fraction_plot_title_names_the_dataset_and_file_not_the_path(fractions: ModuleType) -> None:
+    cct = fractions.read_config("digit_mosaics")
+    assert fractions.plot_label(cct, "/tmp/sweeps/warm.yaml") == "digit-mosaics (warm.yaml)"
+    assert fractions.plot_label(fractions.read_config("scenes"), "scenes") == "scenes"
