@@ -3,16 +3,14 @@ registry and the config's counts, each a valid config that changes only what its
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 from torch import Tensor
 
+from benchmark_scripts import load_benchmark
 from fewlabels.methods.cct.perturbations import (
     PerturbationInput,
     PerturbationsConfig,
@@ -23,23 +21,15 @@ from fewlabels.methods.cct.perturbations import (
 )
 from fewlabels.registry import config_from_dict
 
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
-
-
-def _benchmark(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """benchmarks/<name>.py imported as a module."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the scripts import their sibling _seeds.py
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # a dataclass looks its module up while it is made
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture
 def ablation(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    return _benchmark("cct_ablation", monkeypatch)
+    return load_benchmark("cct_ablation", monkeypatch)
+
+
+@pytest.fixture
+def fractions(ablation: ModuleType, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return load_benchmark("cct_fractions", monkeypatch)  # imports the ablation fixture's cct_ablation
 
 
 class Halve(SpatialMaskPerturbation):
@@ -139,11 +129,6 @@ def test_ablation_kind_keeps_one_family_and_refuses_an_unknown_one(ablation: Mod
         ablation.perturbation_cells(counts, "some")
 
 
-@pytest.fixture
-def fractions(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    return _benchmark("cct_fractions", monkeypatch)
-
-
 def test_labeled_cells_are_the_fraction_sweeps_cells(ablation: ModuleType, fractions: ModuleType) -> None:
     """With --labeled f, the baseline and full CCT of seed s are the configs benchmarks/cct_fractions.py trains for
     fraction f and seed s (so one sweep's cell files serve the other); every cell draws the seed's labeled images."""
@@ -184,9 +169,3 @@ def test_only_k_control_gives_one_type_all_the_decoders_and_types_select_cells(a
     assert [c.name for c in control] == ["supervised", "CCT (all)", "only context_mask x7"]
     config = config_from_dict(ablation.run_config(cct, control[2], seed=0, steps=5))
     assert config.perturbations.counts["context_mask"] == 7 and config.perturbations.total == 7
-
-
-def test_fraction_plot_title_names_the_dataset_and_file_not_the_path(fractions: ModuleType) -> None:
-    cct = fractions.read_config("digit_mosaics")
-    assert fractions.plot_label(cct, "/tmp/sweeps/warm.yaml") == "digit-mosaics (warm.yaml)"
-    assert fractions.plot_label(fractions.read_config("scenes"), "scenes") == "scenes"

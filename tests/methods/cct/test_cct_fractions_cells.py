@@ -3,7 +3,6 @@ each a valid config that changes only the fraction, the split seed and (for the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -13,25 +12,14 @@ from types import ModuleType
 import pytest
 from scipy import stats
 
+from benchmark_scripts import load_benchmark
 from fewlabels.registry import config_from_dict
-
-BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
-
-
-def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up while they are made
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def fractions(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its siblings
-    _load("cct_ablation", monkeypatch)
-    return _load("cct_fractions", monkeypatch)
+    load_benchmark("cct_ablation", monkeypatch)  # imported by cct_fractions; its tests read sys.modules["cct_ablation"]
+    return load_benchmark("cct_fractions", monkeypatch)
 
 
 def test_every_cell_changes_only_the_fraction_the_split_seed_and_the_controls_steps(fractions: ModuleType) -> None:
@@ -144,3 +132,9 @@ def test_cells_trains_a_subset_and_reports_every_cell_with_a_file(fractions: Mod
     row = result["fractions"][0.02]
     assert row["supervised"]["miou"]["values"] == [0.80] and row["CCT"]["miou"]["values"] == [0.83]
     assert math.isclose(row["CCT"]["minus_supervised"]["mean"], 0.03, abs_tol=1e-12)
+
+
+def test_fraction_plot_title_names_the_dataset_and_file_not_the_path(fractions: ModuleType) -> None:
+    cct = fractions.read_config("digit_mosaics")
+    assert fractions.plot_label(cct, "/tmp/sweeps/warm.yaml") == "digit-mosaics (warm.yaml)"
+    assert fractions.plot_label(fractions.read_config("scenes"), "scenes") == "scenes"
