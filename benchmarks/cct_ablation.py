@@ -39,7 +39,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE, FULL = "supervised", "CCT (all)"
 #: the parts of the sweep, in the order they run within a seed
 PARTS = ("ablation", "curve")
+
+
+#: ``measure(run_dir, config, metrics)`` of :func:`run_cells`: more metrics of a finished run
+Measure = Callable[[Path, Mapping[str, Any], Mapping[str, float]], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -181,10 +185,18 @@ def unlabeled_count(cct: Mapping[str, Any]) -> int:
 
 
 def run_cells(
-    args: argparse.Namespace, cct: Mapping[str, Any], cells: list[Cell], split_seed_per_seed: bool = False
+    args: argparse.Namespace,
+    cct: Mapping[str, Any],
+    cells: list[Cell],
+    split_seed_per_seed: bool = False,
+    measure: Measure | None = None,
+    metric: str = "miou",
 ) -> dict[str, dict[int, float]]:
-    """Train every missing (cell, seed), seeds outermost; return cell -> seed -> final mIoU from the cell files.
-    ``split_seed_per_seed``: each seed draws its own labeled images (see :func:`run_config`)."""
+    """Train every missing (cell, seed), seeds outermost; return cell -> seed -> final ``metric`` from the cell
+    files. ``split_seed_per_seed``: each seed draws its own labeled images (see :func:`run_config`). ``measure``:
+    called with the finished run's directory, its config and final metrics, returns more metrics (e.g. an evaluation
+    on another dataset) that are stored with the others; ``metric`` names the one reported (default the run's own
+    final mIoU)."""
     folder = Path(args.out) / "cells"
     folder.mkdir(parents=True, exist_ok=True)
     values: dict[str, dict[int, float]] = {cell.name: {} for cell in cells}
@@ -196,19 +208,48 @@ def run_cells(
                 done = json.loads(path.read_text())
                 if done["config"] != config:
                     raise SystemExit(f"{path} was trained with another config: pass --fresh, or another --out")
-                values[cell.name][seed] = done["miou"]
+                values[cell.name][seed] = done["miou"] if metric == "miou" else done["metrics"][metric]
                 continue
             if getattr(args, "no_train", False):  # report what is there; a missing cell stays missing
                 continue
-            _, metrics, seconds = train_run(Path(args.out) / "runs", f"{cell.slug}-seed{seed}", config)
+            run_dir, metrics, seconds = train_run(Path(args.out) / "runs", f"{cell.slug}-seed{seed}", config)
+            if measure is not None:
+                metrics = {**metrics, **measure(run_dir, config, metrics)}
             record = {"cell": cell.name, "part": cell.part, "seed": seed, "miou": metrics["miou"], "seconds": seconds}
             record.update(config=config, metrics=metrics)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(record, indent=1))
             tmp.replace(path)  # a cell file is whole or absent
-            values[cell.name][seed] = metrics["miou"]
-            print(f"{cell.name} | seed {seed}: mIoU {metrics['miou']:.4f} ({seconds:.0f} s)", flush=True)
+            values[cell.name][seed] = metrics[metric]
+            print(f"{cell.name} | seed {seed}: {metric} {metrics[metric]:.4f} ({seconds:.0f} s)", flush=True)
     return values
+
+
+def run_selected(
+    args: argparse.Namespace,
+    cct: Mapping[str, Any],
+    cells: list[Cell],
+    trained: list[Cell],
+    measure: Measure | None = None,
+    metric: str = "miou",
+) -> dict[str, dict[int, float]]:
+    """:func:`run_cells` of the ``trained`` subset of ``cells`` (each seed with its own labeled images), then the
+    values of every cell of ``cells`` that has a file: a sweep split over processes is read back from one folder."""
+    values = run_cells(args, cct, trained, True, measure, metric)
+    if trained != cells:
+        read = argparse.Namespace(**{**vars(args), "no_train": True, "fresh": False})
+        values = run_cells(read, cct, cells, True, measure, metric)
+    return values
+
+
+def report(heading: str, table: str, plot: Callable[[], Path] | None, result: dict[str, Any]) -> dict[str, Any]:
+    """Print a sweep's heading and table, the figure ``plot()`` wrote (when given) and, last, ``result`` as JSON."""
+    print(f"\n{heading}:\n")
+    print(table)
+    if plot is not None:
+        print(f"wrote {plot()}")
+    print(json.dumps(result))
+    return result
 
 
 def _pm(d: Mapping[str, Any] | None) -> str:

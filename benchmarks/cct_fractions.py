@@ -31,14 +31,13 @@ per run).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from _seeds import paired_difference, summarise
-from cct_ablation import BASELINE, Cell, fraction_config, read_config, run_cells
+from cct_ablation import BASELINE, Cell, fraction_config, read_config, report, run_selected
 
 CCT = "CCT"
 CONTROL = "supervised 2x steps"
@@ -67,19 +66,29 @@ def selected_cells(cells: list[Cell], slugs: list[str] | None) -> list[Cell]:
     return [c for c in cells if c.slug in slugs]
 
 
-def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
-    """Per method: the mIoU summary; per method other than the baseline: the paired difference with it."""
+def summarise_cells(
+    values: Mapping[str, Mapping[int, float]], key: str, pairs: tuple[tuple[str, str, str], ...] = ()
+) -> dict[str, Any]:
+    """Per cell with values: their summary under ``key`` and, except for the baseline, the paired difference with it
+    (``minus_supervised``); for each ``(a, b, field)`` of ``pairs`` where both cells have values, ``a - b`` paired
+    as ``out[a][field]``."""
     out: dict[str, Any] = {}
     for name, per_seed in values.items():
         if not per_seed:
             continue
         seeds = sorted(per_seed)
-        out[name] = {"miou": {**summarise([per_seed[s] for s in seeds]), "seeds": seeds}}
+        out[name] = {key: {**summarise([per_seed[s] for s in seeds]), "seeds": seeds}}
         if name != BASELINE:
-            out[name]["minus_supervised"] = paired_difference(per_seed, values[BASELINE])
-    if values.get(CCT) and values.get(NO_LOSS):
-        out[CCT]["minus_no_loss"] = paired_difference(values[CCT], values[NO_LOSS])
+            out[name]["minus_supervised"] = paired_difference(per_seed, values.get(BASELINE, {}))
+    for a, b, field in pairs:
+        if values.get(a) and values.get(b):
+            out[a][field] = paired_difference(values[a], values[b])
     return out
+
+
+def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
+    """Per method: the mIoU summary; per method other than the baseline: the paired difference with it."""
+    return summarise_cells(values, "miou", ((CCT, NO_LOSS, "minus_no_loss"),))
 
 
 def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
@@ -157,6 +166,23 @@ def save_plot(rows: Mapping[float, Mapping[str, Any]], path: Path, title: str) -
     return path
 
 
+def parse_sweep(parser: argparse.ArgumentParser, argv: list[str] | None, out: str, figure: str) -> argparse.Namespace:
+    """Add the options every cell sweep shares (output folder, resume, figure, threads, the cells to train), parse
+    ``argv``, and set torch's thread count."""
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--fresh", action="store_true", help="retrain the cells that have a file")
+    parser.add_argument("--plots", action="store_true", help=f"save OUT/{figure}")
+    parser.add_argument("--no-train", action="store_true", help="only report the cells that have a file")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--cells", nargs="+", default=None, help="train only these cells (slugs); report all")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def plot_label(cct: Mapping[str, Any], config: str) -> str:
     """The figure's name for a config: its dataset and file name (``digit-mosaics (my.yaml)``), not a full path."""
     name = Path(config).name
@@ -172,20 +198,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="train.steps (default: the config's)")
     parser.add_argument("--control", action="store_true", help="also train the baseline for 2x the steps")
     parser.add_argument("--no-loss-control", action="store_true", help="also train CCT with loss.unsup_weight = 0")
-    parser.add_argument("--out", default="runs/cct_fractions")
-    parser.add_argument("--fresh", action="store_true", help="retrain the cells that have a file")
-    parser.add_argument("--plots", action="store_true", help="save OUT/fractions.png")
-    parser.add_argument("--no-train", action="store_true", help="only report the cells that have a file")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--cells", nargs="+", default=None, help="train only these cells (slugs); report all")
-    args = parser.parse_args(argv)
+    args = parse_sweep(parser, argv, "runs/cct_fractions", "fractions.png")
     bad = [f for f in args.fractions if not 0 < f < 1]
     if bad:
         raise SystemExit(f"--fractions {bad}: a fraction is in (0, 1)")
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
     cct = read_config(args.config)
     cells = fraction_cells(args.control, args.no_loss_control)
     trained = selected_cells(cells, args.cells)
@@ -193,20 +209,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for fraction in args.fractions:
         sweep = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / f"f{fraction:g}")})
         config = fraction_config(cct, fraction)
-        values = run_cells(sweep, config, trained, split_seed_per_seed=True)
-        if trained != cells:  # read back every cell that has a file
-            read = argparse.Namespace(**{**vars(sweep), "no_train": True, "fresh": False})
-            values = run_cells(read, config, cells, split_seed_per_seed=True)
+        values = run_selected(sweep, config, cells, trained)
         if any(values.values()):
             rows[fraction] = summarise_fraction(values)
-    print(f"\nCCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds}):\n")
-    print(markdown(rows))
-    if args.plots:
-        title = f"{plot_label(cct, args.config)}: CCT vs supervised-only"
-        print(f"wrote {save_plot(rows, Path(args.out) / 'fractions.png', title)}")
-    result = {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fractions": rows}
-    print(json.dumps(result))
-    return result
+    title = f"{plot_label(cct, args.config)}: CCT vs supervised-only"
+    return report(
+        f"CCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds})",
+        markdown(rows),
+        (lambda: save_plot(rows, Path(args.out) / "fractions.png", title)) if args.plots else None,
+        {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fractions": rows},
+    )
 
 
 if __name__ == "__main__":
