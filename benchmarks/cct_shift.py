@@ -63,7 +63,8 @@ def target_overrides(target: Mapping[str, Any]) -> list[str]:
 
 
 def measure_on_target(target: Mapping[str, Any]) -> Any:
-    """The ``measure`` of :func:`cct_ablation.run_cells`: ``target_miou`` and ``source_miou`` of a finished run."""
+    """The ``measure`` of :func:`cct_ablation.run_cells`: ``target_miou`` and ``source_miou`` of a finished run (and
+    for a single-domain run, its per-class IoUs on the target, ``iou/<class>_target``)."""
 
     def measure(run_dir: Path, config: Mapping[str, Any], metrics: Mapping[str, float]) -> dict[str, float]:
         if config.get("domains"):  # a two-domain run evaluated both domains itself
@@ -71,7 +72,9 @@ def measure_on_target(target: Mapping[str, Any]) -> Any:
         from fewlabels.engine import load_run
 
         run = load_run(run_dir, which="last", device="cpu", overrides=target_overrides(target))
-        return {"target_miou": run.evaluate()["miou"], "source_miou": metrics["miou"]}
+        on_target = run.evaluate()
+        per_class = {f"{k}_target": v for k, v in on_target.items() if k.startswith("iou/")}
+        return {"target_miou": on_target["miou"], "source_miou": metrics["miou"], **per_class}
 
     return measure
 

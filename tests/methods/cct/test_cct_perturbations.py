@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fewlabels.methods.cct.config import PerturbationsConfig
@@ -404,3 +405,21 @@ def test_registration_rejects_clashes_and_kinds_it_cannot_apply() -> None:
 def test_a_type_without_its_config_field_is_reported_by_name(toy: Perturbation) -> None:
     with pytest.raises(TypeError, match="perturbations.toy"):
         PerturbationsConfig().counts  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"), [((2, 21, 128, 128), (16, 16)), ((3, 5, 97, 75), (13, 10)), ((1, 3, 40, 24), (7, 9))]
+)
+def test_foreground_is_the_full_resolution_argmax_nearest_resized(
+    shape: tuple[int, ...], size: tuple[int, int]
+) -> None:
+    """The mask takes the argmax after resizing the scores (fewer pixels); it equals the reference's order, the
+    argmax at full resolution and then a nearest resize of the labels, ties and non-integer scales included."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.softmax(torch.randn(*shape, generator=g), dim=1)
+    scores[:, :, ::3] = scores[:, :, ::3].round(decimals=1)  # rows of tied scores: argmax keeps the first class
+    labels = F.interpolate(scores.argmax(dim=1)[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    want = (~((labels == 1) | (labels == 2))).float()
+    got = foreground_mask(scores, size, (1, 2))
+    assert got.shape == (shape[0], *size) and torch.equal(got, want)
+    assert 0 < got.sum() < got.numel()  # both foreground and background occur

@@ -93,6 +93,8 @@ def test_each_run_is_valued_on_the_target(shift: ModuleType, tmp_path: Path) -> 
     got = values["supervised"][0]
     assert record["metrics"]["target_miou"] == got and record["metrics"]["source_miou"] == record["miou"]
     assert got != record["miou"] and 0.0 <= got <= 1.0
+    per_class = {k: v for k, v in record["metrics"].items() if k.endswith("_target")}
+    assert len(per_class) == 6 and math.isclose(sum(per_class.values()) / 6, got, rel_tol=1e-9)
     run = load_run(tmp_path / "sweep" / "runs" / "supervised-seed0", which="last", device="cpu")
     assert run.config.data.dataset == "scenes"
     with_target = load_run(run.run_dir, which="last", device="cpu", overrides=["data.dataset=scenes-shift"])

@@ -148,7 +148,14 @@ def foreground_mask(prediction: Tensor, size: tuple[int, int], background_classe
     Returns:
         Float mask ``[B, h, w]``, 1 on foreground.
     """
-    labels = prediction.argmax(dim=1) if prediction.ndim == 4 else prediction
+    if prediction.ndim == 4:
+        # Nearest resizing keeps whole source pixels, so it commutes with the per-pixel argmax: resize the scores
+        # first and take the argmax over h x w pixels instead of H x W (the same labels, ties included).
+        if prediction.shape[-2:] != tuple(size):
+            prediction = F.interpolate(prediction, size=size, mode="nearest")
+        labels = prediction.argmax(dim=1)
+    else:
+        labels = prediction
     if labels.shape[-2:] != tuple(size):
         labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
     bg = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
