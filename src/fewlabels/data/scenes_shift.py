@@ -5,10 +5,17 @@ so no image is shared with ``scenes``) seen through another "camera": the colour
 (B, R, G) and the contrast is lowered around a darker mean (``0.6 x + 30``). A model trained on ``scenes`` alone loses
 accuracy on these images; CCT with ``scenes-shift`` as a label-free domain (``domains: [{dataset: scenes-shift,
 label_free: true}]``) trains on them through the consistency loss only: "training under a distribution shift".
+
+``scenes-dim``: the same other scenes under a milder shift that keeps each colour's hue order (a dim, noisy
+camera): the contrast is halved around a darker level (``0.5 x + 20``) and per-pixel sensor noise is added (normal,
+std 8, drawn from the dataset seed). Under the rotation of ``scenes-shift`` a colour means another class, so the
+classes that ``scenes`` tells apart by colour cannot be recovered from unlabeled images; under ``scenes-dim`` they
+stay recognisable, as in the thesis' shifts between real cameras and cities.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +31,7 @@ from fewlabels.data.scenes import (
 )
 from fewlabels.data.segmentation import SegmentationData, SegmentationOptions, Transform
 
-__all__ = ["SCENES_SHIFT", "ShiftedScenes", "colour_shift"]
+__all__ = ["SCENES_DIM", "SCENES_SHIFT", "DimScenes", "ShiftedScenes", "colour_shift", "dim_shift"]
 
 #: Dataset seed of the shifted scenes (``scenes`` uses 0): other scenes than the source domain's.
 SHIFT_SEED = 1
@@ -36,6 +43,13 @@ def colour_shift(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round(0.6 * rotated + 30.0), 0, 255).astype(np.uint8)
 
 
+def dim_shift(images: np.ndarray, seed: Sequence[int]) -> np.ndarray:
+    """The ``scenes-dim`` shift of ``images [N, H, W, 3]`` (uint8): ``0.5 x + 20`` plus normal noise of std 8 per
+    pixel and channel (drawn from ``seed``), rounded and clipped to 0..255. The channels keep their order."""
+    noise = np.random.default_rng(seed).normal(0.0, 8.0, images.shape).astype(np.float32)
+    return np.clip(np.round(0.5 * images.astype(np.float32) + 20.0 + noise), 0, 255).astype(np.uint8)
+
+
 class ShiftedScenes(ScenesDataset):
     """:class:`~fewlabels.data.scenes.ScenesDataset` (same arguments; ``seed`` defaults to :data:`SHIFT_SEED`) with
     every image colour-shifted (:func:`colour_shift`); the masks are unchanged."""
@@ -45,6 +59,19 @@ class ShiftedScenes(ScenesDataset):
         super().__init__(split, n, size, **kwargs)  # type: ignore[arg-type]
         # A copy: the generator's arrays may be cached and shared with plain `scenes` datasets.
         self.images = colour_shift(self.images)
+
+
+class DimScenes(ScenesDataset):
+    """:class:`~fewlabels.data.scenes.ScenesDataset` (``seed`` defaults to :data:`SHIFT_SEED`) with every image
+    under the ``scenes-dim`` shift (:func:`dim_shift`, its noise drawn from the dataset seed and the split); the masks
+    are unchanged."""
+
+    def __init__(self, split: str = "train", n: int | None = None, size: int = 96, **kwargs: object) -> None:
+        kwargs.setdefault("seed", SHIFT_SEED)
+        super().__init__(split, n, size, **kwargs)  # type: ignore[arg-type]
+        seed = kwargs["seed"]
+        assert isinstance(seed, int)
+        self.images = dim_shift(self.images, [seed, 0 if split == "train" else 1])
 
 
 def build_scenes_shift(options: SegmentationOptions, transform: Transform) -> SegmentationData:
@@ -66,6 +93,25 @@ SCENES_SHIFT = register_dataset(
         check=check_scenes_shift,
         metadata=DatasetMetadata(class_names=SCENE_CLASSES, thing_classes=SCENE_THING_CLASSES),
         segmentation=build_scenes_shift,
+        root="none",
+    )
+)
+
+
+def build_scenes_dim(options: SegmentationOptions, transform: Transform) -> SegmentationData:
+    """As ``scenes-shift``, with the ``scenes-dim`` shift (the same scenes, another camera)."""
+    seed = SHIFT_SEED + options.scenes_seed
+    return build_generated_segmentation(DimScenes, SCENES_DIM.metadata, options, transform, seed=seed)
+
+
+SCENES_DIM = register_dataset(
+    DatasetSpec(
+        name="scenes-dim",
+        description="embedded: `scenes` under a dim, noisy camera (other scenes; colours keep their order), a target "
+        "domain for CCT / UDA (no ROOT)",
+        check=check_scenes_shift,
+        metadata=DatasetMetadata(class_names=SCENE_CLASSES, thing_classes=SCENE_THING_CLASSES),
+        segmentation=build_scenes_dim,
         root="none",
     )
 )
