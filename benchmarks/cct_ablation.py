@@ -252,8 +252,14 @@ def report(heading: str, table: str, plot: Callable[[], Path] | None, result: di
     return result
 
 
-def _pm(d: Mapping[str, Any] | None) -> str:
+def paired_text(d: Mapping[str, Any] | None) -> str:
+    """A paired difference as ``+0.012 +- 0.008`` (mean +- 95% CI half-width); '' for None."""
     return "" if d is None else f"{d['mean']:+.3f} +- {d['ci95']:.3f}"
+
+
+def seeds_ahead(d: Mapping[str, Any] | None) -> str:
+    """How many of a paired difference's seeds are above 0, as ``4/5``; '' for None."""
+    return "" if d is None else f"{sum(v > 0 for v in d['values'])}/{d['n']}"
 
 
 def summaries(cells: list[Cell], values: dict[str, dict[int, float]]) -> dict[str, dict[str, Any]]:
@@ -296,9 +302,15 @@ def markdown(rows: Mapping[str, Mapping[str, Any]], part: str, total_unlabeled: 
         m = row["miou"]
         stats = [f"{m['mean']:.3f}", f"{m['std']:.3f}", str(m["n"])]
         if part == "ablation":
-            cells = [name, str(row["K"]), *stats, _pm(row.get("minus_supervised")), _pm(row.get("minus_full"))]
+            cells = [
+                name,
+                str(row["K"]),
+                *stats,
+                paired_text(row.get("minus_supervised")),
+                paired_text(row.get("minus_full")),
+            ]
         else:
-            cells = [_curve_label(name, row, total_unlabeled), *stats, _pm(row.get("minus_supervised"))]
+            cells = [_curve_label(name, row, total_unlabeled), *stats, paired_text(row.get("minus_supervised"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from _seeds import paired_difference, summarise
-from cct_ablation import BASELINE, Cell, fraction_config, read_config, report, run_selected
+from cct_ablation import (
+    BASELINE,
+    Cell,
+    fraction_config,
+    paired_text,
+    read_config,
+    report,
+    run_selected,
+    seeds_ahead,
+)
 
 CCT = "CCT"
 CONTROL = "supervised 2x steps"
@@ -100,15 +109,13 @@ def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
     for fraction, methods in rows.items():
         for name, row in methods.items():
             m, d = row["miou"], row.get("minus_supervised")
-            diff = "" if d is None else f"{d['mean']:+.3f} +- {d['ci95']:.3f}"
-            ahead = "" if d is None else f"{sum(v > 0 for v in d['values'])}/{d['n']}"
-            lines.append(f"| {fraction:g} | {name} | {m['mean']:.3f} | {m['std']:.3f} | {m['n']} | {diff} | {ahead} |")
+            stats = f"{m['mean']:.3f} | {m['std']:.3f} | {m['n']}"
+            lines.append(f"| {fraction:g} | {name} | {stats} | {paired_text(d)} | {seeds_ahead(d)} |")
     isolated = [(f, m[CCT]["minus_no_loss"]) for f, m in rows.items() if "minus_no_loss" in m.get(CCT, {})]
     if isolated:
         lines += ["", "| labeled | CCT - CCT without L_u (paired, 95% CI) | seeds ahead |", "|---|---|---|"]
         for fraction, d in isolated:
-            ahead = sum(v > 0 for v in d["values"])
-            lines.append(f"| {fraction:g} | {d['mean']:+.3f} +- {d['ci95']:.3f} | {ahead}/{d['n']} |")
+            lines.append(f"| {fraction:g} | {paired_text(d)} | {seeds_ahead(d)} |")
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cct_ablation import BASELINE, Cell, read_config, report, run_selected
+from cct_ablation import BASELINE, Cell, Measure, paired_text, read_config, report, run_selected, seeds_ahead
 from cct_fractions import parse_sweep, selected_cells, summarise_cells
 
 UDA = "CCT (UDA)"
@@ -62,7 +62,7 @@ def target_overrides(target: Mapping[str, Any]) -> list[str]:
     return [f"data.{k}={v}" for k, v in target.items() if k not in SPLIT_KEYS and v is not None]
 
 
-def measure_on_target(target: Mapping[str, Any]) -> Any:
+def measure_on_target(target: Mapping[str, Any]) -> Measure:
     """The ``measure`` of :func:`cct_ablation.run_cells`: ``target_miou`` and ``source_miou`` of a finished run (and
     for a single-domain run, its per-class IoUs on the target, ``iou/<class>_target``)."""
 
@@ -85,12 +85,6 @@ def summarise_shift(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]
     return summarise_cells(values, "target_miou", pairs)
 
 
-def _diff(d: Mapping[str, Any] | None) -> tuple[str, str]:
-    if d is None:
-        return "", ""
-    return f"{d['mean']:+.3f} +- {d['ci95']:.3f}", f"{sum(v > 0 for v in d['values'])}/{d['n']}"
-
-
 def markdown(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """One line per cell (target mIoU, std, n, paired difference with supervised-only), then the controls."""
     lines = [
@@ -98,15 +92,14 @@ def markdown(rows: Mapping[str, Mapping[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        m = row["target_miou"]
-        diff, ahead = _diff(row.get("minus_supervised"))
-        lines.append(f"| {name} | {m['mean']:.3f} | {m['std']:.3f} | {m['n']} | {diff} | {ahead} |")
-    controls = [(k, label) for k, label in (("minus_no_loss", NO_LOSS), ("minus_source_only", SOURCE_ONLY))]
+        m, d = row["target_miou"], row.get("minus_supervised")
+        lines.append(f"| {name} | {m['mean']:.3f} | {m['std']:.3f} | {m['n']} | {paired_text(d)} | {seeds_ahead(d)} |")
+    controls = (("minus_no_loss", NO_LOSS), ("minus_source_only", SOURCE_ONLY))
     extra = [(label, rows[UDA][k]) for k, label in controls if k in rows.get(UDA, {})]
     if extra:
         lines += ["", "| difference | paired, 95% CI | seeds ahead |", "|---|---|---|"]
         for label, d in extra:
-            lines.append(f"| {UDA} - {label} | {' | '.join(_diff(d))} |")
+            lines.append(f"| {UDA} - {label} | {paired_text(d)} | {seeds_ahead(d)} |")
     return "\n".join(lines)
 
 

@@ -50,35 +50,37 @@ def dim_shift(images: np.ndarray, seed: Sequence[int]) -> np.ndarray:
     return np.clip(np.round(0.5 * images.astype(np.float32) + 20.0 + noise), 0, 255).astype(np.uint8)
 
 
-class ShiftedScenes(ScenesDataset):
+class _OtherCamera(ScenesDataset):
     """:class:`~fewlabels.data.scenes.ScenesDataset` (same arguments; ``seed`` defaults to :data:`SHIFT_SEED`) with
-    every image colour-shifted (:func:`colour_shift`); the masks are unchanged."""
-
-    def __init__(self, split: str = "train", n: int | None = None, size: int = 96, **kwargs: object) -> None:
-        kwargs.setdefault("seed", SHIFT_SEED)
-        super().__init__(split, n, size, **kwargs)  # type: ignore[arg-type]
-        # A copy: the generator's arrays may be cached and shared with plain `scenes` datasets.
-        self.images = colour_shift(self.images)
-
-
-class DimScenes(ScenesDataset):
-    """:class:`~fewlabels.data.scenes.ScenesDataset` (``seed`` defaults to :data:`SHIFT_SEED`) with every image
-    under the ``scenes-dim`` shift (:func:`dim_shift`, its noise drawn from the dataset seed and the split); the masks
-    are unchanged."""
+    every image passed through :meth:`camera`; the masks are unchanged."""
 
     def __init__(self, split: str = "train", n: int | None = None, size: int = 96, **kwargs: object) -> None:
         kwargs.setdefault("seed", SHIFT_SEED)
         super().__init__(split, n, size, **kwargs)  # type: ignore[arg-type]
         seed = kwargs["seed"]
         assert isinstance(seed, int)
-        self.images = dim_shift(self.images, [seed, 0 if split == "train" else 1])
+        # A new array: the generator's arrays may be cached and shared with plain `scenes` datasets.
+        self.images = self.camera(self.images, seed, split)
+
+    @staticmethod
+    def camera(images: np.ndarray, seed: int, split: str) -> np.ndarray:
+        raise NotImplementedError
 
 
-def build_scenes_shift(options: SegmentationOptions, transform: Transform) -> SegmentationData:
-    """As ``scenes``: ``options.labeled`` of ``scenes_train`` shifted scenes labeled, the rest unlabeled;
-    ``scenes_val`` shifted validation scenes; dataset seed :data:`SHIFT_SEED` + ``scenes_seed``."""
-    seed = SHIFT_SEED + options.scenes_seed
-    return build_generated_segmentation(ShiftedScenes, SCENES_SHIFT.metadata, options, transform, seed=seed)
+class ShiftedScenes(_OtherCamera):
+    """The ``scenes-shift`` images: :func:`colour_shift`."""
+
+    @staticmethod
+    def camera(images: np.ndarray, seed: int, split: str) -> np.ndarray:
+        return colour_shift(images)
+
+
+class DimScenes(_OtherCamera):
+    """The ``scenes-dim`` images: :func:`dim_shift`, its noise drawn from the dataset seed and the split."""
+
+    @staticmethod
+    def camera(images: np.ndarray, seed: int, split: str) -> np.ndarray:
+        return dim_shift(images, [seed, 0 if split == "train" else 1])
 
 
 def check_scenes_shift(root: Path, report: CheckReport) -> None:
@@ -86,32 +88,29 @@ def check_scenes_shift(root: Path, report: CheckReport) -> None:
     check_scenes(root, report)
 
 
-SCENES_SHIFT = register_dataset(
-    DatasetSpec(
-        name="scenes-shift",
-        description="embedded: `scenes` under a colour shift (other scenes), a target domain for CCT / UDA (no ROOT)",
-        check=check_scenes_shift,
-        metadata=DatasetMetadata(class_names=SCENE_CLASSES, thing_classes=SCENE_THING_CLASSES),
-        segmentation=build_scenes_shift,
-        root="none",
+def _register_camera(name: str, dataset: type[_OtherCamera], description: str) -> DatasetSpec:
+    """Register ``name``: as ``scenes``, ``options.labeled`` of ``scenes_train`` scenes of ``dataset`` labeled, the
+    rest unlabeled, ``scenes_val`` validation scenes; dataset seed :data:`SHIFT_SEED` + ``scenes_seed``."""
+    metadata = DatasetMetadata(class_names=SCENE_CLASSES, thing_classes=SCENE_THING_CLASSES)
+
+    def build(options: SegmentationOptions, transform: Transform) -> SegmentationData:
+        seed = SHIFT_SEED + options.scenes_seed
+        return build_generated_segmentation(dataset, metadata, options, transform, seed=seed)
+
+    spec = DatasetSpec(
+        name=name, description=description, check=check_scenes_shift, metadata=metadata, segmentation=build, root="none"
     )
+    return register_dataset(spec)
+
+
+SCENES_SHIFT = _register_camera(
+    "scenes-shift",
+    ShiftedScenes,
+    "embedded: `scenes` under a colour shift (other scenes), a target domain for CCT / UDA (no ROOT)",
 )
-
-
-def build_scenes_dim(options: SegmentationOptions, transform: Transform) -> SegmentationData:
-    """As ``scenes-shift``, with the ``scenes-dim`` shift (the same scenes, another camera)."""
-    seed = SHIFT_SEED + options.scenes_seed
-    return build_generated_segmentation(DimScenes, SCENES_DIM.metadata, options, transform, seed=seed)
-
-
-SCENES_DIM = register_dataset(
-    DatasetSpec(
-        name="scenes-dim",
-        description="embedded: `scenes` under a dim, noisy camera (other scenes; colours keep their order), a target "
-        "domain for CCT / UDA (no ROOT)",
-        check=check_scenes_shift,
-        metadata=DatasetMetadata(class_names=SCENE_CLASSES, thing_classes=SCENE_THING_CLASSES),
-        segmentation=build_scenes_dim,
-        root="none",
-    )
+SCENES_DIM = _register_camera(
+    "scenes-dim",
+    DimScenes,
+    "embedded: `scenes` under a dim, noisy camera (other scenes; colours keep their order), a target domain for "
+    "CCT / UDA (no ROOT)",
 )
