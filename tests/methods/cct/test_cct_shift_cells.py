@@ -125,3 +125,57 @@ def test_summaries_pair_by_seed_and_give_the_controls(shift: ModuleType) -> None
     table = shift.markdown(rows)
     assert "| CCT (UDA) | 0.493 | " in table and f"+0.043 +- {half:.3f} | 3/3 |" in table
     assert "| CCT (UDA) - CCT without L_u | +0.013 +- " in table and "| 2/3 |" in table
+
+
+def test_the_ablation_cells_change_only_the_perturbation_counts(shift: ModuleType) -> None:
+    cct = shift.read_config("scenes_uda_dim")
+    counts = config_from_dict(cct).perturbations.counts
+    types = [t for t, n in counts.items() if n > 0]
+    assert len(types) == 7
+    cells = shift.ablation_cells(cct, "both", None)
+    assert [c.name for c in cells] == [f"only {t}" for t in types] + [f"all but {t}" for t in types]
+    assert [c.decoders for c in cells] == [1] * 7 + [6] * 7
+    run_config = sys.modules["cct_ablation"].run_config
+    uda = config_from_dict(run_config(cct, shift.shift_cells()[1], 2, 40, True))
+    for cell in cells:
+        config = config_from_dict(run_config(cct, cell, 2, 40, True))
+        kept = {t for t, n in config.perturbations.counts.items() if n > 0}
+        name = cell.name.split()[-1]
+        assert kept == ({name} if cell.name.startswith("only") else set(types) - {name})
+        assert config.perturbations.total == cell.decoders
+        # everything else is the UDA cell's: the target domain, the loss, the data, the steps, the seed
+        assert config.domains == uda.domains and config.loss == uda.loss and config.data == uda.data
+        assert config.train == uda.train and config.model == uda.model and config.seed == uda.seed == 2
+    assert [c.name for c in shift.ablation_cells(cct, "all-but", ["vat", "cutout"])] == [
+        "all but vat",
+        "all but cutout",
+    ]
+    assert shift.ablation_cells(cct, None, None) == []
+    with pytest.raises(SystemExit, match="--ablation"):
+        shift.ablation_cells(cct, None, ["vat"])
+    with pytest.raises(SystemExit, match="'shear'"):
+        shift.ablation_cells(cct, "only", ["shear"])
+
+
+def test_the_ablation_is_paired_with_the_runs_without_l_u_and_with_full_uda(shift: ModuleType) -> None:
+    cct = shift.read_config("scenes_uda_dim")
+    only_vat, but_vat = shift.ablation_cells(cct, "both", ["vat"])
+    values = {
+        "supervised": {0: 0.40, 1: 0.50, 2: 0.45},
+        "CCT (UDA)": {0: 0.46, 1: 0.52, 2: 0.50},
+        "CCT without L_u": {0: 0.44, 1: 0.53, 2: 0.47},
+        "only vat": {0: 0.45, 1: 0.55, 2: 0.47},
+        "all but vat": {0: 0.41, 1: 0.51, 2: 0.46},
+    }
+    rows = shift.summarise_shift(values, [only_vat, but_vat])
+    assert rows["only vat"]["K"] == 1 and rows["all but vat"]["K"] == 6 and "K" not in rows["CCT (UDA)"]
+    assert rows["only vat"]["minus_no_loss"]["values"] == pytest.approx([0.01, 0.02, 0.0])
+    assert rows["all but vat"]["minus_uda"]["values"] == pytest.approx([-0.05, -0.01, -0.04])
+    assert rows["CCT (UDA)"]["minus_no_loss"]["values"] == pytest.approx([0.02, -0.01, 0.03])
+    table = shift.markdown(rows)
+    method_table, ablation_table = table.split("| cell | K |")
+    assert "only vat" not in method_table and "| CCT (UDA) | 0.493 |" in method_table
+    half = stats.t.ppf(0.975, 2) * stats.tstd([-0.05, -0.01, -0.04]) / math.sqrt(3)
+    assert "| all but vat | 6 | 0.460 | 0.050 | 3 | -0.020 +- " in ablation_table
+    assert ablation_table.rstrip().endswith(f"| 0/3 | -0.033 +- {half:.3f} |")
+    assert "| only vat | 1 | 0.490 | 0.053 | 3 | +0.010 +- " in ablation_table and "| 2/3 |" in ablation_table
