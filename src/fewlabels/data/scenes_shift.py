@@ -15,6 +15,7 @@ stay recognisable, as in the thesis' shifts between real cameras and cities.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def dim_shift(images: np.ndarray, seed: Sequence[int]) -> np.ndarray:
     return np.clip(np.round(0.5 * images.astype(np.float32) + 20.0 + noise), 0, 255).astype(np.uint8)
 
 
-class _OtherCamera(ScenesDataset):
+class _OtherCamera(ScenesDataset, abc.ABC):
     """:class:`~fewlabels.data.scenes.ScenesDataset` (same arguments; ``seed`` defaults to :data:`SHIFT_SEED`) with
     every image passed through :meth:`camera`; the masks are unchanged."""
 
@@ -63,8 +64,9 @@ class _OtherCamera(ScenesDataset):
         self.images = self.camera(self.images, seed, split)
 
     @staticmethod
+    @abc.abstractmethod
     def camera(images: np.ndarray, seed: int, split: str) -> np.ndarray:
-        raise NotImplementedError
+        """The camera's version of ``images [N, H, W, 3]`` (uint8) of the dataset seed's ``split``."""
 
 
 class ShiftedScenes(_OtherCamera):
