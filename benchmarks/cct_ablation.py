@@ -23,7 +23,8 @@ same data, model, optimiser and steps for every cell:
 Prints markdown tables of the final mIoU: mean and sample std over seeds, and the paired per-seed difference with the
 supervised baseline (and, for the ablation, with full CCT), mean +- Student-t 95% CI. The last stdout line is a JSON
 object. Every finished cell is a JSON file ``OUT/cells/<cell>-seed<s>.json`` with its config: a stopped sweep
-skips those cells when run again (a cell file of another config is an error; ``--fresh`` retrains them).
+skips those cells when run again (a cell file of another config is an error, a config that differs only in its
+``name`` is the same; ``--fresh`` retrains them).
 ``--labeled f`` sets ``data.labeled`` of every cell and lets each seed draw its own labeled images
 (``data.split_seed = seed``), as ``benchmarks/cct_fractions.py`` does: its ``supervised`` and ``CCT`` cell files of
 fraction f and seed s are then this sweep's ``supervised`` and ``CCT (all)`` cells (the same configs, so the same runs).
@@ -184,6 +185,13 @@ def unlabeled_count(cct: Mapping[str, Any]) -> int:
     return len(get_method("cct")(config).data.unlabeled)
 
 
+def same_training(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two run configs train the same thing: equal but for ``name``, which only labels a run (a cell's run
+    folder is named by the cell), so that a baseline cell trained from a copy of the config under another name is
+    reused rather than refused."""
+    return {k: v for k, v in a.items() if k != "name"} == {k: v for k, v in b.items() if k != "name"}
+
+
 def run_cells(
     args: argparse.Namespace,
     cct: Mapping[str, Any],
@@ -206,7 +214,7 @@ def run_cells(
             config = json.loads(json.dumps(run_config(cct, cell, seed, args.steps, split_seed_per_seed)))
             if path.is_file() and not args.fresh:
                 done = json.loads(path.read_text())
-                if done["config"] != config:
+                if not same_training(done["config"], config):
                     raise SystemExit(f"{path} was trained with another config: pass --fresh, or another --out")
                 values[cell.name][seed] = done["miou"] if metric == "miou" else done["metrics"][metric]
                 continue

@@ -138,3 +138,30 @@ def test_fraction_plot_title_names_the_dataset_and_file_not_the_path(fractions: 
     cct = fractions.read_config("digit_mosaics")
     assert fractions.plot_label(cct, "/tmp/sweeps/warm.yaml") == "digit-mosaics (warm.yaml)"
     assert fractions.plot_label(fractions.read_config("scenes"), "scenes") == "scenes"
+
+
+def test_a_cell_file_is_reused_across_config_names_and_refused_across_settings(
+    fractions: ModuleType, tmp_path: Path
+) -> None:
+    """A baseline cell trained from a copy of the config under another ``name`` is the same training and is reused;
+    one whose training differs (here the consistency loss's threshold does not reach the baseline, its lr does) is
+    refused with one line naming the file."""
+    ablation = sys.modules["cct_ablation"]
+    cct = fractions.fraction_config(fractions.read_config("digit_mosaics"), 0.02)
+    supervised = fractions.fraction_cells(control=False)[0]
+    folder = tmp_path / "f0.02" / "cells"
+    folder.mkdir(parents=True)
+    path = folder / "supervised-seed0.json"
+
+    def write(config: dict) -> None:
+        record = {"cell": "supervised", "part": "baseline", "seed": 0, "miou": 0.5, "config": config}
+        path.write_text(json.dumps(record))
+
+    other_name = ablation.merged(cct, {"name": "a-copy", "loss": {"conf_threshold": 0.5}})
+    write(ablation.run_config(other_name, supervised, 0, None, True))
+    args = ["--config", "digit_mosaics", "--fractions", "0.02", "--seeds", "0", "--no-train", "--out", str(tmp_path)]
+    row = fractions.main(args)["fractions"][0.02]
+    assert row["supervised"]["miou"]["values"] == [0.5]
+    write(ablation.run_config(ablation.merged(cct, {"train": {"lr": 0.1}}), supervised, 0, None, True))
+    with pytest.raises(SystemExit, match="supervised-seed0.json was trained with another config"):
+        fractions.main(args)
