@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
 from fewlabels.methods.cct.crf import CRFSettings, crf_refine_labels, dense_crf, unary_from_labels
 
 
@@ -119,3 +120,39 @@ def test_the_large_image_approximation_agrees_with_the_exact_crf() -> None:
     approx = crf_refine_labels(image / 255, noisy, 3, CRFSettings(exact_pixels=64))
     assert torch.equal(exact, truth)
     assert (approx == truth).float().mean() > 0.98
+
+
+@pytest.mark.parametrize("exact_pixels", [4096, 16], ids=["exact", "approximate"])
+def test_maps_refined_together_equal_each_refined_alone(exact_pixels: int) -> None:
+    """Several unaries on one image (the pseudo-labels' two thresholded maps) share the kernels: each map's
+    marginals equal those of its own call, and so do the refined labels."""
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(3, 6, 7, generator=g, dtype=torch.float64) * 255
+    unaries = torch.rand(3, 4, 6, 7, generator=g, dtype=torch.float64) * 3
+    cfg = CRFSettings(iterations=4, bilateral_sxy=3.0, bilateral_srgb=40.0, gaussian_sxy=1.5, exact_pixels=exact_pixels)
+    together = dense_crf(unaries, image, cfg)
+    assert together.shape == (3, 4, 6, 7)
+    for b in range(3):
+        torch.testing.assert_close(together[b], dense_crf(unaries[b], image, cfg), atol=1e-12, rtol=0)
+    labels = torch.randint(0, 4, (2, 6, 7), generator=g)
+    refined = crf_refine_labels(image / 255, labels, 4, cfg)
+    assert refined.shape == (2, 6, 7)
+    for b in range(2):
+        assert torch.equal(refined[b], crf_refine_labels(image / 255, labels[b], 4, cfg))
+    assert not torch.equal(refined[0], labels[0])  # the CRF did change the map (a bound that can fail)
+
+
+def test_the_crf_benchmark_times_three_paths_that_give_the_same_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/crf_refine.py: the former kernel construction and the per-map calls give the joint call's labels
+    (the script stops otherwise), and its patch of the kernel construction is undone."""
+    from fewlabels.methods.cct import crf
+
+    before = crf._gaussian_matrix
+    bench = load_benchmark("crf_refine", monkeypatch)
+    result = bench.main(["--side", "20", "--labels", "3", "--rounds", "1"])
+    assert crf._gaussian_matrix is before
+    assert set(result) >= {"before_over_together", "separate_over_together", "together_s"}
+    assert all(v > 0 for v in result.values())
+    f = torch.rand(7, 5, dtype=torch.float64)
+    s = torch.rand(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(crf._gaussian_matrix(f, s), bench.old_gaussian_matrix(f, s), atol=1e-12, rtol=0)

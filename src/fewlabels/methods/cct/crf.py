@@ -92,12 +92,16 @@ def unary_from_labels(labels: Tensor, n_labels: int, gt_prob: float = 0.7) -> Te
 def _pair_sum(fq: Tensor, fs: Tensor, values: Tensor, block: int = 2048) -> Tensor:
     """``out[i] = sum_j exp(-|fq_i - fs_j|^2 / 2) values[j]``: ``fq [N, d]``, ``fs [M, d]``, ``values [M, C]``."""
     out = values.new_empty(fq.shape[0], values.shape[1])
-    sq_s = (fs * fs).sum(1)
     for start in range(0, fq.shape[0], block):
-        q = fq[start : start + block]
-        d2 = ((q * q).sum(1, keepdim=True) + sq_s[None] - 2.0 * q @ fs.T).clamp_min_(0.0)
-        out[start : start + block] = torch.exp(-0.5 * d2) @ values
+        out[start : start + block] = _gaussian_matrix(fq[start : start + block], fs) @ values
     return out
+
+
+def _gaussian_matrix(fq: Tensor, fs: Tensor) -> Tensor:
+    """``exp(-|fq_i - fs_j|^2 / 2)`` ``[N, M]``, built in place: one fused product for the squared distances, then
+    two passes over the matrix (the matrix dominates a small image's CRF, so it is built once, without temporaries)."""
+    d2 = torch.addmm((fq * fq).sum(1, keepdim=True) + (fs * fs).sum(1)[None], fq, fs.T, alpha=-2.0)
+    return d2.clamp_min_(0.0).mul_(-0.5).exp_()
 
 
 def _positions(h: int, w: int, like: Tensor) -> Tensor:
@@ -131,9 +135,7 @@ class _ExactKernel(_Kernel):
         self.weight = weight
         self.matrix: Tensor | None = None
         if features.shape[0] * self.src.shape[0] <= CACHE_ENTRIES:
-            sq = (features * features).sum(1)
-            d2 = (sq[:, None] + (self.src * self.src).sum(1)[None] - 2.0 * features @ self.src.T).clamp_min_(0.0)
-            self.matrix = torch.exp(-0.5 * d2)
+            self.matrix = _gaussian_matrix(features, self.src)
         ones = features.new_ones(self.src.shape[0], 1)
         self.norm = (weight * self._sum(ones)).clamp_min(1e-20).rsqrt()  # [N, 1]
 
@@ -182,15 +184,29 @@ def _strided_sources(h: int, w: int, limit: int, device: torch.device) -> tuple[
 def dense_crf(unary: Tensor, image: Tensor, settings: CRFSettings | None = None) -> Tensor:
     """Mean-field marginals ``Q [L, H, W]`` of the dense CRF with unary energies ``unary [L, H, W]`` on ``image``
     ``[3, H, W]`` with values 0-255 (float), computed in ``unary``'s dtype and on its device (see the module doc
-    for the model, the exact and the approximate computation)."""
+    for the model, the exact and the approximate computation).
+
+    ``unary [B, L, H, W]`` gives ``Q [B, L, H, W]``: B independent CRFs on the same image (e.g. the two thresholded
+    maps of a pseudo-label). Their kernels, which depend on the image only, are built once and each iteration
+    passes over them once for all B; every map's ``Q`` equals that of its own call."""
     cfg = settings if settings is not None else CRFSettings()
-    n_labels, h, w = unary.shape
+    batched = unary.dim() == 4
+    maps = unary if batched else unary[None]
+    n_maps, n_labels, h, w = maps.shape
     if image.shape[-2:] != (h, w):
         raise ValueError(f"image {tuple(image.shape)} and unary {tuple(unary.shape)} differ in size")
-    u = unary.reshape(n_labels, -1).T  # [N, L]
-    q = torch.softmax(-u, dim=1)
+    u = maps.reshape(n_maps * n_labels, -1).T  # [N, B * L]: map b's labels are columns b * L .. b * L + L - 1
+
+    def softmax(logits: Tensor) -> Tensor:
+        return torch.softmax(logits.reshape(-1, n_maps, n_labels), dim=2).reshape(-1, n_maps * n_labels)
+
+    def marginals(q: Tensor) -> Tensor:
+        out = q.T.reshape(n_maps, n_labels, h, w)
+        return out if batched else out[0]
+
+    q = softmax(-u)
     if cfg.iterations == 0 or n_labels == 1:
-        return q.T.reshape(n_labels, h, w)
+        return marginals(q)
     pos = _positions(h, w, u)
     rgb = image.to(u).reshape(image.shape[0], -1).T
     bilateral_features = torch.cat([pos / cfg.bilateral_sxy, rgb / cfg.bilateral_srgb], dim=1)
@@ -207,14 +223,16 @@ def dense_crf(unary: Tensor, image: Tensor, settings: CRFSettings | None = None)
         logits = -u
         for weight, kernel in kernels:
             logits = logits + weight * kernel.apply(q)
-        q = torch.softmax(logits, dim=1)
-    return q.T.reshape(n_labels, h, w)
+        q = softmax(logits)
+    return marginals(q)
 
 
 def crf_refine_labels(image: Tensor, labels: Tensor, n_labels: int, settings: CRFSettings | None = None) -> Tensor:
     """The reference's ``crf_inference_label``: a label map ``[H, W]`` (values ``0..n_labels-1``) refined on
-    ``image [3, H, W]`` in ``[0, 1]``; unary from the labels with ``gt_prob``; returns the argmax ``[H, W]``."""
+    ``image [3, H, W]`` in ``[0, 1]``; unary from the labels with ``gt_prob``; returns the argmax ``[H, W]``.
+    Label maps ``[B, H, W]`` of the same image are refined together (one kernel, see :func:`dense_crf`) into
+    ``[B, H, W]``, each as by its own call."""
     cfg = settings if settings is not None else CRFSettings()
-    unary = unary_from_labels(labels, n_labels, cfg.gt_prob)
+    unary = torch.stack([unary_from_labels(m, n_labels, cfg.gt_prob) for m in labels.reshape(-1, *labels.shape[-2:])])
     q = dense_crf(unary, image.float().to(unary.device) * 255.0, cfg)
-    return q.argmax(dim=0)
+    return q.argmax(dim=1).reshape(labels.shape)

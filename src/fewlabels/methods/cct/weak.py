@@ -123,7 +123,8 @@ def multiscale_cams(
     return total / (total.flatten(1).amax(dim=1).view(-1, 1, 1) + 1e-5)
 
 
-#: refines a label map ``[H, W]`` (values ``0..n-1``) with ``n`` labels, e.g. a dense CRF on the image
+#: refines label maps ``[B, H, W]`` of one image (values ``0..n-1``) with ``n`` labels, each map on its own, e.g. a
+#: dense CRF on the image (the maps share its kernels)
 Refine = Callable[[Tensor, int], Tensor]
 
 
@@ -141,8 +142,9 @@ def cams_to_pseudo_label(
     Only the classes present in the image (``present [C]`` multi-hot, background excluded) compete. Two label maps
     over ``[background, present classes...]`` are the argmax of the present CAMs with a constant background score,
     once ``fg_threshold`` and once ``bg_threshold`` (a tie goes to the background). ``refine`` (e.g. a dense CRF)
-    may change both maps. A pixel takes the class of the first map when it is not background there; it is
-    ``background_index`` where both maps say background; elsewhere ``ignore_index``. Without ``refine``: the best
+    gets both maps at once, stacked ``[2, H, W]``, and may change them. A pixel takes the class of the first map
+    when it is not background there; it is ``background_index`` where both maps say background; elsewhere
+    ``ignore_index``. Without ``refine``: the best
     present CAM above ``fg_threshold`` gives its class, all at most ``bg_threshold`` give background.
     ``cams [C, H, W]`` -> ``[H, W]`` int64.
     """
@@ -154,10 +156,10 @@ def cams_to_pseudo_label(
 
     def level(threshold: float) -> Tensor:
         pad = torch.full((1, *cams.shape[1:]), threshold, dtype=cams.dtype, device=cams.device)
-        labels = torch.cat([pad, sub]).argmax(dim=0)
-        return refine(labels, len(keys)) if refine is not None else labels
+        return torch.cat([pad, sub]).argmax(dim=0)
 
-    fg, bg = level(fg_threshold), level(bg_threshold)
+    both = torch.stack([level(fg_threshold), level(bg_threshold)])
+    fg, bg = refine(both, len(keys)) if refine is not None else both
     label = keys[fg].long()
     label[fg == 0] = ignore_index
     label[(fg == 0) & (bg == 0)] = background_index
@@ -303,7 +305,7 @@ class PseudoLabeledImages(FewDataset):
         path = self.labels_dir / f"{sample_id(item)}.png"
         if not path.is_file():
             raise DataError(f"pseudo-label missing: {path} (run `fewlabels cct-pseudo-labels` for this dataset)")
-        mask = np.asarray(Image.open(path))
+        mask = np.array(Image.open(path))  # a writable copy: torch shares it
         image = (item["image"].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
         if mask.shape != image.shape[:2]:
             raise DataError(f"pseudo-label {path} is {mask.shape}, its image is {image.shape[:2]}")
