@@ -67,6 +67,8 @@ class Cell:
     decoders: int = 0
     unlabeled: int | None = None  # curve cells: the number of unlabeled images
     steps_factor: float = 1.0  # the cell trains for this multiple of the sweep's steps (a compute-matched control)
+    #: keys the cell changes per seed (e.g. each seed's own pseudo-label folder), merged after ``overrides``
+    per_seed: Callable[[int], dict[str, Any]] | None = field(default=None, hash=False, compare=False)
 
     @property
     def slug(self) -> str:
@@ -169,7 +171,8 @@ def run_config(
         steps = max(1, round(steps * cell.steps_factor))
         train.update(steps=steps, checkpoint_every=steps)
     extra: dict[str, Any] = {"data": {"split_seed": seed}} if split_seed else {}
-    return merged(merged(base, cell.overrides), {**extra, "seed": seed, "train": train})
+    own = merged(cell.overrides, cell.per_seed(seed)) if cell.per_seed is not None else cell.overrides
+    return merged(merged(base, own), {**extra, "seed": seed, "train": train})
 
 
 def fraction_config(cct: Mapping[str, Any], fraction: float) -> dict[str, Any]:

@@ -15,6 +15,9 @@ fraction f and seed s, with the same data, model, optimiser and steps for every 
   through the encoder in training mode (so BatchNorm's statistics see them) and through the perturbations and aux
   decoders, but the consistency loss trains nothing: the control that isolates the consistency loss from the rest
   of what a CCT step does. Printed with the paired difference ``CCT - CCT without L_u``.
+* ``CCT + weak labels`` (``--weak-labels DIR``): CCT with ``weak.labels_dir`` = DIR, where ``{seed}`` in DIR stands
+  for the seed (each seed's split has its own unlabeled images, so its own pseudo-labels: see
+  ``benchmarks/cct_weak.py``, which writes ``OUT/seed<s>/labels``). Printed with ``CCT + weak labels - CCT``.
 
 ``data.labeled`` is f and ``data.split_seed`` is s: each seed draws its own labeled images, and every method of a
 seed gets the same ones. The final model is evaluated once (no checkpoint is chosen on the reported set).
@@ -23,9 +26,9 @@ Prints, per fraction, the mIoU of each method (mean and sample std over seeds) a
 CCT - supervised with its Student-t 95% CI; the last stdout line is a JSON object. Every finished cell is a file
 ``OUT/f<fraction>/cells/<cell>-seed<s>.json``: a stopped sweep resumes where it was (``--fresh`` retrains).
 ``--plots`` saves ``OUT/fractions.png``. ``--cells`` trains only the named cells (their slugs: ``supervised``,
-``cct``, ``supervised_2x_steps``, ``cct_without_l_u``) and reports every cell that has a file, so that a sweep can be
-split over processes, each with its own ``--out``, and read back from one folder. Not part of `make bench` (minutes
-per run).
+``cct``, ``supervised_2x_steps``, ``cct_without_l_u``, ``cct_weak_labels``) and reports every cell that has a file,
+so that a sweep can be split over processes, each with its own ``--out``, and read back from one folder. Not part of
+`make bench` (minutes per run).
 """
 
 from __future__ import annotations
@@ -51,16 +54,20 @@ from cct_ablation import (
 CCT = "CCT"
 CONTROL = "supervised 2x steps"
 NO_LOSS = "CCT without L_u"
+WEAK = "CCT + weak labels"
 
 
-def fraction_cells(control: bool, no_loss_control: bool = False) -> list[Cell]:
-    """The cells of one fraction: the baseline, CCT, and optionally the compute-matched baseline and CCT without its
-    consistency loss."""
+def fraction_cells(control: bool, no_loss_control: bool = False, weak_labels: str = "") -> list[Cell]:
+    """The cells of one fraction: the baseline, CCT, and optionally the compute-matched baseline, CCT without its
+    consistency loss, and CCT with the weak labels of the folder ``weak_labels`` (``{seed}``: the seed)."""
     cells = [Cell(BASELINE, "baseline"), Cell(CCT, "method")]
     if control:
         cells.append(Cell(CONTROL, "baseline", steps_factor=2.0))
     if no_loss_control:
         cells.append(Cell(NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}))
+    if weak_labels:
+        folder = str(Path(weak_labels).resolve())  # an absolute path: the runs start elsewhere
+        cells.append(Cell(WEAK, "method", per_seed=lambda seed: {"weak": {"labels_dir": folder.format(seed=seed)}}))
     return cells
 
 
@@ -97,7 +104,7 @@ def summarise_cells(
 
 def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
     """Per method: the mIoU summary; per method other than the baseline: the paired difference with it."""
-    return summarise_cells(values, "miou", ((CCT, NO_LOSS, "minus_no_loss"),))
+    return summarise_cells(values, "miou", ((CCT, NO_LOSS, "minus_no_loss"), (WEAK, CCT, "minus_cct")))
 
 
 def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
@@ -111,11 +118,12 @@ def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
             m, d = row["miou"], row.get("minus_supervised")
             stats = f"{m['mean']:.3f} | {m['std']:.3f} | {m['n']}"
             lines.append(f"| {fraction:g} | {name} | {stats} | {paired_text(d)} | {seeds_ahead(d)} |")
-    isolated = [(f, m[CCT]["minus_no_loss"]) for f, m in rows.items() if "minus_no_loss" in m.get(CCT, {})]
-    if isolated:
-        lines += ["", "| labeled | CCT - CCT without L_u (paired, 95% CI) | seeds ahead |", "|---|---|---|"]
-        for fraction, d in isolated:
-            lines.append(f"| {fraction:g} | {paired_text(d)} | {seeds_ahead(d)} |")
+    for cell, other, field in ((CCT, NO_LOSS, "minus_no_loss"), (WEAK, CCT, "minus_cct")):
+        isolated = [(f, m[cell][field]) for f, m in rows.items() if field in m.get(cell, {})]
+        if isolated:
+            lines += ["", f"| labeled | {cell} - {other} (paired, 95% CI) | seeds ahead |", "|---|---|---|"]
+            for fraction, d in isolated:
+                lines.append(f"| {fraction:g} | {paired_text(d)} | {seeds_ahead(d)} |")
     return "\n".join(lines)
 
 
@@ -205,12 +213,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="train.steps (default: the config's)")
     parser.add_argument("--control", action="store_true", help="also train the baseline for 2x the steps")
     parser.add_argument("--no-loss-control", action="store_true", help="also train CCT with loss.unsup_weight = 0")
+    parser.add_argument(
+        "--weak-labels", default="", help="also train CCT with weak.labels_dir = this folder ({seed}: the seed)"
+    )
     args = parse_sweep(parser, argv, "runs/cct_fractions", "fractions.png")
     bad = [f for f in args.fractions if not 0 < f < 1]
     if bad:
         raise SystemExit(f"--fractions {bad}: a fraction is in (0, 1)")
     cct = read_config(args.config)
-    cells = fraction_cells(args.control, args.no_loss_control)
+    cells = fraction_cells(args.control, args.no_loss_control, args.weak_labels)
     trained = selected_cells(cells, args.cells)
     rows: dict[float, dict[str, Any]] = {}
     for fraction in args.fractions:

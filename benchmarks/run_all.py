@@ -25,6 +25,11 @@ SKIP = {
     "scl_cross_dataset.py",
     "relbitfit_fewsample.py",
     "cct_ablation.py",
+    "cct_fractions.py",
+    "cct_shift.py",
+    "cct_weak.py",
+    "ac_views.py",
+    "relbitfit_sweep.py",
     "gpu_check.py",  # one JSON line per config, on CUDA (docs/gpu.md), not a ratio against a baseline
 }
 

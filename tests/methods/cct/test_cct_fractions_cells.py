@@ -165,3 +165,24 @@ def test_a_cell_file_is_reused_across_config_names_and_refused_across_settings(
     write(ablation.run_config(ablation.merged(cct, {"train": {"lr": 0.1}}), supervised, 0, None, True))
     with pytest.raises(SystemExit, match="supervised-seed0.json was trained with another config"):
         fractions.main(args)
+
+
+def test_the_weak_label_cell_is_cct_with_each_seeds_own_pseudo_labels(fractions: ModuleType, tmp_path: Path) -> None:
+    cct = fractions.read_config("scenes")
+    cells = fractions.fraction_cells(control=False, weak_labels=str(tmp_path / "seed{seed}" / "labels"))
+    assert [c.name for c in cells] == ["supervised", "CCT", "CCT + weak labels"]
+    assert cells[-1].slug == "cct_weak_labels"
+    run_config = sys.modules["cct_ablation"].run_config
+    base = fractions.fraction_config(cct, 0.02)
+    for seed in (0, 3):
+        full, weak = (config_from_dict(run_config(base, c, seed, None, True)) for c in cells[1:])
+        assert weak.weak.labels_dir == str(tmp_path / f"seed{seed}" / "labels")
+        assert full.weak.labels_dir == "" and weak.weak.weight == full.weak.weight
+        # apart from the weak labels, the very same run as the seed's CCT cell
+        assert (weak.data, weak.model, weak.train, weak.loss) == (full.data, full.model, full.train, full.loss)
+        assert weak.data.split_seed == seed
+    values = {"supervised": {0: 0.40, 1: 0.50}, "CCT": {0: 0.41, 1: 0.49}, "CCT + weak labels": {0: 0.45, 1: 0.52}}
+    rows = fractions.summarise_fraction(values)
+    d = rows["CCT + weak labels"]["minus_cct"]
+    assert d["values"] == pytest.approx([0.04, 0.03]) and d["mean"] == pytest.approx(0.035)
+    assert "| labeled | CCT + weak labels - CCT (paired, 95% CI) | seeds ahead |" in fractions.markdown({0.02: rows})
