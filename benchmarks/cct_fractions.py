@@ -17,7 +17,9 @@ fraction f and seed s, with the same data, model, optimiser and steps for every 
   of what a CCT step does. Printed with the paired difference ``CCT - CCT without L_u``.
 * ``CCT + weak labels`` (``--weak-labels DIR``): CCT with ``weak.labels_dir`` = DIR, where ``{seed}`` in DIR stands
   for the seed (each seed's split has its own unlabeled images, so its own pseudo-labels: see
-  ``benchmarks/cct_weak.py``, which writes ``OUT/seed<s>/labels``). Printed with ``CCT + weak labels - CCT``.
+  ``benchmarks/cct_weak.py``, which writes ``OUT/seed<s>/labels``). Printed with ``CCT + weak labels - CCT``. With
+  ``--no-loss-control`` too, ``CCT + weak labels without L_u`` (the pseudo-labels train the aux decoders, the
+  consistency loss nothing): what the weak labels give alone, printed as ``CCT + weak labels - ...``.
 
 ``data.labeled`` is f and ``data.split_seed`` is s: each seed draws its own labeled images, and every method of a
 seed gets the same ones. The final model is evaluated once (no checkpoint is chosen on the reported set).
@@ -26,9 +28,9 @@ Prints, per fraction, the mIoU of each method (mean and sample std over seeds) a
 CCT - supervised with its Student-t 95% CI; the last stdout line is a JSON object. Every finished cell is a file
 ``OUT/f<fraction>/cells/<cell>-seed<s>.json``: a stopped sweep resumes where it was (``--fresh`` retrains).
 ``--plots`` saves ``OUT/fractions.png``. ``--cells`` trains only the named cells (their slugs: ``supervised``,
-``cct``, ``supervised_2x_steps``, ``cct_without_l_u``, ``cct_weak_labels``) and reports every cell that has a file,
-so that a sweep can be split over processes, each with its own ``--out``, and read back from one folder. Not part of
-`make bench` (minutes per run).
+``cct``, ``supervised_2x_steps``, ``cct_without_l_u``, ``cct_weak_labels``, ``cct_weak_labels_without_l_u``) and
+reports every cell that has a file, so that a sweep can be split over processes, each with its own ``--out``, and
+read back from one folder. Not part of `make bench` (minutes per run).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ CCT = "CCT"
 CONTROL = "supervised 2x steps"
 NO_LOSS = "CCT without L_u"
 WEAK = "CCT + weak labels"
+WEAK_NO_LOSS = "CCT + weak labels without L_u"
 
 
 def fraction_cells(control: bool, no_loss_control: bool = False, weak_labels: str = "") -> list[Cell]:
@@ -67,7 +70,13 @@ def fraction_cells(control: bool, no_loss_control: bool = False, weak_labels: st
         cells.append(Cell(NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}))
     if weak_labels:
         folder = str(Path(weak_labels).resolve())  # an absolute path: the runs start elsewhere
-        cells.append(Cell(WEAK, "method", per_seed=lambda seed: {"weak": {"labels_dir": folder.format(seed=seed)}}))
+
+        def labels(seed: int) -> dict[str, Any]:
+            return {"weak": {"labels_dir": folder.format(seed=seed)}}
+
+        cells.append(Cell(WEAK, "method", per_seed=labels))
+        if no_loss_control:  # the weak labels alone: L_w trains the aux decoders, L_u nothing
+            cells.append(Cell(WEAK_NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}, per_seed=labels))
     return cells
 
 
@@ -102,9 +111,17 @@ def summarise_cells(
     return out
 
 
+#: the paired differences printed besides each cell's with the baseline: (cell, other cell, field of the cell's row)
+PAIRS = (
+    (CCT, NO_LOSS, "minus_no_loss"),
+    (WEAK, CCT, "minus_cct"),
+    (WEAK, WEAK_NO_LOSS, "minus_no_loss"),
+)
+
+
 def summarise_fraction(values: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
     """Per method: the mIoU summary; per method other than the baseline: the paired difference with it."""
-    return summarise_cells(values, "miou", ((CCT, NO_LOSS, "minus_no_loss"), (WEAK, CCT, "minus_cct")))
+    return summarise_cells(values, "miou", PAIRS)
 
 
 def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
@@ -118,7 +135,7 @@ def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
             m, d = row["miou"], row.get("minus_supervised")
             stats = f"{m['mean']:.3f} | {m['std']:.3f} | {m['n']}"
             lines.append(f"| {fraction:g} | {name} | {stats} | {paired_text(d)} | {seeds_ahead(d)} |")
-    for cell, other, field in ((CCT, NO_LOSS, "minus_no_loss"), (WEAK, CCT, "minus_cct")):
+    for cell, other, field in PAIRS:
         isolated = [(f, m[cell][field]) for f, m in rows.items() if field in m.get(cell, {})]
         if isolated:
             lines += ["", f"| labeled | {cell} - {other} (paired, 95% CI) | seeds ahead |", "|---|---|---|"]

@@ -186,3 +186,20 @@ def test_the_weak_label_cell_is_cct_with_each_seeds_own_pseudo_labels(fractions:
     d = rows["CCT + weak labels"]["minus_cct"]
     assert d["values"] == pytest.approx([0.04, 0.03]) and d["mean"] == pytest.approx(0.035)
     assert "| labeled | CCT + weak labels - CCT (paired, 95% CI) | seeds ahead |" in fractions.markdown({0.02: rows})
+
+
+def test_with_the_no_loss_control_the_weak_labels_are_also_trained_alone(fractions: ModuleType, tmp_path: Path) -> None:
+    cells = fractions.fraction_cells(False, True, str(tmp_path / "s{seed}"))
+    names = ["supervised", "CCT", "CCT without L_u", "CCT + weak labels", "CCT + weak labels without L_u"]
+    assert [c.name for c in cells] == names
+    run_config = sys.modules["cct_ablation"].run_config
+    base = fractions.fraction_config(fractions.read_config("scenes"), 0.02)
+    weak, alone = (config_from_dict(run_config(base, c, 4, None, True)) for c in cells[3:])
+    assert alone.weak == weak.weak and alone.weak.labels_dir == str(tmp_path / "s4")
+    assert (weak.loss.unsup_weight, alone.loss.unsup_weight) == (3.0, 0.0)
+    assert (alone.data, alone.model, alone.train) == (weak.data, weak.model, weak.train)
+    values = {"supervised": {0: 0.4, 1: 0.5}, "CCT + weak labels": {0: 0.46, 1: 0.55}}
+    values["CCT + weak labels without L_u"] = {0: 0.45, 1: 0.52}
+    rows = fractions.summarise_fraction(values)
+    assert rows["CCT + weak labels"]["minus_no_loss"]["values"] == pytest.approx([0.01, 0.03])
+    assert "CCT + weak labels - CCT + weak labels without L_u (paired" in fractions.markdown({0.02: rows})
