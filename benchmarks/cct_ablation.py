@@ -75,11 +75,16 @@ class Cell:
         return re.sub(r"[^A-Za-z0-9]+", "_", self.name).strip("_").lower()
 
 
+def config_path(name: str) -> Path:
+    """``configs/cct/<name>.yaml``, or the YAML file ``name``."""
+    return Path(name) if name.endswith((".yaml", ".yml")) else REPO / "configs" / "cct" / f"{name}.yaml"
+
+
 def read_config(name: str) -> dict[str, Any]:
     """The CCT config ``configs/cct/<name>.yaml``, or the YAML file ``name``."""
     from fewlabels.config import read_yaml
 
-    path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "configs" / "cct" / f"{name}.yaml"
+    path = config_path(name)
     data = read_yaml(path)
     if data.get("method", "cct") != "cct":
         raise SystemExit(f"{path} is a {data['method']!r} config; the ablation needs a CCT one")

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cct_ablation import REPO, read_config
+import torch
+from cct_ablation import config_path, read_config
 
 
 def pseudo_label_quality(pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int, ignore: int = 255) -> dict:
@@ -83,7 +84,7 @@ def pseudo_label_command(config: Path, fraction: float, seed: int, labels: Path,
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from PIL import Image
 
-    from fewlabels.methods.cct.weak import image_id_and_side
+    from fewlabels.methods.cct.weak import image_id_and_side, image_labels_from_mask
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="digit_mosaics", help="configs/cct/<name>.yaml or a YAML path")
@@ -94,15 +95,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-crf", action="store_true", help="threshold the CAMs without the dense CRF")
     args = parser.parse_args(argv)
     cct = read_config(args.config)
-    config_path = Path(args.config) if args.config.endswith((".yaml", ".yml")) else None
-    config_path = config_path or REPO / "configs" / "cct" / f"{args.config}.yaml"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = training_images(cct)
     images = data.labeled
     masks = {image_id_and_side(images, i)[0]: images.sample(i, None)["mask"].numpy() for i in range(len(images))}
     labels_path = out / "image_labels.json"
-    present = {k: sorted(int(c) for c in np.unique(m) if c != 255) for k, m in masks.items()}
+    multi_hot = {k: image_labels_from_mask(torch.from_numpy(m), data.num_classes) for k, m in masks.items()}
+    present = {k: v.nonzero().flatten().tolist() for k, v in multi_hot.items()}
     labels_path.write_text(json.dumps(present))
     print(f"image-level labels of {len(present)} training images: {labels_path}")
     result: dict[str, Any] = {"config": args.config, "fraction": args.fraction, "crf": not args.no_crf, "seeds": {}}
@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if quality_path.is_file() and not args.fresh:
             quality = json.loads(quality_path.read_text())
         else:
-            command = pseudo_label_command(config_path, args.fraction, seed, labels_path, folder, not args.no_crf)
+            command = pseudo_label_command(
+                config_path(args.config), args.fraction, seed, labels_path, folder, not args.no_crf
+            )
             subprocess.run(command, check=True)
             written = sorted((folder / "labels").glob("*.png"))
             pairs = [(np.asarray(Image.open(p)), masks[p.stem]) for p in written]
