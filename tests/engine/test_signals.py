@@ -226,3 +226,23 @@ def test_every_process_stops_at_the_same_step_under_torchrun(tmp_path):
     assert w_single.keys() == w_dist.keys()
     for k in w_single:
         assert torch.allclose(w_single[k].float(), w_dist[k].float(), atol=1e-5, rtol=0), k
+
+
+def test_the_process_group_is_destroyed_before_the_interpreter_finalises(tmp_path):
+    # gloo's threads left to finalisation can abort a finished torchrun rank (SIGABRT, seen in CI): the group must be
+    # gone when atexit handlers registered before the run (so running after ours) look at it.
+    script = f"""
+import atexit
+import torch.distributed as dist
+from fewlabels.engine.distributed import close_process_group_at_exit
+atexit.register(lambda: print("at exit: initialized", dist.is_initialized(), flush=True))
+dist.init_process_group("gloo", init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
+close_process_group_at_exit()
+close_process_group_at_exit()  # registered once
+print("before exit: initialized", dist.is_initialized(), flush=True)
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.splitlines() == ["before exit: initialized True", "at exit: initialized False"]

@@ -47,7 +47,7 @@ from fewlabels.engine.checkpoint import (
     save_weights,
 )
 from fewlabels.engine.data import step_loader
-from fewlabels.engine.distributed import convert_batchnorm
+from fewlabels.engine.distributed import close_process_group_at_exit, convert_batchnorm
 from fewlabels.engine.monitor import Monitor, read_metrics, truncate_metrics
 from fewlabels.engine.rng import capture_rng_state, restore_rng_state, seed_everything
 from fewlabels.engine.rundir import RunDirError, RunDirLock, create_unique_dir, write_failed
@@ -172,6 +172,8 @@ class Trainer:
         # The per-step "stop?" vote is a CPU all-reduce: on gloo directly, beside NCCL through a gloo group of its own
         # (a CUDA tensor would synchronise the device every step).
         self._vote_group: Any = None
+        if self.world > 1:
+            close_process_group_at_exit()
         if self.world > 1 and "gloo" not in str(torch.distributed.get_backend()):
             self._vote_group = torch.distributed.new_group(backend="gloo")
         if resume_dir is None and config.name and any((self.run_dir / "checkpoints").glob("step_*.pt")):
