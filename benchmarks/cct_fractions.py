@@ -20,6 +20,11 @@ fraction f and seed s, with the same data, model, optimiser and steps for every 
   ``benchmarks/cct_weak.py``, which writes ``OUT/seed<s>/labels``). Printed with ``CCT + weak labels - CCT``. With
   ``--no-loss-control`` too, ``CCT + weak labels without L_u`` (the pseudo-labels train the aux decoders, the
   consistency loss nothing): what the weak labels give alone, printed as ``CCT + weak labels - ...``.
+* ``pseudo-labels as masks`` (``--weak-baseline``, with ``--weak-labels``): the plain way to use weak labels, the
+  baseline CCT's use of them is measured against: the same pseudo-labels, at the same weight and ramp, as extra
+  masks of the main decoder on the unlabeled images (``weak.target: main``), with ``loss.unsup_weight = 0``.
+  Printed with ``CCT + weak labels - pseudo-labels as masks`` (and ``... without L_u - ...``: which decoders the
+  pseudo-labels train, the rest equal).
 
 ``data.labeled`` is f and ``data.split_seed`` is s: each seed draws its own labeled images, and every method of a
 seed gets the same ones. The final model is evaluated once (no checkpoint is chosen on the reported set).
@@ -28,7 +33,8 @@ Prints, per fraction, the mIoU of each method (mean and sample std over seeds) a
 CCT - supervised with its Student-t 95% CI; the last stdout line is a JSON object. Every finished cell is a file
 ``OUT/f<fraction>/cells/<cell>-seed<s>.json``: a stopped sweep resumes where it was (``--fresh`` retrains).
 ``--plots`` saves ``OUT/fractions.png``. ``--cells`` trains only the named cells (their slugs: ``supervised``,
-``cct``, ``supervised_2x_steps``, ``cct_without_l_u``, ``cct_weak_labels``, ``cct_weak_labels_without_l_u``) and
+``cct``, ``supervised_2x_steps``, ``cct_without_l_u``, ``cct_weak_labels``, ``cct_weak_labels_without_l_u``,
+``pseudo_labels_as_masks``) and
 reports every cell that has a file, so that a sweep can be split over processes, each with its own ``--out``, and
 read back from one folder. Not part of `make bench` (minutes per run).
 """
@@ -58,11 +64,15 @@ CONTROL = "supervised 2x steps"
 NO_LOSS = "CCT without L_u"
 WEAK = "CCT + weak labels"
 WEAK_NO_LOSS = "CCT + weak labels without L_u"
+PSEUDO_MASKS = "pseudo-labels as masks"
 
 
-def fraction_cells(control: bool, no_loss_control: bool = False, weak_labels: str = "") -> list[Cell]:
+def fraction_cells(
+    control: bool, no_loss_control: bool = False, weak_labels: str = "", weak_baseline: bool = False
+) -> list[Cell]:
     """The cells of one fraction: the baseline, CCT, and optionally the compute-matched baseline, CCT without its
-    consistency loss, and CCT with the weak labels of the folder ``weak_labels`` (``{seed}``: the seed)."""
+    consistency loss, CCT with the weak labels of the folder ``weak_labels`` (``{seed}``: the seed), and the plain
+    weak-label baseline (``weak_baseline``: those pseudo-labels as extra masks of the main decoder)."""
     cells = [Cell(BASELINE, "baseline"), Cell(CCT, "method")]
     if control:
         cells.append(Cell(CONTROL, "baseline", steps_factor=2.0))
@@ -77,6 +87,11 @@ def fraction_cells(control: bool, no_loss_control: bool = False, weak_labels: st
         cells.append(Cell(WEAK, "method", per_seed=labels))
         if no_loss_control:  # the weak labels alone: L_w trains the aux decoders, L_u nothing
             cells.append(Cell(WEAK_NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}, per_seed=labels))
+        if weak_baseline:  # the pseudo-labels as the main decoder's masks of the unlabeled images, no L_u
+            overrides = {"loss": {"unsup_weight": 0.0}, "weak": {"target": "main"}}
+            cells.append(Cell(PSEUDO_MASKS, "method", overrides, per_seed=labels))
+    elif weak_baseline:
+        raise SystemExit("--weak-baseline needs --weak-labels DIR (the pseudo-labels it trains on)")
     return cells
 
 
@@ -116,6 +131,8 @@ PAIRS = (
     (CCT, NO_LOSS, "minus_no_loss"),
     (WEAK, CCT, "minus_cct"),
     (WEAK, WEAK_NO_LOSS, "minus_no_loss"),
+    (WEAK, PSEUDO_MASKS, "minus_pseudo_masks"),
+    (WEAK_NO_LOSS, PSEUDO_MASKS, "minus_pseudo_masks"),
 )
 
 
@@ -233,12 +250,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--weak-labels", default="", help="also train CCT with weak.labels_dir = this folder ({seed}: the seed)"
     )
+    parser.add_argument(
+        "--weak-baseline",
+        action="store_true",
+        help="with --weak-labels: also train the pseudo-labels as masks of the main decoder, without L_u",
+    )
     args = parse_sweep(parser, argv, "runs/cct_fractions", "fractions.png")
     bad = [f for f in args.fractions if not 0 < f < 1]
     if bad:
         raise SystemExit(f"--fractions {bad}: a fraction is in (0, 1)")
     cct = read_config(args.config)
-    cells = fraction_cells(args.control, args.no_loss_control, args.weak_labels)
+    cells = fraction_cells(args.control, args.no_loss_control, args.weak_labels, args.weak_baseline)
     trained = selected_cells(cells, args.cells)
     rows: dict[float, dict[str, Any]] = {}
     for fraction in args.fractions:

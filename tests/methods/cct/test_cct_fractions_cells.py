@@ -203,3 +203,37 @@ def test_with_the_no_loss_control_the_weak_labels_are_also_trained_alone(fractio
     rows = fractions.summarise_fraction(values)
     assert rows["CCT + weak labels"]["minus_no_loss"]["values"] == pytest.approx([0.01, 0.03])
     assert "CCT + weak labels - CCT + weak labels without L_u (paired" in fractions.markdown({0.02: rows})
+
+
+def test_the_weak_baseline_puts_the_same_pseudo_labels_on_the_main_decoder(
+    fractions: ModuleType, tmp_path: Path
+) -> None:
+    cells = fractions.fraction_cells(False, True, str(tmp_path / "s{seed}"), weak_baseline=True)
+    assert [c.name for c in cells][-3:] == [
+        "CCT + weak labels",
+        "CCT + weak labels without L_u",
+        "pseudo-labels as masks",
+    ]
+    assert cells[-1].slug == "pseudo_labels_as_masks"
+    run_config = sys.modules["cct_ablation"].run_config
+    base = fractions.fraction_config(fractions.read_config("digit_mosaics"), 0.02)
+    alone, masks = (config_from_dict(run_config(base, c, 2, None, True)) for c in cells[-2:])
+    assert (alone.weak.target, masks.weak.target) == ("aux", "main")
+    assert masks.weak.labels_dir == alone.weak.labels_dir == str(tmp_path / "s2")
+    assert masks.weak.weight == alone.weak.weight and masks.loss == alone.loss and masks.loss.unsup_weight == 0.0
+    assert (masks.data, masks.model, masks.train) == (alone.data, alone.model, alone.train)
+    values = {
+        "supervised": {0: 0.4, 1: 0.5},
+        "CCT + weak labels": {0: 0.46, 1: 0.55},
+        "CCT + weak labels without L_u": {0: 0.45, 1: 0.52},
+        "pseudo-labels as masks": {0: 0.47, 1: 0.50},
+    }
+    rows = fractions.summarise_fraction(values)
+    assert rows["CCT + weak labels"]["minus_pseudo_masks"]["values"] == pytest.approx([-0.01, 0.05])
+    assert rows["CCT + weak labels without L_u"]["minus_pseudo_masks"]["values"] == pytest.approx([-0.02, 0.02])
+    assert rows["pseudo-labels as masks"]["minus_supervised"]["values"] == pytest.approx([0.07, 0.0])
+    assert "| labeled | CCT + weak labels - pseudo-labels as masks (paired, 95% CI) | seeds ahead |" in (
+        fractions.markdown({0.02: rows})
+    )
+    with pytest.raises(SystemExit, match="--weak-baseline needs --weak-labels"):
+        fractions.fraction_cells(False, weak_baseline=True)

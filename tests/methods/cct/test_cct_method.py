@@ -102,22 +102,29 @@ def test_one_step_combines_supervised_and_weighted_consistency_losses() -> None:
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
 
 
-def test_weak_labels_mode_adds_the_weighted_aux_cross_entropy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["aux", "main"])
+def test_weak_labels_mode_adds_the_weighted_cross_entropy(tmp_path: Path, target: str) -> None:
     from fewlabels.data.scenes import ScenesDataset
 
     scenes = ScenesDataset("train", n=8, size=32)
     for i in range(8):  # pseudo-labels named by scene index, as `fewlabels cct-pseudo-labels` writes them
         Image.fromarray(scenes.masks[i].astype(np.uint8)).save(tmp_path / f"{i:06d}.png")
     torch.manual_seed(0)
-    method = CCTMethod(build_config(CCTConfig, {**TINY, "weak": {"labels_dir": str(tmp_path)}}))
+    method = CCTMethod(build_config(CCTConfig, {**TINY, "weak": {"labels_dir": str(tmp_path), "target": target}}))
     sources = method.train_sources()
     batch = {k: collate([s.dataset.sample(i, np.random.default_rng(i)) for i in range(2)]) for k, s in sources.items()}
     assert batch["unlabeled"]["mask"].shape == (2, 32, 32)
-    out = method.training_step(method.build_model(), batch, step=3, total_steps=10)
+    model = method.build_model()
+    out = method.training_step(model, batch, step=3, total_steps=10)
     w_u, w_w = method.weights(3, 10)
     expected = out.logs["loss_sup"] + w_u * out.logs["loss_unsup"] + w_w * out.logs["loss_weak"]
     torch.testing.assert_close(out.loss.detach(), expected)
     assert out.logs["loss_weak"] > 0
+    if target == "main":  # the main decoder's CE on the unlabeled images against their pseudo-labels
+        with torch.no_grad():
+            logits = model.net(batch["unlabeled"]["image"])
+        mine = F.cross_entropy(logits, batch["unlabeled"]["mask"].long(), ignore_index=255)
+        torch.testing.assert_close(out.logs["loss_weak"], mine, rtol=1e-4, atol=1e-5)
 
 
 def test_the_confidence_threshold_reaches_the_training_step() -> None:

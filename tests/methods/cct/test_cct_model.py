@@ -70,6 +70,30 @@ def test_weak_labels_train_the_aux_decoders_with_cross_entropy_ignoring_255() ->
     assert all_ignored["loss_w"].item() == 0.0
 
 
+def test_weak_labels_on_the_main_decoder_are_its_cross_entropy_and_leave_the_consistency_loss_as_it_was() -> None:
+    pseudo = torch.randint(0, 4, (2, 32, 32))
+    pseudo[:, :, :10] = 255
+    x_l, x_u = torch.rand(1, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    model = _model(CCTLossSettings(weak_target="main"))
+    torch.manual_seed(5)
+    out = model(x_l, x_u, pseudo_labels=pseudo)
+    expected = F.cross_entropy(model.net(x_u), pseudo, ignore_index=255)  # the main decoder on the unlabeled images
+    torch.testing.assert_close(out["loss_w"], expected, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(5)
+    torch.testing.assert_close(out["loss_u"], model(x_l, x_u)["loss_u"])  # same perturbations, same L_u
+    # L_w trains the main decoder and the encoder, no aux decoder
+    out["loss_w"].backward()
+    assert _grads(model.net.decoder) > 0.0 and _grads(model.net.encoder) > 0.0
+    assert _grads(model.aux) == 0.0
+    # L_u still trains no main decoder: its target stays detached
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    model(x_l, x_u, pseudo_labels=pseudo)["loss_u"].backward()
+    assert _grads(model.net.decoder) == 0.0 and _grads(model.aux) > 0.0
+    all_ignored = model(x_l, x_u, pseudo_labels=torch.full_like(pseudo, 255))
+    assert all_ignored["loss_w"].item() == 0.0
+
+
 def test_multi_domain_uses_each_samples_domain_decoder() -> None:
     model = _model(num_domains=2)
     x = torch.rand(3, 3, 32, 32)

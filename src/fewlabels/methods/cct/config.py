@@ -57,10 +57,17 @@ class CCTLossConfig:
 @dataclass
 class CCTWeakConfig:
     """Weak labels: CAM pseudo-labels of the unlabeled images (``fewlabels cct-pseudo-labels``) train the aux
-    decoders too, with ``w_w(t) = weight * w_u(t) / unsup_weight``."""
+    decoders too (or, with ``target: main``, the main decoder), with ``w_w(t) = weight * ramp(t)``."""
 
     labels_dir: str = field(default="", metadata={"help": "folder of <image id>.png pseudo-labels (empty = off)"})
     weight: float = field(default=0.4, metadata={"help": "w_w relative to the ramped w_u / its final value", "min": 0})
+    target: Literal["aux", "main"] = field(
+        default="aux",
+        metadata={
+            "help": "which decoders the pseudo-labels train: aux (the K perturbed aux decoders, the reference) or "
+            "main (the main decoder, as extra masks: with loss.unsup_weight=0 the plain weak-label baseline)",
+        },
+    )
 
 
 @dataclass

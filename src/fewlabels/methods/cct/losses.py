@@ -22,6 +22,7 @@ __all__ = [
     "abce_threshold",
     "batched_consistency_loss",
     "consistency_weight",
+    "masked_mean_ce",
     "pairwise_variance_loss",
     "softmax_js_loss",
     "softmax_kl_loss",
@@ -124,6 +125,16 @@ def batched_consistency_loss(
             raise ValueError("the JS consistency loss has no confidence threshold; use mse or kl")
         return softmax_js_loss(aux_logits, target_probs)
     raise ValueError(f"unknown consistency loss {kind!r}; valid choices: mse, kl, js")
+
+
+def masked_mean_ce(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
+    """Cross-entropy averaged over the pixels whose label is not ``ignore_index`` (the weak-label loss L_w).
+
+    ``logits [N, C, ...]``, ``labels [N, ...]`` -> scalar. Unlike ``reduction="mean"``, a batch with every pixel
+    ignored gives 0, not NaN (and the count stays on the device).
+    """
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return ce / (labels != ignore_index).sum().clamp(min=1)
 
 
 def pairwise_variance_loss(aux_logits: Tensor, num_decoders: int = 8) -> Tensor:

@@ -216,6 +216,7 @@ class CCTMethod(SegmentationMethod[CCTConfig, SegmentationData]):
             pairwise=cfg.loss.pairwise_weight > 0,
             pairwise_decoders=cfg.loss.pairwise_decoders,
             ignore_index=self.label_space.ignore_index,
+            weak_target=cfg.weak.target,
         )
         n = len(cfg.all_domains)
         if n == 1:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from fewlabels.methods.cct.config import PerturbationsConfig
 from fewlabels.methods.cct.decoders import StackedUpsampleDecoders
 from fewlabels.methods.cct.fused import CPU_CHUNK_ELEMENTS, fused_stages_consistency
-from fewlabels.methods.cct.losses import batched_consistency_loss, pairwise_variance_loss
+from fewlabels.methods.cct.losses import batched_consistency_loss, masked_mean_ce, pairwise_variance_loss
 from fewlabels.methods.cct.perturbations import (
     CopyPerturbation,
     DecoderGroup,
@@ -39,6 +39,8 @@ class CCTLossSettings:
     pairwise: bool = False
     pairwise_decoders: int = 8
     ignore_index: int = 255
+    #: which decoders the pseudo-labels (weak labels) train: the K aux decoders ("aux") or the main one ("main")
+    weak_target: str = "aux"
 
 
 #: How a forward groups its images by domain: ``None`` (all domain 0), an ``int`` (all that domain), a tensor
@@ -307,7 +309,9 @@ class CCTModel(nn.Module):
           and, when ``images_u [B_u, 3, H, W]`` is given, ``loss_u`` = ``1/K sum_k d(softmax(g(z)).detach(),
           g_a^k(p_k(z)))`` (scalar), ``loss_w`` = mean CE of the aux outputs against ``pseudo_labels [B_u, H,
           W]`` (if given) and ``loss_pair`` (the pair-wise variance, if enabled). Only the encoder and the aux
-          decoders get gradient from these terms: the main prediction is computed without a graph.
+          decoders get gradient from these terms: the main prediction is computed without a graph. With
+          ``losses.weak_target == "main"``, ``loss_w`` is instead the CE of the main decoder's unlabeled logits
+          against the pseudo-labels (that prediction then has a graph; the consistency target stays detached).
         * ``mode="aux"``: as ``train`` but also returns ``target [B_u, C, H, W]`` (main probabilities) and
           ``aux_logits [K, B_u, C, H, W]`` in image layout (inspection and figures; slower).
 
@@ -369,14 +373,22 @@ class CCTModel(nn.Module):
 
     def _unlabeled_terms(self, z: Tensor, domain: int, mode: str, pseudo_labels: Tensor | None) -> dict[str, Tensor]:
         """``loss_u`` (and ``loss_w``, ``loss_pair``, the ``aux`` mode outputs) of unlabeled features ``z`` of one
-        domain, through that domain's main decoder (the detached target) and its K aux decoders."""
+        domain, through that domain's main decoder (the detached target) and its K aux decoders; ``loss_w`` trains
+        the aux decoders or the main one (``losses.weak_target``)."""
         out: dict[str, Tensor] = {}
         aux = self.aux_of(domain)
-        with torch.no_grad():
-            target = F.softmax(self.main_decode(z, domain).float(), dim=1)
+        s = self.losses
+        if pseudo_labels is not None and s.weak_target == "main":
+            # The pseudo-labels are extra masks of the main decoder; the aux decoders keep only the consistency loss.
+            logits = self.main_decode(z, domain).float()
+            out["loss_w"] = masked_mean_ce(logits, pseudo_labels.long(), s.ignore_index)
+            target = F.softmax(logits.detach(), dim=1)
+            pseudo_labels = None
+        else:
+            with torch.no_grad():
+                target = F.softmax(self.main_decode(z, domain).float(), dim=1)
         h = self.classifier_outputs(z, target, domain)  # [K, B, C, hw]
         target_sub = aux.to_subpixel_layout(target)  # [B, C, S, hw]
-        s = self.losses
         if mode == "train" and pseudo_labels is None and not s.pairwise and s.unsupervised in ("mse", "kl"):
             # Only the loss is needed: the stages and the loss run fused, in cache-sized chunks (fused.py).
             chunk = None if h.is_cuda else self.chunk_elements
@@ -396,15 +408,11 @@ class CCTModel(nn.Module):
         if pseudo_labels is not None:
             k, b, c = aux_sub.shape[:3]
             labels_sub = aux.to_subpixel_layout(pseudo_labels.long()).unsqueeze(0).expand(k, -1, -1, -1)
-            ce = F.cross_entropy(
+            out["loss_w"] = masked_mean_ce(
                 aux_sub.float().reshape(k * b, c, *aux_sub.shape[3:]),
                 labels_sub.reshape(k * b, *labels_sub.shape[2:]),
-                ignore_index=s.ignore_index,
-                reduction="sum",
+                s.ignore_index,
             )
-            # sum / count rather than "mean": an all-ignored batch gives 0, not NaN (and the count stays on
-            # device).
-            out["loss_w"] = ce / (labels_sub != s.ignore_index).sum().clamp(min=1)
         if s.pairwise:
             out["loss_pair"] = pairwise_variance_loss(aux_sub.float(), s.pairwise_decoders)
         if mode == "aux":
