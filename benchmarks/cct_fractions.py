@@ -162,7 +162,8 @@ def markdown(rows: Mapping[float, Mapping[str, Any]]) -> str:
 
 
 def save_plot(rows: Mapping[float, Mapping[str, Any]], path: Path, title: str) -> Path:
-    """mIoU over the label fraction (left) and the paired difference with supervised-only (right), 95% CIs."""
+    """mIoU over the label fraction (left) and the paired difference with supervised-only (right), 95% CIs; the
+    cells' legend below the panels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -208,9 +209,11 @@ def save_plot(rows: Mapping[float, Mapping[str, Any]], path: Path, title: str) -
         ax.minorticks_off()
         ax.set_xlabel("labeled fraction of the training images")
         ax.set_ylabel(label)
-        ax.legend(fontsize="small", loc="best")
+    # one legend below both panels (a cell has the same colour in each): inside, it hid points once there were six
+    rows_of_legend = math.ceil(len(names) / 3)
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize="small", frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=120)
     return path
 
