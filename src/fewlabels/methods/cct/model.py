@@ -378,18 +378,18 @@ class CCTModel(nn.Module):
         out: dict[str, Tensor] = {}
         aux = self.aux_of(domain)
         s = self.losses
-        if pseudo_labels is not None and s.weak_target == "main":
-            # The pseudo-labels are extra masks of the main decoder; the aux decoders keep only the consistency loss.
+        # the pseudo-labels the aux decoders train on: none when they are extra masks of the main decoder
+        aux_labels = pseudo_labels if s.weak_target == "aux" else None
+        if pseudo_labels is not None and aux_labels is None:
             logits = self.main_decode(z, domain).float()
             out["loss_w"] = masked_mean_ce(logits, pseudo_labels.long(), s.ignore_index)
             target = F.softmax(logits.detach(), dim=1)
-            pseudo_labels = None
         else:
             with torch.no_grad():
                 target = F.softmax(self.main_decode(z, domain).float(), dim=1)
         h = self.classifier_outputs(z, target, domain)  # [K, B, C, hw]
         target_sub = aux.to_subpixel_layout(target)  # [B, C, S, hw]
-        if mode == "train" and pseudo_labels is None and not s.pairwise and s.unsupervised in ("mse", "kl"):
+        if mode == "train" and aux_labels is None and not s.pairwise and s.unsupervised in ("mse", "kl"):
             # Only the loss is needed: the stages and the loss run fused, in cache-sized chunks (fused.py).
             chunk = None if h.is_cuda else self.chunk_elements
             out["loss_u"] = fused_stages_consistency(
@@ -405,9 +405,9 @@ class CCTModel(nn.Module):
             return out
         aux_sub = aux.stages_subpixel(h)  # [K, B, C, S, hw]
         out["loss_u"] = batched_consistency_loss(aux_sub.float(), target_sub, s.unsupervised, s.conf_threshold)
-        if pseudo_labels is not None:
+        if aux_labels is not None:
             k, b, c = aux_sub.shape[:3]
-            labels_sub = aux.to_subpixel_layout(pseudo_labels.long()).unsqueeze(0).expand(k, -1, -1, -1)
+            labels_sub = aux.to_subpixel_layout(aux_labels.long()).unsqueeze(0).expand(k, -1, -1, -1)
             out["loss_w"] = masked_mean_ce(
                 aux_sub.float().reshape(k * b, c, *aux_sub.shape[3:]),
                 labels_sub.reshape(k * b, *labels_sub.shape[2:]),
