@@ -9,6 +9,7 @@ Usage::
     python benchmarks/cct_step.py --counts feature_noise=0 vat=4   # K = 30 config with other counts per type
     python benchmarks/cct_step.py --device cuda --batch 8 --size 320
     python benchmarks/cct_step.py --flops-only   # the FLOP counts and ratios only (deterministic, no timing)
+    python benchmarks/cct_step.py --threads 1 --breakdown   # + the aux work split into matrix products and the rest
 
 Two models are timed by default, one after the other: the reference model of CCT.md (ResNet-50 deep stem, OS8 +
 PSP), whose ``k30_over_k1`` is the issue's target (<= 1.10), and ResNet-18 + PSP, where the loop is timed too
@@ -32,6 +33,14 @@ ratio (``k30_over_k1_flops``), the time ratio a machine would show if the aux de
 dimension = the class count) ran as fast as the encoder's convolutions. On a CPU they run several times slower, so
 the wall ratio is above the FLOP ratio; the gap is what an implementation can still win.
 
+Breakdown (``--breakdown``, one thread): the matrix products of a step (``MATMUL_OPS``: the aux decoders' first
+layer, their pixel-shuffle stages and VAT's projections are all ``mm``/``bmm``/``baddbmm``) are timed in place by
+torch's profiler (their self CPU time, summed over the profiled steps), and the wall time that K = 30 adds to a step
+is split into its matrix products and the rest. ``k30_over_k1_matmul_floor`` is the ratio the step would reach if
+everything else the aux decoders do (perturbations, softmax, the loss's element-wise passes, Python) cost nothing:
+``(t_1 + mm_30 - mm_1) / t_1``. Where it is above a target, no rewrite of the element-wise work can meet that target
+at the same precision; only faster products (another GEMM, lower precision) can.
+
 Both implementations take the perturbation types from the registry
 (:func:`~fewlabels.methods.cct.perturbations.registered_perturbations`): a newly registered type is timed as soon
 as its count is above 0 (its config default, or ``--counts``). The last stdout line is a JSON object.
@@ -52,6 +61,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from fewlabels.engine.allocator import keep_freed_memory
@@ -182,6 +192,18 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+#: the matrix products of a CCT step outside the encoder's convolutions (``--breakdown``)
+MATMUL_OPS = frozenset({"aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::addbmm"})
+
+
+def matmul_seconds(step: Callable[[bool], float], steps: int) -> float:
+    """Self CPU seconds a step spends in :data:`MATMUL_OPS`, torch's profiler over ``steps`` steps (one thread)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(False)
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6 / steps
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -261,6 +283,20 @@ def time_model(args: argparse.Namespace, spec: ModelSpec, configs: dict[int, Per
     if "loop" in impls:
         ratios["loop_k30_over_k1"] = (("loop", big), ("loop", one))
         ratios["loop_k30_over_stacked_k30"] = (("loop", big), ("stacked", big))
+    if args.breakdown and wall[("stacked", big)]:
+        # one thread (checked in main): the stacked K = 30 model decodes its stages in the calling thread
+        mm = {k: matmul_seconds(steps[("stacked", k)], args.repeats) for k in (big, one)}
+        t_big, t_one = statistics.median(wall[("stacked", big)]), statistics.median(wall[("stacked", one)])
+        added, added_mm = t_big - t_one, mm[big] - mm[one]
+        out[f"matmul_k{big}_ms"], out[f"matmul_k{one}_ms"] = round(mm[big] * 1e3, 2), round(mm[one] * 1e3, 2)
+        out[f"k{big}_added_ms"], out[f"k{big}_added_matmul_ms"] = round(added * 1e3, 2), round(added_mm * 1e3, 2)
+        out["k30_over_k1_matmul_floor"] = round((t_one + added_mm) / t_one, 4)
+        print(
+            f"  K={big} adds {added * 1e3:.1f} ms a step: {added_mm * 1e3:.1f} ms of matrix products "
+            f"({mm[big] * 1e3:.1f} vs {mm[one] * 1e3:.1f} ms), {(added - added_mm) * 1e3:.1f} ms of everything else; "
+            f"with everything else free the ratio would be {out['k30_over_k1_matmul_floor']:.3f}",
+            flush=True,
+        )
     for name, (a, b) in ratios.items():
         out[f"{name}_flops"] = round(flops[a] / flops[b], 4)
         line = f"  {name}: FLOPs {out[f'{name}_flops']:.3f}"
@@ -287,7 +323,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--skip-loop", action="store_true", help="only the stacked implementation")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--flops-only", action="store_true", help="count the FLOPs of a step, time nothing")
+    p.add_argument("--breakdown", action="store_true", help="split the added time into matrix products and the rest")
     args = p.parse_args(argv)
+    if args.breakdown and (args.threads != 1 or args.device != "cpu" or args.flops_only):
+        raise SystemExit("--breakdown profiles the CPU at one thread: add --threads 1 (and no --device, --flops-only)")
     keep_freed_memory()  # as the training engine does on CPU (fewlabels.engine.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)

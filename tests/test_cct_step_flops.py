@@ -69,3 +69,37 @@ def test_the_worker_split_is_counted_like_the_serial_stages(cct_step: ModuleType
     assert res["serial_k30_gflop"] == res["stacked_k30_gflop"]
     assert res["serial_k30_over_stacked_k30_flops"] == 1.0
     assert res["stacked_k30_gflop"] > res["stacked_k1_gflop"]
+
+
+def test_breakdown_counts_every_product_outside_the_convolutions(cct_step: ModuleType) -> None:
+    """``--breakdown`` times the ops in ``MATMUL_OPS``: every non-convolution op to which the FLOP counter gives FLOPs
+    in a K = 30 step (aux first layers, fused stages, VAT) must be one of them, else its time would land in "the
+    rest" and the floor would be too low."""
+    args = cct_step.argparse.Namespace(classes=5, batch=2, size=32, device=torch.device("cpu"))
+    spec = cct_step.ModelSpec("resnet18", deep_stem=False, psp=True, loop=False, prefix="")
+    step = cct_step.make_step(cct_step.build(args, spec, "serial", cct_step.k30_config([])), args)
+    with cct_step.FlopCounterMode(display=False) as counter:
+        step(False)
+    ops = {str(op).replace(".", "::") for op, flops in counter.get_flop_counts()["Global"].items() if flops}
+    products = {op for op in ops if "convolution" not in op}
+    assert {"aten::bmm", "aten::baddbmm"} <= products, ops
+    assert products <= cct_step.MATMUL_OPS, products - cct_step.MATMUL_OPS
+
+
+def test_breakdown_run_reports_a_consistent_floor(cct_step: ModuleType) -> None:
+    out = io.StringIO()
+    argv = ["--encoder", "resnet18", "--size", "32", "--classes", "5", "--batch", "2", "--repeats", "1"]
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit, match="--threads 1"):
+            cct_step.main([*argv, "--breakdown"])
+        with contextlib.redirect_stdout(out):
+            cct_step.main([*argv, "--breakdown", "--threads", "1", "--skip-loop", "--no-memory"])
+    finally:
+        torch.set_num_threads(before)
+    res = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert res["matmul_k30_ms"] > 0 and res["matmul_k1_ms"] > 0  # the profiler saw the products of both steps
+    added_mm = res["matmul_k30_ms"] - res["matmul_k1_ms"]
+    assert res["k30_added_matmul_ms"] == pytest.approx(added_mm, abs=0.02)
+    floor = (res["stacked_k1_s"] * 1e3 + res["k30_added_matmul_ms"]) / (res["stacked_k1_s"] * 1e3)
+    assert res["k30_over_k1_matmul_floor"] == pytest.approx(floor, abs=2e-3)
