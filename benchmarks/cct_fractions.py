@@ -10,7 +10,8 @@ fraction f and seed s, with the same data, model, optimiser and steps for every 
 * ``CCT``: the config as it is;
 * ``supervised 2x steps`` (``--control``): the baseline trained for twice the steps, so that its encoder sees as many
   images as CCT's (CCT runs the encoder on a labeled and an equal unlabeled batch per step): the compute-matched
-  control. Off by default (it costs a third run per cell).
+  control. Off by default (it costs a third run per cell). Printed with ``CCT - supervised 2x steps`` (and the
+  same for the two weak-label cells below).
 * ``CCT without L_u`` (``--no-loss-control``): CCT with ``loss.unsup_weight = 0``. The unlabeled batches still go
   through the encoder in training mode (so BatchNorm's statistics see them) and through the perturbations and aux
   decoders, but the consistency loss trains nothing: the control that isolates the consistency loss from the rest
@@ -32,6 +33,9 @@ seed gets the same ones. The final model is evaluated once (no checkpoint is cho
 Prints, per fraction, the mIoU of each method (mean and sample std over seeds) and the paired per-seed difference
 CCT - supervised with its Student-t 95% CI; the last stdout line is a JSON object. Every finished cell is a file
 ``OUT/f<fraction>/cells/<cell>-seed<s>.json``: a stopped sweep resumes where it was (``--fresh`` retrains).
+``--weak-weights 0.02=1.5 0.1=0.1`` sets ``weak.weight`` of the CCT + weak labels cells per fraction and
+``--masks-weights 0.02=0.005`` that of the plain baseline (default: CCT's), so that each use of the weak labels runs
+at the weight chosen for it on a dev split; a cell file trained at another weight is refused.
 ``--plots`` saves ``OUT/fractions.png``. ``--cells`` trains only the named cells (their slugs: ``supervised``,
 ``cct``, ``supervised_2x_steps``, ``cct_without_l_u``, ``cct_weak_labels``, ``cct_weak_labels_without_l_u``,
 ``pseudo_labels_as_masks``) and
@@ -52,6 +56,7 @@ from cct_ablation import (
     BASELINE,
     Cell,
     fraction_config,
+    merged,
     paired_text,
     read_config,
     report,
@@ -68,11 +73,20 @@ PSEUDO_MASKS = "pseudo-labels as masks"
 
 
 def fraction_cells(
-    control: bool, no_loss_control: bool = False, weak_labels: str = "", weak_baseline: bool = False
+    control: bool,
+    no_loss_control: bool = False,
+    weak_labels: str = "",
+    weak_baseline: bool = False,
+    weak_weight: float | None = None,
+    masks_weight: float | None = None,
 ) -> list[Cell]:
     """The cells of one fraction: the baseline, CCT, and optionally the compute-matched baseline, CCT without its
     consistency loss, CCT with the weak labels of the folder ``weak_labels`` (``{seed}``: the seed), and the plain
-    weak-label baseline (``weak_baseline``: those pseudo-labels as extra masks of the main decoder)."""
+    weak-label baseline (``weak_baseline``: those pseudo-labels as extra masks of the main decoder).
+
+    ``weak_weight``: the ``weak.weight`` of the two CCT + weak labels cells (None: the config's); ``masks_weight``:
+    that of the plain baseline (None: the same as CCT's), so that each way of using the weak labels can run at the
+    weight chosen for it on a dev split."""
     cells = [Cell(BASELINE, "baseline"), Cell(CCT, "method")]
     if control:
         cells.append(Cell(CONTROL, "baseline", steps_factor=2.0))
@@ -84,15 +98,40 @@ def fraction_cells(
         def labels(seed: int) -> dict[str, Any]:
             return {"weak": {"labels_dir": folder.format(seed=seed)}}
 
-        cells.append(Cell(WEAK, "method", per_seed=labels))
+        def weight(value: float | None) -> dict[str, Any]:
+            return {} if value is None else {"weak": {"weight": value}}
+
+        cells.append(Cell(WEAK, "method", weight(weak_weight), per_seed=labels))
         if no_loss_control:  # the weak labels alone: L_w trains the aux decoders, L_u nothing
-            cells.append(Cell(WEAK_NO_LOSS, "method", {"loss": {"unsup_weight": 0.0}}, per_seed=labels))
+            overrides = merged(weight(weak_weight), {"loss": {"unsup_weight": 0.0}})
+            cells.append(Cell(WEAK_NO_LOSS, "method", overrides, per_seed=labels))
         if weak_baseline:  # the pseudo-labels as the main decoder's masks of the unlabeled images, no L_u
-            overrides = {"loss": {"unsup_weight": 0.0}, "weak": {"target": "main"}}
+            own = weight(weak_weight if masks_weight is None else masks_weight)
+            overrides = merged(own, {"loss": {"unsup_weight": 0.0}, "weak": {"target": "main"}})
             cells.append(Cell(PSEUDO_MASKS, "method", overrides, per_seed=labels))
     elif weak_baseline:
         raise SystemExit("--weak-baseline needs --weak-labels DIR (the pseudo-labels it trains on)")
+    elif weak_weight is not None or masks_weight is not None:
+        raise SystemExit("--weak-weights and --masks-weights need --weak-labels DIR (the cells they weigh)")
     return cells
+
+
+def per_fraction(option: str, items: list[str], fractions: list[float]) -> dict[float, float]:
+    """``FRACTION=WEIGHT`` items (a weight chosen per fraction on a dev split) as a dict; a malformed item, a
+    negative weight or a fraction not in the sweep is an error naming the option."""
+    out: dict[float, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            fraction, weight = float(key), float(value)
+        except ValueError:
+            fraction = weight = math.nan
+        if not sep or math.isnan(fraction) or not weight >= 0:
+            raise SystemExit(f"{option} takes FRACTION=WEIGHT items with WEIGHT >= 0; got {item!r}")
+        if fraction not in fractions:
+            raise SystemExit(f"{option} {item!r}: {fraction:g} is not one of --fractions {fractions}")
+        out[fraction] = weight
+    return out
 
 
 def selected_cells(cells: list[Cell], slugs: list[str] | None) -> list[Cell]:
@@ -128,6 +167,9 @@ def summarise_cells(
 
 #: the paired differences printed besides each cell's with the baseline: (cell, other cell, field of the cell's row)
 PAIRS = (
+    (CCT, CONTROL, "minus_control"),
+    (WEAK, CONTROL, "minus_control"),
+    (PSEUDO_MASKS, CONTROL, "minus_control"),
     (CCT, NO_LOSS, "minus_no_loss"),
     (WEAK, CCT, "minus_cct"),
     (WEAK, WEAK_NO_LOSS, "minus_no_loss"),
@@ -258,26 +300,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="with --weak-labels: also train the pseudo-labels as masks of the main decoder, without L_u",
     )
+    parser.add_argument(
+        "--weak-weights",
+        nargs="+",
+        default=[],
+        metavar="FRACTION=WEIGHT",
+        help="weak.weight of the CCT + weak labels cells at a fraction (others: the config's)",
+    )
+    parser.add_argument(
+        "--masks-weights",
+        nargs="+",
+        default=[],
+        metavar="FRACTION=WEIGHT",
+        help="weak.weight of the pseudo-labels as masks cell at a fraction (others: CCT's)",
+    )
     args = parse_sweep(parser, argv, "runs/cct_fractions", "fractions.png")
     bad = [f for f in args.fractions if not 0 < f < 1]
     if bad:
         raise SystemExit(f"--fractions {bad}: a fraction is in (0, 1)")
+    weak_weights = per_fraction("--weak-weights", args.weak_weights, args.fractions)
+    masks_weights = per_fraction("--masks-weights", args.masks_weights, args.fractions)
     cct = read_config(args.config)
-    cells = fraction_cells(args.control, args.no_loss_control, args.weak_labels, args.weak_baseline)
-    trained = selected_cells(cells, args.cells)
     rows: dict[float, dict[str, Any]] = {}
     for fraction in args.fractions:
+        cells = fraction_cells(
+            args.control,
+            args.no_loss_control,
+            args.weak_labels,
+            args.weak_baseline,
+            weak_weights.get(fraction),
+            masks_weights.get(fraction),
+        )
+        trained = selected_cells(cells, args.cells)
         sweep = argparse.Namespace(**{**vars(args), "out": str(Path(args.out) / f"f{fraction:g}")})
         config = fraction_config(cct, fraction)
         values = run_selected(sweep, config, cells, trained)
         if any(values.values()):
             rows[fraction] = summarise_fraction(values)
     title = f"{plot_label(cct, args.config)}: CCT vs supervised-only"
+    weights = "".join(
+        f"; at {f:g}: weak.weight {weak_weights.get(f, 'of the config')} (CCT + weak labels), "
+        f"{masks_weights.get(f, weak_weights.get(f, 'of the config'))} (pseudo-labels as masks)"
+        for f in args.fractions
+        if args.weak_labels and (f in weak_weights or f in masks_weights)
+    )
     return report(
-        f"CCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds})",
+        f"CCT vs supervised-only ({args.config}, mIoU of the final model, seeds {args.seeds}{weights})",
         markdown(rows),
         (lambda: save_plot(rows, Path(args.out) / "fractions.png", title)) if args.plots else None,
-        {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fractions": rows},
+        {
+            "config": args.config,
+            "steps": args.steps,
+            "seeds": args.seeds,
+            "weak_weights": weak_weights,
+            "masks_weights": masks_weights,
+            "fractions": rows,
+        },
     )
 
 

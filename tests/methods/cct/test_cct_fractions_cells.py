@@ -237,3 +237,89 @@ def test_the_weak_baseline_puts_the_same_pseudo_labels_on_the_main_decoder(
     )
     with pytest.raises(SystemExit, match="--weak-baseline needs --weak-labels"):
         fractions.fraction_cells(False, weak_baseline=True)
+
+
+def test_weak_weights_set_per_fraction_each_way_of_using_the_weak_labels_its_own_weight(
+    fractions: ModuleType, tmp_path: Path
+) -> None:
+    labels = str(tmp_path / "s{seed}")
+    run_config = sys.modules["cct_ablation"].run_config
+    base = fractions.fraction_config(fractions.read_config("digit_mosaics"), 0.02)
+    default = config_from_dict(base).weak.weight
+    cells = fractions.fraction_cells(False, True, labels, True, weak_weight=1.5, masks_weight=0.005)
+    configs = {c.name: config_from_dict(run_config(base, c, 1, None, True)) for c in cells}
+    assert configs["CCT + weak labels"].weak.weight == 1.5
+    assert configs["CCT + weak labels without L_u"].weak.weight == 1.5
+    assert configs["pseudo-labels as masks"].weak.weight == 0.005
+    assert (
+        configs["pseudo-labels as masks"].weak.target == "main"
+        and configs["pseudo-labels as masks"].loss.unsup_weight == 0
+    )
+    assert configs["CCT + weak labels without L_u"].loss.unsup_weight == 0.0
+    assert configs["CCT + weak labels"].loss == configs["CCT"].loss  # only the weight changed
+    assert configs["CCT"].weak.weight == default and configs["CCT"].weak.labels_dir == ""
+    # the plain baseline follows CCT's weight unless given its own; without weights, the config's
+    same = fractions.fraction_cells(False, False, labels, True, weak_weight=0.1)
+    assert {c.name: config_from_dict(run_config(base, c, 1, None, True)).weak.weight for c in same[2:]} == {
+        "CCT + weak labels": 0.1,
+        "pseudo-labels as masks": 0.1,
+    }
+    plain = fractions.fraction_cells(False, False, labels, True)
+    assert {config_from_dict(run_config(base, c, 1, None, True)).weak.weight for c in plain[2:]} == {default}
+    with pytest.raises(SystemExit, match="--weak-weights and --masks-weights need --weak-labels"):
+        fractions.fraction_cells(False, weak_weight=1.0)
+
+
+def test_weak_weights_options_are_per_fraction_and_refuse_bad_items(fractions: ModuleType) -> None:
+    assert fractions.per_fraction("--weak-weights", ["0.02=1.5", "0.1=0"], [0.02, 0.1]) == {0.02: 1.5, 0.1: 0.0}
+    assert fractions.per_fraction("--masks-weights", [], [0.02]) == {}
+    for item in ("0.02", "0.02=x", "a=1", "0.02=-1", "0.02=nan"):
+        with pytest.raises(SystemExit, match=r"--weak-weights takes FRACTION=WEIGHT items with WEIGHT >= 0; got"):
+            fractions.per_fraction("--weak-weights", [item], [0.02])
+    with pytest.raises(SystemExit, match=r"--masks-weights '0.05=1': 0.05 is not one of --fractions \[0.02\]"):
+        fractions.per_fraction("--masks-weights", ["0.05=1"], [0.02])
+
+
+def test_a_sweep_reads_back_cells_at_their_own_weights_and_refuses_another(
+    fractions: ModuleType, tmp_path: Path
+) -> None:
+    """Cells trained at per-fraction weights (e.g. in folders of their own) are read back together under the
+    weights given on the command line; a cell file trained at another weight is refused."""
+    ablation = sys.modules["cct_ablation"]
+    labels = str(tmp_path / "labels" / "s{seed}")
+    cct = fractions.read_config("digit_mosaics")
+    out = tmp_path / "out"
+    for fraction, weight, miou in ((0.02, 1.5, 0.30), (0.1, 0.1, 0.55)):
+        cells = fractions.fraction_cells(False, False, labels, False, weak_weight=weight)
+        folder = out / f"f{fraction:g}" / "cells"
+        folder.mkdir(parents=True)
+        for cell, value in zip(cells, (miou - 0.05, miou - 0.02, miou), strict=True):
+            config = ablation.run_config(fractions.fraction_config(cct, fraction), cell, 0, None, True)
+            record = {"cell": cell.name, "part": cell.part, "seed": 0, "miou": value, "config": config}
+            (folder / f"{cell.slug}-seed0.json").write_text(json.dumps(record))
+    args = ["--config", "digit_mosaics", "--fractions", "0.02", "0.1", "--seeds", "0", "--no-train"]
+    args += ["--weak-labels", labels, "--out", str(out)]
+    result = fractions.main(args + ["--weak-weights", "0.02=1.5", "0.1=0.1"])
+    assert result["weak_weights"] == {0.02: 1.5, 0.1: 0.1}
+    assert result["fractions"][0.02]["CCT + weak labels"]["miou"]["values"] == [0.30]
+    assert result["fractions"][0.1]["CCT + weak labels"]["miou"]["values"] == [0.55]
+    with pytest.raises(SystemExit, match=r"f0.1/cells/cct_weak_labels-seed0.json was trained with another config"):
+        fractions.main(args + ["--weak-weights", "0.02=1.5"])
+
+
+def test_every_method_cell_is_paired_with_the_compute_matched_control(fractions: ModuleType) -> None:
+    values = {
+        "supervised": {0: 0.40, 1: 0.50},
+        "supervised 2x steps": {0: 0.44, 1: 0.52},
+        "CCT": {0: 0.41, 1: 0.51},
+        "CCT + weak labels": {0: 0.47, 1: 0.55},
+        "pseudo-labels as masks": {0: 0.45, 1: 0.51},
+    }
+    rows = fractions.summarise_fraction(values)
+    expected = {"CCT": [-0.03, -0.01], "CCT + weak labels": [0.03, 0.03], "pseudo-labels as masks": [0.01, -0.01]}
+    for name, diffs in expected.items():
+        assert rows[name]["minus_control"]["values"] == pytest.approx(diffs)
+    assert "minus_control" not in rows["supervised 2x steps"]
+    table = fractions.markdown({0.02: rows})
+    assert "| labeled | CCT + weak labels - supervised 2x steps (paired, 95% CI) | seeds ahead |" in table
+    assert "| 0.02 | -0.020 +- " in table  # CCT - the control
